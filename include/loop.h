@@ -1,0 +1,122 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * libloop: asyncio's event-loop model for C.
+ *
+ * This header is the whole contract. Every type is opaque; every call that
+ * can fail returns 0 (or a count) on success and a negative errno value on
+ * failure. loop_strerror() turns an error into text. The same header serves
+ * every architecture and every configuration: which backends were compiled
+ * in is asked at run time (loop_selector_names()).
+ */
+#ifndef LOOP_H
+#define LOOP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct loop loop_t;
+typedef struct loop_handle loop_handle_t;
+typedef struct loop_selector loop_selector_t;
+
+/*
+ * Callbacks take the user's pointer last. A callback that returns a
+ * negative errno value has "raised": the loop passes the error to its
+ * exception handler and goes on. Any other return value is ignored.
+ */
+typedef int (*loop_callback_t)(loop_t *loop, void *userdata);
+typedef int (*loop_io_callback_t)(loop_t *loop, int fd, void *userdata);
+
+/* Errors */
+const char *loop_strerror(int error);
+
+/* Selectors: the readiness backends (asyncio's selectors module). */
+int loop_selector_new(const char *name, loop_selector_t **ret);
+loop_selector_t *loop_selector_ref(loop_selector_t *sel);
+loop_selector_t *loop_selector_unref(loop_selector_t *sel);
+const char *loop_selector_name(const loop_selector_t *sel);
+const char *const *loop_selector_names(void);
+
+/* Loops */
+int loop_new(loop_t **ret);
+int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret);
+loop_t *loop_ref(loop_t *loop);
+loop_t *loop_unref(loop_t *loop);
+loop_selector_t *loop_get_selector(loop_t *loop);
+int loop_close(loop_t *loop);
+int loop_is_closed(const loop_t *loop);
+int loop_is_running(const loop_t *loop);
+
+/* Running */
+int loop_run_forever(loop_t *loop);
+int loop_run_once(loop_t *loop, int64_t timeout_ns);
+int loop_stop(loop_t *loop);
+
+/* Time: a monotonic clock, in seconds (as asyncio) or nanoseconds. */
+double loop_time(const loop_t *loop);
+int64_t loop_time_ns(const loop_t *loop);
+
+/* Scheduling callbacks. ret may be NULL when no handle is wanted. */
+int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata,
+                   loop_handle_t **ret);
+int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void *userdata,
+                              loop_handle_t **ret);
+int loop_call_later(loop_t *loop, double delay, loop_callback_t cb,
+                    void *userdata, loop_handle_t **ret);
+int loop_call_later_ns(loop_t *loop, int64_t delay_ns, loop_callback_t cb,
+                       void *userdata, loop_handle_t **ret);
+int loop_call_at(loop_t *loop, double when, loop_callback_t cb, void *userdata,
+                 loop_handle_t **ret);
+int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t cb,
+                    void *userdata, loop_handle_t **ret);
+
+/* Handles (asyncio's Handle and TimerHandle) */
+loop_handle_t *loop_handle_ref(loop_handle_t *handle);
+loop_handle_t *loop_handle_unref(loop_handle_t *handle);
+int loop_handle_cancel(loop_handle_t *handle);
+int loop_handle_cancelled(const loop_handle_t *handle);
+double loop_handle_when(const loop_handle_t *handle);
+int64_t loop_handle_when_ns(const loop_handle_t *handle);
+
+/* Watching file descriptors */
+int loop_add_reader(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata);
+int loop_remove_reader(loop_t *loop, int fd);
+int loop_add_writer(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata);
+int loop_remove_writer(loop_t *loop, int fd);
+
+/* Error handling */
+struct loop_exception_context {
+        size_t size;            /* sizeof(struct loop_exception_context) */
+        const char *message;    /* what went wrong, never NULL */
+        int error;              /* negative errno value, or 0 */
+        loop_handle_t *handle;  /* the handle whose callback failed, or NULL */
+        int fd;                 /* the file descriptor involved, or -1 */
+};
+
+typedef void (*loop_exception_handler_t)(loop_t *loop,
+                                         const struct loop_exception_context *context,
+                                         void *userdata);
+
+int loop_set_exception_handler(loop_t *loop, loop_exception_handler_t handler,
+                               void *userdata);
+loop_exception_handler_t loop_get_exception_handler(const loop_t *loop,
+                                                    void **userdata);
+int loop_call_exception_handler(loop_t *loop,
+                                const struct loop_exception_context *context);
+int loop_default_exception_handler(loop_t *loop,
+                                   const struct loop_exception_context *context);
+
+/* Debug mode */
+int loop_set_debug(loop_t *loop, int enabled);
+int loop_get_debug(const loop_t *loop);
+int loop_set_slow_callback_duration(loop_t *loop, double seconds);
+double loop_get_slow_callback_duration(const loop_t *loop);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* LOOP_H */

@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The epoll selector (Linux).
+ *
+ * Quirks this file deals with:
+ * - epoll watches open file descriptions, keyed by (fd number, file). Closing
+ *   the last descriptor of a file removes it from the set silently, so a
+ *   later EPOLL_CTL_MOD/DEL on that number fails with ENOENT or EBADF; a
+ *   removal tolerates both, and a re-check (reset) after a possible
+ *   close-and-reuse is a MOD that falls back to ADD.
+ * - If the file lives on in a dup() or a fork child, its registration lives
+ *   on too and can report events for a number we no longer watch; the
+ *   selector loop ignores events it has no callback for.
+ * - Regular files and directories cannot be watched: EPOLL_CTL_ADD fails
+ *   with EPERM, and that is what the caller gets (asyncio does the same).
+ * - The epoll instance is shared with a fork child. Freeing it only closes
+ *   our descriptor and never removes registrations one by one, so a child
+ *   that closes its inherited loop leaves the parent's registrations intact.
+ * - epoll_wait takes milliseconds; epoll_pwait2 (Linux 5.11) takes a
+ *   timespec. The latter is used when present so a timer is not late by up
+ *   to a millisecond; the former's timeout is rounded up, never down, so
+ *   we do not wake early and spin.
+ */
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "selector.h"
+
+struct epoll_state {
+        int fd;
+        bool no_pwait2;
+        int n_events;
+        struct epoll_event *events;
+};
+
+static int epoll_init(void **ret) {
+        struct epoll_state *st = calloc(1, sizeof(*st));
+
+        if (!st)
+                return -ENOMEM;
+        st->fd = epoll_create1(EPOLL_CLOEXEC);
+        if (st->fd < 0) {
+                int r = -errno;
+                free(st);
+                return r;
+        }
+        st->n_events = 64;
+        st->events = malloc(st->n_events * sizeof(*st->events));
+        if (!st->events) {
+                close(st->fd);
+                free(st);
+                return -ENOMEM;
+        }
+        *ret = st;
+        return 0;
+}
+
+static void epoll_free(void *state) {
+        struct epoll_state *st = state;
+
+        close(st->fd);
+        free(st->events);
+        free(st);
+}
+
+static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_events, int reset) {
+        struct epoll_state *st = state;
+        struct epoll_event ev = {
+                .events = (new_events & LOOP_EVENT_READ ? EPOLLIN : 0) |
+                          (new_events & LOOP_EVENT_WRITE ? EPOLLOUT : 0),
+                .data.fd = fd,
+        };
+
+        if (new_events == 0) {
+                /* Already gone if the descriptor was closed: that is fine. */
+                if (epoll_ctl(st->fd, EPOLL_CTL_DEL, fd, &ev) < 0 && errno != ENOENT && errno != EBADF)
+                        return -errno;
+                return 0;
+        }
+        int op = old_events == 0 ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+        if (epoll_ctl(st->fd, op, fd, &ev) == 0)
+                return 0;
+        /* MOD on a number whose file was closed (and maybe reused): ADD it.
+         * ADD on one still registered through a surviving dup: MOD it. */
+        if (op == EPOLL_CTL_MOD && errno == ENOENT)
+                op = EPOLL_CTL_ADD;
+        else if (op == EPOLL_CTL_ADD && errno == EEXIST)
+                op = EPOLL_CTL_MOD;
+        else
+                return -errno;
+        (void) reset;
+        return epoll_ctl(st->fd, op, fd, &ev) < 0 ? -errno : 0;
+}
+
+static int epoll_wait_ns(struct epoll_state *st, int64_t timeout_ns) {
+#ifdef HAVE_EPOLL_PWAIT2
+        if (!st->no_pwait2) {
+                struct timespec ts = {
+                        .tv_sec = timeout_ns / 1000000000,
+                        .tv_nsec = timeout_ns % 1000000000,
+                };
+                int n = epoll_pwait2(st->fd, st->events, st->n_events, timeout_ns < 0 ? NULL : &ts, NULL);
+                if (n >= 0 || errno != ENOSYS)
+                        return n;
+                /* An older kernel than the C library: fall back for good. */
+                st->no_pwait2 = true;
+        }
+#endif
+        return epoll_wait(st->fd, st->events, st->n_events, loop__timeout_ms(timeout_ns));
+}
+
+static int epoll_select(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx) {
+        struct epoll_state *st = state;
+        int n = epoll_wait_ns(st, timeout_ns);
+
+        if (n < 0)
+                return errno == EINTR ? 0 : -errno;
+        for (int i = 0; i < n; i++) {
+                uint32_t e = st->events[i].events, ev = 0;
+                /* asyncio's mapping: anything but "writable only" wakes the
+                 * reader, anything but "readable only" wakes the writer. */
+                if (e & ~(uint32_t) EPOLLOUT)
+                        ev |= LOOP_EVENT_READ;
+                if (e & ~(uint32_t) EPOLLIN)
+                        ev |= LOOP_EVENT_WRITE;
+                ready(ctx, st->events[i].data.fd, ev);
+        }
+        /* A full buffer suggests more were waiting: take more next time. */
+        if (n == st->n_events && n < 65536) {
+                struct epoll_event *events = realloc(st->events, 2 * n * sizeof(*events));
+                if (events) {
+                        st->events = events;
+                        st->n_events = 2 * n;
+                }
+        }
+        return n;
+}
+
+const struct loop_selector_ops loop_selector_epoll = {
+        .name = "epoll",
+        .init = epoll_init,
+        .free = epoll_free,
+        .modify = epoll_modify,
+        .select = epoll_select,
+};

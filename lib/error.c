@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: MIT */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/*
+ * strerror() may write to a static buffer and strerror_r() wants one from
+ * the caller; the description table itself is static and thread-safe, so
+ * return that (strerrordesc_np, glibc 2.32). The few codes libloop gives a
+ * specific meaning get a text that says so.
+ */
+LOOP_EXPORT const char *loop_strerror(int error) {
+        int e = error < 0 ? -error : error;
+
+        switch (e) {
+        case 0:
+                return "Success";
+        case ESHUTDOWN:
+                return "Event loop is closed";
+        case ECHILD:
+                return "Event loop was inherited from the parent process";
+        }
+#ifdef HAVE_STRERRORDESC_NP
+        const char *s = strerrordesc_np(e);
+        return s ? s : "Unknown error";
+#else
+        /* Without the table, strerror is the portable fallback. */
+        return strerror(e);
+#endif
+}

@@ -1,0 +1,305 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Handles and scheduling: call_soon, call_later, call_at, the ready queue
+ * and the timer heap, and running what is ready (asyncio's Handle,
+ * TimerHandle and the second half of BaseEventLoop._run_once).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* Enough to make scheduling malloc-free in steady state without holding on
+ * to the memory of a one-off burst of a million timers. */
+#define HANDLE_CACHE_MAX 4096u
+
+loop_handle_t *loop__handle_new(loop_t *loop, int kind) {
+        loop_handle_t *h = loop->handle_cache;
+
+        if (h) {
+                loop->handle_cache = h->next_free;
+                loop->n_cached--;
+        } else {
+                h = malloc(sizeof(*h));
+                if (!h)
+                        return NULL;
+        }
+        *h = (loop_handle_t) {
+                .n_ref = 1,
+                .kind = (uint8_t) kind,
+                .heap_index = TIMER_HEAP_NONE,
+                .loop = loop,
+        };
+        return h;
+}
+
+/*
+ * The loop lets go of a handle it scheduled. If nobody else holds it, it
+ * goes back to the cache; if the user still does, it is detached from the
+ * loop (h->loop = NULL) so it can outlive it.
+ */
+void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
+        if (likely(h->n_ref == 1))
+                /* The only reference: no other thread can be touching it. */
+                goto recycle;
+        h->loop = NULL;
+        if (__atomic_sub_fetch(&h->n_ref, 1, __ATOMIC_ACQ_REL) > 0)
+                return;
+recycle:
+        if (loop->n_cached >= HANDLE_CACHE_MAX) {
+                free(h);
+                return;
+        }
+        h->next_free = loop->handle_cache;
+        loop->handle_cache = h;
+        loop->n_cached++;
+}
+
+void loop__handle_cache_free(loop_t *loop) {
+        while (loop->handle_cache) {
+                loop_handle_t *h = loop->handle_cache;
+                loop->handle_cache = h->next_free;
+                free(h);
+        }
+        loop->n_cached = 0;
+}
+
+int loop__ready_grow(struct ready_queue *q) {
+        size_t cap = q->slots ? (q->mask + 1) * 2 : 256;
+        struct ready_entry *slots = malloc(cap * sizeof(*slots));
+
+        if (!slots)
+                return -ENOMEM;
+        /* Unwrap the ring into the front of the new array. */
+        for (size_t i = 0; i < q->count; i++)
+                slots[i] = q->slots[(q->head + i) & q->mask];
+        free(q->slots);
+        q->slots = slots;
+        q->mask = cap - 1;
+        q->head = 0;
+        return 0;
+}
+
+LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata, loop_handle_t **ret) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return_if_fail(cb, -EINVAL);
+
+        if (!ret)
+                return ready_push(&loop->ready, cb, userdata, NULL);
+
+        loop_handle_t *h = loop__handle_new(loop, HANDLE_SOON);
+        if (!h)
+                return -ENOMEM;
+        h->cb = cb;
+        h->userdata = userdata;
+        r = ready_push(&loop->ready, NULL, NULL, h);
+        if (r < 0) {
+                loop__handle_drop(loop, h);
+                return r;
+        }
+        /* One reference for the queue, one for the caller. */
+        h->n_ref = 2;
+        *ret = h;
+        return 0;
+}
+
+LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t cb, void *userdata,
+                                loop_handle_t **ret) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return_if_fail(cb, -EINVAL);
+
+        loop_handle_t *h = loop__handle_new(loop, HANDLE_TIMER);
+        if (!h)
+                return -ENOMEM;
+        h->cb = cb;
+        h->userdata = userdata;
+        h->when = when_ns;
+        h->seq = loop->timer_seq++;
+        r = loop__timer_heap_push(&loop->timers, h);
+        if (r < 0) {
+                loop__handle_drop(loop, h);
+                return r;
+        }
+        if (ret) {
+                h->n_ref = 2;
+                *ret = h;
+        }
+        return 0;
+}
+
+LOOP_EXPORT int loop_call_later_ns(loop_t *loop, int64_t delay_ns, loop_callback_t cb, void *userdata,
+                                   loop_handle_t **ret) {
+        int64_t now = loop__now(), when;
+
+        if (__builtin_add_overflow(now, delay_ns, &when))
+                return delay_ns > 0 ? -ERANGE : -EINVAL;
+        return loop_call_at_ns(loop, when, cb, userdata, ret);
+}
+
+LOOP_EXPORT int loop_call_later(loop_t *loop, double delay, loop_callback_t cb, void *userdata,
+                                loop_handle_t **ret) {
+        int64_t ns;
+        int r = loop__seconds_to_ns(delay, &ns);
+
+        if (r < 0)
+                return r;
+        return loop_call_later_ns(loop, ns, cb, userdata, ret);
+}
+
+LOOP_EXPORT int loop_call_at(loop_t *loop, double when, loop_callback_t cb, void *userdata,
+                             loop_handle_t **ret) {
+        int64_t ns;
+        int r = loop__seconds_to_ns(when, &ns);
+
+        if (r < 0)
+                return r;
+        return loop_call_at_ns(loop, ns, cb, userdata, ret);
+}
+
+/* ---- the handle object ---------------------------------------------------- */
+
+LOOP_EXPORT loop_handle_t *loop_handle_ref(loop_handle_t *h) {
+        if (h)
+                __atomic_add_fetch(&h->n_ref, 1, __ATOMIC_RELAXED);
+        return h;
+}
+
+LOOP_EXPORT loop_handle_t *loop_handle_unref(loop_handle_t *h) {
+        /* A handle the user releases last is no longer scheduled, so no
+         * loop refers to it and it is simply freed. */
+        if (h && __atomic_sub_fetch(&h->n_ref, 1, __ATOMIC_ACQ_REL) == 0)
+                free(h);
+        return NULL;
+}
+
+LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
+        return_if_fail(h, -EINVAL);
+
+        __atomic_store_n(&h->cancelled, 1, __ATOMIC_RELEASE);
+        /* A pending timer leaves the heap now, so cancelled timers never
+         * pile up; a queued call_soon is skipped when its turn comes. */
+        if (h->kind == HANDLE_TIMER && h->heap_index != TIMER_HEAP_NONE && h->loop) {
+                loop_t *loop = h->loop;
+                loop__timer_heap_remove(&loop->timers, h);
+                loop__handle_drop(loop, h);
+        }
+        return 0;
+}
+
+LOOP_EXPORT int loop_handle_cancelled(const loop_handle_t *h) {
+        return_if_fail(h, -EINVAL);
+        return __atomic_load_n(&h->cancelled, __ATOMIC_ACQUIRE);
+}
+
+LOOP_EXPORT int64_t loop_handle_when_ns(const loop_handle_t *h) {
+        return_if_fail(h, -EINVAL);
+        return_if_fail(h->kind == HANDLE_TIMER, -ENODATA);
+        return h->when;
+}
+
+LOOP_EXPORT double loop_handle_when(const loop_handle_t *h) {
+        if (!h || h->kind != HANDLE_TIMER)
+                return NAN;
+        return (double) h->when / 1e9;
+}
+
+/* ---- running what is ready ------------------------------------------------ */
+
+/* Move every timer due at or before now onto the ready queue, in deadline order. */
+void loop__expire_timers(loop_t *loop, int64_t now) {
+        const struct timer_slot *top;
+
+        while ((top = timer_heap_top(&loop->timers)) && top->when <= now) {
+                loop_handle_t *h = loop__timer_heap_pop(&loop->timers);
+                if (ready_push(&loop->ready, NULL, NULL, h) < 0) {
+                        /* Out of memory: put it back and let the next iteration retry. */
+                        if (loop__timer_heap_push(&loop->timers, h) < 0) {
+                                loop__report(loop, "Cannot queue an expired timer", -ENOMEM, h, -1);
+                                h->loop = NULL;
+                                loop__handle_drop(loop, h);
+                        }
+                        return;
+                }
+        }
+}
+
+static int invoke(loop_t *loop, const struct ready_entry *e, loop_handle_t *h) {
+        if (!h)
+                return e->cb(loop, e->userdata);
+        if (h->kind == HANDLE_IO)
+                return h->io_cb(loop, h->fd, h->userdata);
+        return h->cb(loop, h->userdata);
+}
+
+static void run_entry(loop_t *loop, const struct ready_entry *e) {
+        loop_handle_t *h = e->handle;
+        int64_t start = 0;
+        int r;
+
+        if (h) {
+                if (__atomic_load_n(&h->cancelled, __ATOMIC_ACQUIRE)) {
+                        if (h->kind != HANDLE_IO)
+                                h->loop = NULL;
+                        loop__handle_drop(loop, h);
+                        return;
+                }
+        }
+        if (unlikely(loop->debug))
+                start = loop__now();
+
+        r = invoke(loop, e, h);
+
+        if (unlikely(loop->debug)) {
+                int64_t took = loop__now() - start;
+                if (took >= loop->slow_callback_ns)
+                        fprintf(stderr, "libloop: Executing callback %p took %.3f seconds\n",
+                                h ? (void *) h : e->userdata, (double) took / 1e9);
+        }
+        if (unlikely(r < 0))
+                loop__report(loop, "Exception in callback", r, h, h && h->kind == HANDLE_IO ? h->fd : -1);
+        if (h) {
+                /* A reader or writer stays registered; everything else ran its course. */
+                if (h->kind != HANDLE_IO)
+                        h->loop = NULL;
+                loop__handle_drop(loop, h);
+        }
+}
+
+/* Run exactly the callbacks that are ready now; ones they add wait for the next iteration. */
+int loop__run_ready(loop_t *loop) {
+        size_t n = loop->ready.count;
+
+        for (size_t i = 0; i < n; i++) {
+                struct ready_entry e = ready_pop(&loop->ready);
+                run_entry(loop, &e);
+        }
+        return n > INT32_MAX ? INT32_MAX : (int) n;
+}
+
+/* Close: drop everything scheduled without running it. */
+void loop__discard_scheduled(loop_t *loop) {
+        loop_handle_t *h;
+
+        while (loop->ready.count > 0) {
+                struct ready_entry e = ready_pop(&loop->ready);
+                if (e.handle) {
+                        if (e.handle->kind != HANDLE_IO)
+                                e.handle->loop = NULL;
+                        loop__handle_drop(loop, e.handle);
+                }
+        }
+        while ((h = loop__timer_heap_pop(&loop->timers))) {
+                h->loop = NULL;
+                loop__handle_drop(loop, h);
+        }
+        free(loop->ready.slots);
+        loop->ready = (struct ready_queue) {};
+        loop__timer_heap_free(&loop->timers);
+}

@@ -1,0 +1,149 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * The base loop: what asyncio's BaseEventLoop holds (ready queue, timers,
+ * run/stop/close, exception handler, debug), shared by every loop kind.
+ * A loop kind (the selector loop today) plugs in through struct loop__impl,
+ * the way BaseSelectorEventLoop sits on BaseEventLoop.
+ */
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "loop.h"
+#include "macro.h"
+#include "timer_heap.h"
+
+enum {
+        HANDLE_SOON,    /* call_soon / call_soon_threadsafe */
+        HANDLE_TIMER,   /* call_later / call_at */
+        HANDLE_IO,      /* a reader or writer; never given to the user */
+};
+
+struct loop_handle {
+        unsigned n_ref;         /* atomic: call_soon_threadsafe hands handles across threads */
+        uint8_t kind;
+        uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
+        uint32_t heap_index;    /* timers: slot in the heap, TIMER_HEAP_NONE when not in it */
+        /*
+         * The loop, while the handle is scheduled (queued, in the heap or
+         * registered as a reader/writer); NULL once the loop is done with
+         * it. Only read and written in the loop's thread.
+         */
+        loop_t *loop;
+        union {
+                loop_callback_t cb;
+                loop_io_callback_t io_cb;
+        };
+        void *userdata;
+        int64_t when;           /* timers: deadline in ns */
+        union {
+                uint64_t seq;           /* timers: tie-break for equal deadlines */
+                int fd;                 /* I/O */
+                loop_handle_t *next_free; /* in the loop's handle cache */
+        };
+};
+
+/* One slot of the ready queue; handle is NULL on call_soon's fast path. */
+struct ready_entry {
+        loop_callback_t cb;
+        void *userdata;
+        loop_handle_t *handle;
+};
+
+#include "ready_queue.h"
+
+struct loop__impl {
+        /*
+         * Wait for I/O for at most timeout_ns (< 0: no limit, 0: do not
+         * block) after applying pending registration changes, and append
+         * the callbacks of ready descriptors to the ready queue. Returns 0
+         * or a negative errno; EINTR is not an error.
+         */
+        int (*poll)(loop_t *loop, int64_t timeout_ns);
+
+        /*
+         * Drop every registration and release the backend. Called once, by
+         * loop_close() or the last unref; also in a fork child, where it
+         * must leave kernel state shared with the parent alone.
+         */
+        void (*close)(loop_t *loop);
+};
+
+struct loop {
+        unsigned n_ref;                 /* atomic */
+        const struct loop__impl *impl;
+        void *impl_state;
+
+        struct ready_queue ready;
+        struct timer_heap timers;
+        uint64_t timer_seq;
+
+        /* Handles the loop finished with, kept for reuse: scheduling a timer costs no malloc. */
+        loop_handle_t *handle_cache;
+        unsigned n_cached;
+
+        /* call_soon_threadsafe: producers append under the lock, the loop swaps the buffers. */
+        pthread_mutex_t ts_lock;
+        struct ready_entry *ts_items;
+        size_t ts_n, ts_cap;
+        struct ready_entry *ts_spare;
+        size_t ts_spare_cap;
+        bool ts_wake_pending;           /* under ts_lock: a wake-up write is in flight */
+        int wake_read_fd, wake_write_fd;  /* the same eventfd on Linux, a pipe elsewhere */
+
+        unsigned running;               /* atomic: 1 while some thread runs the loop */
+        bool stopping;
+        bool closed;
+        unsigned fork_generation;
+
+        loop_exception_handler_t exception_handler;
+        void *exception_userdata;
+        bool debug;
+        int64_t slow_callback_ns;
+};
+
+/* Bumped in every fork child: a loop created under another value was inherited. */
+extern unsigned loop__fork_generation;
+
+static inline bool loop__inherited(const loop_t *loop) {
+        return unlikely(loop->fork_generation != loop__fork_generation);
+}
+
+/* The usual checks of a public call on a loop, as one error code or 0. */
+static inline int loop__usable(const loop_t *loop) {
+        if (!loop)
+                return -EINVAL;
+        if (loop__inherited(loop))
+                return -ECHILD;
+        if (loop->closed)
+                return -ESHUTDOWN;
+        return 0;
+}
+
+/* loop.c */
+int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state);
+void loop__report(loop_t *loop, const char *message, int error, loop_handle_t *handle, int fd);
+
+/* clock.c */
+int64_t loop__now(void);
+int loop__seconds_to_ns(double seconds, int64_t *ret);
+
+/* handle.c */
+loop_handle_t *loop__handle_new(loop_t *loop, int kind);
+void loop__handle_drop(loop_t *loop, loop_handle_t *h);
+void loop__handle_cache_free(loop_t *loop);
+int loop__run_ready(loop_t *loop);
+void loop__expire_timers(loop_t *loop, int64_t now);
+void loop__discard_scheduled(loop_t *loop);
+
+/* threadsafe.c */
+int loop__threadsafe_init(loop_t *loop);
+void loop__threadsafe_drain(loop_t *loop);
+void loop__threadsafe_close(loop_t *loop);
+void loop__threadsafe_free(loop_t *loop);
+
+/* selector_loop.c */
+extern const struct loop__impl loop__selector_impl;

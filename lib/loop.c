@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The base loop (asyncio's BaseEventLoop): life cycle, running, stopping,
+ * and the per-thread "running loop". The ready queue and timers are in
+ * handle.c; the I/O side comes from the loop kind behind loop->impl.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "selector.h"
+
+unsigned loop__fork_generation;
+
+/* The loop running in this thread, if any (asyncio's _get_running_loop). */
+static __thread loop_t *running_loop;
+
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void after_fork_in_child(void) {
+        /* Marks every existing loop as inherited: checking a generation
+         * number is cheaper than calling getpid() on every call. */
+        loop__fork_generation++;
+        running_loop = NULL;
+}
+
+static void install_atfork(void) {
+        pthread_atfork(NULL, NULL, after_fork_in_child);
+}
+
+static bool env_true(const char *name) {
+#ifdef HAVE_SECURE_GETENV
+        const char *v = secure_getenv(name);
+#else
+        const char *v = getenv(name);
+#endif
+        return v && *v && strcmp(v, "0") != 0;
+}
+
+int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state) {
+        int r;
+
+        pthread_once(&atfork_once, install_atfork);
+        *loop = (loop_t) {
+                .n_ref = 1,
+                .impl = impl,
+                .impl_state = impl_state,
+                .fork_generation = loop__fork_generation,
+                .debug = env_true("LIBLOOP_DEBUG"),
+                .slow_callback_ns = 100 * 1000 * 1000,   /* asyncio's 0.1 s */
+                .wake_read_fd = -1,
+                .wake_write_fd = -1,
+        };
+        r = loop__threadsafe_init(loop);
+        if (r < 0)
+                return r;
+        return 0;
+}
+
+LOOP_EXPORT int loop_new(loop_t **ret) {
+        loop_selector_t *sel = NULL;
+        int r;
+
+        return_if_fail(ret, -EINVAL);
+        r = loop_selector_new(NULL, &sel);
+        if (r < 0)
+                return r;
+        r = loop_selector_loop_new(sel, ret);
+        loop_selector_unref(sel);
+        return r;
+}
+
+LOOP_EXPORT loop_t *loop_ref(loop_t *loop) {
+        if (loop)
+                __atomic_add_fetch(&loop->n_ref, 1, __ATOMIC_RELAXED);
+        return loop;
+}
+
+static void loop_free(loop_t *loop) {
+        loop_close(loop);
+        loop__threadsafe_free(loop);
+        loop__handle_cache_free(loop);
+        free(loop);
+}
+
+LOOP_EXPORT loop_t *loop_unref(loop_t *loop) {
+        if (loop && __atomic_sub_fetch(&loop->n_ref, 1, __ATOMIC_ACQ_REL) == 0)
+                loop_free(loop);
+        return NULL;
+}
+
+LOOP_EXPORT int loop_close(loop_t *loop) {
+        return_if_fail(loop, -EINVAL);
+
+        if (loop->closed)
+                return 0;
+        /* In a fork child the loop cannot be running here (that thread is
+         * gone), and closing must still work: it is how a child lets go. */
+        if (!loop__inherited(loop) && __atomic_load_n(&loop->running, __ATOMIC_ACQUIRE))
+                return -EBUSY;
+        if (loop__inherited(loop))
+                loop->closed = true;
+        else
+                loop__threadsafe_close(loop);   /* under the lock other threads post with */
+        loop__discard_scheduled(loop);
+        loop->impl->close(loop);
+        return 0;
+}
+
+LOOP_EXPORT int loop_is_closed(const loop_t *loop) {
+        return_if_fail(loop, -EINVAL);
+        return loop->closed;
+}
+
+LOOP_EXPORT int loop_is_running(const loop_t *loop) {
+        return_if_fail(loop, -EINVAL);
+        return (int) __atomic_load_n(&loop->running, __ATOMIC_ACQUIRE);
+}
+
+/* One iteration: asyncio's BaseEventLoop._run_once. */
+static int iterate(loop_t *loop, int64_t max_wait_ns) {
+        int64_t timeout = max_wait_ns;
+        const struct timer_slot *top;
+        int r;
+
+        if (loop->ready.count > 0 || loop->stopping)
+                timeout = 0;
+        else if ((top = timer_heap_top(&loop->timers))) {
+                int64_t until = top->when - loop__now();
+                if (until < 0)
+                        until = 0;
+                if (timeout < 0 || until < timeout)
+                        timeout = until;
+        }
+
+        r = loop->impl->poll(loop, timeout);
+        if (r < 0)
+                return r;
+        loop__expire_timers(loop, loop__now());
+        return loop__run_ready(loop);
+}
+
+static int enter(loop_t *loop) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        /* Another loop already running in this thread: asyncio refuses too. */
+        if (running_loop)
+                return -EBUSY;
+        if (__atomic_exchange_n(&loop->running, 1, __ATOMIC_ACQ_REL))
+                return -EBUSY;
+        running_loop = loop;
+        /* The loop must outlive its own run even if a callback drops the
+         * caller's last reference. */
+        loop_ref(loop);
+        return 0;
+}
+
+static void leave(loop_t *loop) {
+        loop->stopping = false;
+        running_loop = NULL;
+        __atomic_store_n(&loop->running, 0, __ATOMIC_RELEASE);
+        loop_unref(loop);
+}
+
+LOOP_EXPORT int loop_run_forever(loop_t *loop) {
+        int r = enter(loop);
+
+        if (r < 0)
+                return r;
+        for (;;) {
+                r = iterate(loop, -1);
+                if (r < 0 || loop->stopping)
+                        break;
+        }
+        leave(loop);
+        return r < 0 ? r : 0;
+}
+
+LOOP_EXPORT int loop_run_once(loop_t *loop, int64_t timeout_ns) {
+        int r = enter(loop);
+
+        if (r < 0)
+                return r;
+        r = iterate(loop, timeout_ns < 0 ? -1 : timeout_ns);
+        leave(loop);
+        return r;
+}
+
+LOOP_EXPORT int loop_stop(loop_t *loop) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        loop->stopping = true;
+        return 0;
+}

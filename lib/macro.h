@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+#include <errno.h>
+
+#define LOOP_EXPORT __attribute__((visibility("default")))
+
+#define likely(x) __builtin_expect(!!(x), 1)
+#define unlikely(x) __builtin_expect(!!(x), 0)
+
+#define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
+
+/*
+ * Public arguments are checked with these instead of assert(): a caller's
+ * mistake gets an error code back, never an abort (sd-event's
+ * assert_return). Plain assert() is kept for the library's own invariants.
+ */
+#define return_if_fail(expr, err)              \
+        do {                                    \
+                if (unlikely(!(expr)))          \
+                        return (err);           \
+        } while (0)
+
+#define return_val_if_fail(expr, val) return_if_fail(expr, val)

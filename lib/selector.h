@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * The readiness backends (asyncio's selectors module).
+ *
+ * Each backend lives in one file (epoll.c, poll.c, select.c) and exports one
+ * const table of this type; selector.c lists the compiled-in tables in order
+ * of preference and nothing else in the library names a backend.
+ *
+ * The selector loop (selector_loop.c) keeps the user-visible registrations
+ * and applies changes to the backend lazily, once per iteration, so a
+ * backend only ever sees "fd had events OLD, now wants NEW".
+ */
+
+#include <stdint.h>
+
+#include "loop.h"
+
+#define LOOP_EVENT_READ  UINT32_C(1)
+#define LOOP_EVENT_WRITE UINT32_C(2)
+
+/* Called by ->select once per ready descriptor, from inside ->select. */
+typedef void (*loop_selector_ready_t)(void *ctx, int fd, uint32_t events);
+
+struct loop_selector_ops {
+        /* Name used by loop_selector_new() and LIBLOOP_SELECTOR. */
+        const char *name;
+
+        /*
+         * Allocate the backend state and store it in *state. May fail with a
+         * negative errno (-ENOMEM, -EMFILE...). The state is private to the
+         * backend and freed by ->free.
+         */
+        int (*init)(void **state);
+
+        /*
+         * Release everything ->init made. Must not issue per-descriptor
+         * removals: after fork() the kernel object may be shared with the
+         * parent (epoll), and closing our copy must not disturb its
+         * registrations.
+         */
+        void (*free)(void *state);
+
+        /*
+         * May fd be watched at all? Called before the first registration of
+         * a descriptor. Returns 0 or a negative errno (-ERANGE for select's
+         * FD_SETSIZE). NULL means every fd >= 0 is fine.
+         */
+        int (*check_fd)(void *state, int fd);
+
+        /*
+         * Change fd's interest from old_events to new_events (LOOP_EVENT_*).
+         * old_events == 0 is an addition, new_events == 0 a removal. Called
+         * with old != new, or with old == new != 0 and reset set, meaning the
+         * descriptor may have been closed and reused since it was last
+         * registered (the backend must make sure the kernel watches the fd
+         * that now has this number). A removal must tolerate a descriptor
+         * that was already closed. Returns 0 or a negative errno; -EBADF and
+         * -EPERM are reported to the user on additions.
+         */
+        int (*modify)(void *state, int fd, uint32_t old_events, uint32_t new_events, int reset);
+
+        /*
+         * Wait up to timeout_ns (< 0: forever, 0: poll) and call ready() for
+         * each descriptor with events. Errors and hang-ups are reported as
+         * READ|WRITE so both callbacks get to see them. EINTR is not an
+         * error: return 0 with no events. Returns the number of events or a
+         * negative errno.
+         */
+        int (*select)(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx);
+};
+
+struct loop_selector {
+        unsigned n_ref;
+        const struct loop_selector_ops *ops;
+        void *state;
+        loop_t *owner;          /* the loop using it, or NULL (not a reference) */
+};
+
+/* The compiled-in backends, defined in their own files. */
+extern const struct loop_selector_ops loop_selector_epoll;
+extern const struct loop_selector_ops loop_selector_poll;
+extern const struct loop_selector_ops loop_selector_select;
+
+/* Converts a timeout to milliseconds, rounding up so we never wake early and spin. */
+int loop__timeout_ms(int64_t timeout_ns);
