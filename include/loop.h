@@ -115,6 +115,57 @@ int loop_get_debug(const loop_t *loop);
 int loop_set_slow_callback_duration(loop_t *loop, double seconds);
 double loop_get_slow_callback_duration(const loop_t *loop);
 
+/*
+ * The thread's current loop and the running loop: the two primitives
+ * asyncio 3.14 keeps when it deprecates policies. The default policy is
+ * built on them. Loops handed out through a loop_t ** are new references.
+ */
+int loop_thread_get_loop(loop_t **ret);
+int loop_thread_set_loop(loop_t *loop);
+int loop_get_running_loop(loop_t **ret);
+
+/* A loop factory, as asyncio.Runner(loop_factory=...) takes. */
+typedef int (*loop_factory_t)(loop_t **ret, void *userdata);
+
+/* Runners (asyncio.Runner and asyncio.run) */
+typedef struct loop_runner loop_runner_t;
+
+int loop_runner_new(loop_factory_t factory, void *userdata, loop_runner_t **ret);
+loop_runner_t *loop_runner_ref(loop_runner_t *runner);
+loop_runner_t *loop_runner_unref(loop_runner_t *runner);
+int loop_runner_get_loop(loop_runner_t *runner, loop_t **ret);
+int loop_runner_run(loop_runner_t *runner, loop_callback_t main, void *userdata);
+int loop_runner_close(loop_runner_t *runner);
+int loop_run(loop_factory_t factory, void *factory_userdata, loop_callback_t main, void *userdata);
+
+/* Event-loop policies (asyncio's AbstractEventLoopPolicy) */
+typedef struct loop_policy loop_policy_t;
+
+struct loop_policy_ops {
+        size_t size;    /* sizeof(struct loop_policy_ops) as the caller knew it */
+        int (*get_event_loop)(loop_policy_t *self, loop_t **ret);
+        int (*set_event_loop)(loop_policy_t *self, loop_t *loop);
+        int (*new_event_loop)(loop_policy_t *self, loop_t **ret);
+        void (*free)(void *userdata);
+};
+
+int loop_policy_new(const struct loop_policy_ops *ops, void *userdata, loop_policy_t *base,
+                    loop_policy_t **ret);
+int loop_policy_new_default(loop_policy_t **ret);
+loop_policy_t *loop_policy_ref(loop_policy_t *policy);
+loop_policy_t *loop_policy_unref(loop_policy_t *policy);
+void *loop_policy_get_userdata(const loop_policy_t *policy);
+loop_policy_t *loop_policy_get_base(const loop_policy_t *policy);
+int loop_policy_get_event_loop(loop_policy_t *policy, loop_t **ret);
+int loop_policy_set_event_loop(loop_policy_t *policy, loop_t *loop);
+int loop_policy_new_event_loop(loop_policy_t *policy, loop_t **ret);
+
+loop_policy_t *loop_get_event_loop_policy(void);
+int loop_set_event_loop_policy(loop_policy_t *policy);
+int loop_get_event_loop(loop_t **ret);
+int loop_set_event_loop(loop_t *loop);
+int loop_new_event_loop(loop_t **ret);
+
 #ifdef __cplusplus
 }
 #endif

@@ -124,8 +124,12 @@ static inline int loop__usable(const loop_t *loop) {
 }
 
 /* loop.c */
+extern __thread loop_t *loop__running_loop;   /* the loop running in this thread */
 int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state);
 void loop__report(loop_t *loop, const char *message, int error, loop_handle_t *handle, int fd);
+
+/* current.c */
+bool loop__is_main_thread(void);
 
 /* clock.c */
 int64_t loop__now(void);

@@ -16,7 +16,7 @@
 unsigned loop__fork_generation;
 
 /* The loop running in this thread, if any (asyncio's _get_running_loop). */
-static __thread loop_t *running_loop;
+__thread loop_t *loop__running_loop;
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
@@ -24,7 +24,7 @@ static void after_fork_in_child(void) {
         /* Marks every existing loop as inherited: checking a generation
          * number is cheaper than calling getpid() on every call. */
         loop__fork_generation++;
-        running_loop = NULL;
+        loop__running_loop = NULL;
 }
 
 static void install_atfork(void) {
@@ -149,11 +149,11 @@ static int enter(loop_t *loop) {
         if (r < 0)
                 return r;
         /* Another loop already running in this thread: asyncio refuses too. */
-        if (running_loop)
+        if (loop__running_loop)
                 return -EBUSY;
         if (__atomic_exchange_n(&loop->running, 1, __ATOMIC_ACQ_REL))
                 return -EBUSY;
-        running_loop = loop;
+        loop__running_loop = loop;
         /* The loop must outlive its own run even if a callback drops the
          * caller's last reference. */
         loop_ref(loop);
@@ -162,7 +162,7 @@ static int enter(loop_t *loop) {
 
 static void leave(loop_t *loop) {
         loop->stopping = false;
-        running_loop = NULL;
+        loop__running_loop = NULL;
         __atomic_store_n(&loop->running, 0, __ATOMIC_RELEASE);
         loop_unref(loop);
 }
@@ -176,6 +176,11 @@ LOOP_EXPORT int loop_run_forever(loop_t *loop) {
                 r = iterate(loop, -1);
                 if (r < 0 || loop->stopping)
                         break;
+                /* A callback forked and this is the child: the loop is the parent's. */
+                if (loop__inherited(loop)) {
+                        r = -ECHILD;
+                        break;
+                }
         }
         leave(loop);
         return r < 0 ? r : 0;
