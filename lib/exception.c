@@ -42,7 +42,10 @@ LOOP_EXPORT loop_exception_handler_t loop_get_exception_handler(const loop_t *lo
 #define CONTEXT_MIN_SIZE (offsetof(struct loop_exception_context, message) + sizeof(const char *))
 
 LOOP_EXPORT int loop_call_exception_handler(loop_t *loop, const struct loop_exception_context *context) {
-        return_if_fail(loop, -EINVAL);
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
         return_if_fail(context && context->size >= CONTEXT_MIN_SIZE && context->message, -EINVAL);
 
         struct loop_exception_context ctx = { .fd = -1 };
@@ -57,7 +60,10 @@ LOOP_EXPORT int loop_call_exception_handler(loop_t *loop, const struct loop_exce
 }
 
 LOOP_EXPORT int loop_default_exception_handler(loop_t *loop, const struct loop_exception_context *context) {
-        return_if_fail(loop, -EINVAL);
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
         return_if_fail(context && context->size >= CONTEXT_MIN_SIZE && context->message, -EINVAL);
 
         struct loop_exception_context ctx = { .fd = -1 };

@@ -103,6 +103,7 @@ LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata,
         }
         /* One reference for the queue, one for the caller. */
         h->n_ref = 2;
+        h->exposed = 1;
         *ret = h;
         return 0;
 }
@@ -129,6 +130,7 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
         }
         if (ret) {
                 h->n_ref = 2;
+                h->exposed = 1;
                 *ret = h;
         }
         return 0;
@@ -238,18 +240,28 @@ static int invoke(loop_t *loop, const struct ready_entry *e, loop_handle_t *h) {
         return h->cb(loop, h->userdata);
 }
 
-static void run_entry(loop_t *loop, const struct ready_entry *e) {
+/* asyncio logs "Executing <Handle cb(args)> took 0.123 seconds"; the
+ * closest C has is the function's address and its user data. */
+static void slow_callback_warning(const struct ready_entry *e, const loop_handle_t *h, int64_t took) {
+        void *fn = (void *) (uintptr_t) (h ? (h->kind == HANDLE_IO ? (uintptr_t) h->io_cb : (uintptr_t) h->cb)
+                                           : (uintptr_t) e->cb);
+        void *userdata = h ? h->userdata : e->userdata;
+
+        fprintf(stderr, "libloop: Executing callback %p (userdata %p) took %.3f seconds\n", fn, userdata,
+                (double) took / 1e9);
+}
+
+/* Returns whether a callback ran (a cancelled handle's does not). */
+static bool run_entry(loop_t *loop, const struct ready_entry *e) {
         loop_handle_t *h = e->handle;
         int64_t start = 0;
         int r;
 
-        if (h) {
-                if (__atomic_load_n(&h->cancelled, __ATOMIC_ACQUIRE)) {
-                        if (h->kind != HANDLE_IO)
-                                h->loop = NULL;
-                        loop__handle_drop(loop, h);
-                        return;
-                }
+        if (h && __atomic_load_n(&h->cancelled, __ATOMIC_ACQUIRE)) {
+                if (h->kind != HANDLE_IO)
+                        h->loop = NULL;
+                loop__handle_drop(loop, h);
+                return false;
         }
         if (unlikely(loop->debug))
                 start = loop__now();
@@ -258,29 +270,31 @@ static void run_entry(loop_t *loop, const struct ready_entry *e) {
 
         if (unlikely(loop->debug)) {
                 int64_t took = loop__now() - start;
-                if (took >= loop->slow_callback_ns)
-                        fprintf(stderr, "libloop: Executing callback %p took %.3f seconds\n",
-                                h ? (void *) h : e->userdata, (double) took / 1e9);
+                if (took > loop->slow_callback_ns)
+                        slow_callback_warning(e, h, took);
         }
         if (unlikely(r < 0))
-                loop__report(loop, "Exception in callback", r, h, h && h->kind == HANDLE_IO ? h->fd : -1);
+                /* Only a handle the user was given means anything to them. */
+                loop__report(loop, "Exception in callback", r, h && h->exposed ? h : NULL,
+                             h && h->kind == HANDLE_IO ? h->fd : -1);
         if (h) {
                 /* A reader or writer stays registered; everything else ran its course. */
                 if (h->kind != HANDLE_IO)
                         h->loop = NULL;
                 loop__handle_drop(loop, h);
         }
+        return true;
 }
 
 /* Run exactly the callbacks that are ready now; ones they add wait for the next iteration. */
 int loop__run_ready(loop_t *loop) {
-        size_t n = loop->ready.count;
+        size_t n = loop->ready.count, ran = 0;
 
         for (size_t i = 0; i < n; i++) {
                 struct ready_entry e = ready_pop(&loop->ready);
-                run_entry(loop, &e);
+                ran += run_entry(loop, &e);
         }
-        return n > INT32_MAX ? INT32_MAX : (int) n;
+        return ran > INT32_MAX ? INT32_MAX : (int) ran;
 }
 
 /* Close: drop everything scheduled without running it. */

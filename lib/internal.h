@@ -26,6 +26,7 @@ struct loop_handle {
         unsigned n_ref;         /* atomic: call_soon_threadsafe hands handles across threads */
         uint8_t kind;
         uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
+        uint8_t exposed;        /* the user was given this handle */
         uint32_t heap_index;    /* timers: slot in the heap, TIMER_HEAP_NONE when not in it */
         /*
          * The loop, while the handle is scheduled (queued, in the heap or

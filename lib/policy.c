@@ -9,6 +9,12 @@
  * called with self = the policy that defines it, so loop_policy_get_userdata(self)
  * is always that policy's own data.
  *
+ * Python's self is the derived object even inside the base's code, so
+ * DefaultEventLoopPolicy.get_event_loop creating a loop calls the derived
+ * new_event_loop. To keep that (it is how policies like uvloop's change the
+ * loop class), the outermost policy of the current call chain is remembered
+ * per thread, and the default get_event_loop creates and installs through it.
+ *
  * The global policy is swapped under a mutex and handed out with a
  * reference taken under the same mutex, so a thread still using the old
  * policy keeps it alive until it is done.
@@ -27,6 +33,20 @@ struct loop_policy {
         loop_policy_t *base;
 };
 
+/* The policy a thread's outermost loop_policy_*() call was made on. */
+static __thread loop_policy_t *outermost;
+static __thread unsigned depth;
+
+static inline void enter(loop_policy_t *p) {
+        if (depth++ == 0)
+                outermost = p;
+}
+
+static inline void leave(void) {
+        if (--depth == 0)
+                outermost = NULL;
+}
+
 /* ---- the default policy: one loop per thread, on the two primitives ------ */
 
 static int default_get_event_loop(loop_policy_t *self, loop_t **ret) {
@@ -38,11 +58,13 @@ static int default_get_event_loop(loop_policy_t *self, loop_t **ret) {
          * other thread must have set one (RuntimeError there, -ENOENT here). */
         if (!loop__is_main_thread())
                 return -ENOENT;
+        /* self.set_event_loop(self.new_event_loop()), with Python's self. */
+        loop_policy_t *creator = outermost ? outermost : self;
         loop_t *loop;
-        r = loop_policy_new_event_loop(self, &loop);
+        r = loop_policy_new_event_loop(creator, &loop);
         if (r < 0)
                 return r;
-        r = loop_policy_set_event_loop(self, loop);
+        r = loop_policy_set_event_loop(creator, loop);
         if (r < 0) {
                 loop_unref(loop);
                 return r;
@@ -139,7 +161,9 @@ LOOP_EXPORT int loop_policy_get_event_loop(loop_policy_t *p, loop_t **ret) {
 
         loop_policy_t *q = FIND_OP(p, get_event_loop);
         loop_t *loop = NULL;
+        enter(p);
         int r = q->ops.get_event_loop(q, &loop);
+        leave();
         if (r < 0)
                 return r;
         /* "It must never return None": a policy that claims success without
@@ -154,7 +178,10 @@ LOOP_EXPORT int loop_policy_set_event_loop(loop_policy_t *p, loop_t *loop) {
         return_if_fail(p, -EINVAL);
 
         loop_policy_t *q = FIND_OP(p, set_event_loop);
-        return q->ops.set_event_loop(q, loop);
+        enter(p);
+        int r = q->ops.set_event_loop(q, loop);
+        leave();
+        return r;
 }
 
 LOOP_EXPORT int loop_policy_new_event_loop(loop_policy_t *p, loop_t **ret) {
@@ -162,7 +189,9 @@ LOOP_EXPORT int loop_policy_new_event_loop(loop_policy_t *p, loop_t **ret) {
 
         loop_policy_t *q = FIND_OP(p, new_event_loop);
         loop_t *loop = NULL;
+        enter(p);
         int r = q->ops.new_event_loop(q, &loop);
+        leave();
         if (r < 0)
                 return r;
         if (!loop)

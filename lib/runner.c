@@ -108,11 +108,19 @@ LOOP_EXPORT int loop_runner_run(loop_runner_t *runner, loop_callback_t main, voi
         int r = lazy_init(runner);
         if (r < 0)
                 return r;
+        /* Refuse before scheduling: a main left queued would point into
+         * this stack frame after we return. */
+        if (loop__running_loop || loop_is_running(runner->loop) > 0)
+                return -EBUSY;
         struct main_call call = { .main = main, .userdata = userdata };
-        r = loop_call_soon(runner->loop, call_main, &call, NULL);
+        loop_handle_t *h;
+        r = loop_call_soon(runner->loop, call_main, &call, &h);
         if (r < 0)
                 return r;
         r = loop_run_forever(runner->loop);
+        /* If the run failed before main's turn, main must never run later. */
+        loop_handle_cancel(h);
+        loop_handle_unref(h);
         if (r < 0)
                 return r;
         return call.result;

@@ -100,6 +100,7 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                 *h = (loop_handle_t) {
                         .n_ref = 2,     /* the queue's and the caller's */
                         .kind = HANDLE_SOON,
+                        .exposed = 1,
                         .heap_index = TIMER_HEAP_NONE,
                         .cb = cb,
                         .userdata = userdata,

@@ -32,5 +32,5 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap);
 void loop__timer_heap_free(struct timer_heap *heap);
 
 static inline const struct timer_slot *timer_heap_top(const struct timer_heap *heap) {
-        return heap->n ? &heap->slots[0] : NULL;
+        return heap->n ? &heap->slots[3] : NULL;      /* HEAP0, see timer_heap.c */
 }
