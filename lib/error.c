@@ -11,6 +11,9 @@
  * specific meaning get a text that says so.
  */
 LOOP_EXPORT const char *loop_strerror(int error) {
+        /* -INT_MIN does not exist; no errno is anywhere near it anyway. */
+        if (error == INT32_MIN)
+                return "Unknown error";
         int e = error < 0 ? -error : error;
 
         switch (e) {

@@ -105,6 +105,14 @@ LOOP_EXPORT int loop_close(loop_t *loop) {
                 loop->closed = true;
         else
                 loop__threadsafe_close(loop);   /* under the lock other threads post with */
+        /* Components first: they may cancel futures, which schedules
+         * callbacks that are dropped right after. */
+        while (loop->close_hooks) {
+                struct loop__close_hook *hook = loop->close_hooks;
+                loop->close_hooks = hook->next;
+                hook->next = NULL;
+                hook->fn(loop, hook);
+        }
         loop__discard_scheduled(loop);
         loop->impl->close(loop);
         return 0;
@@ -120,27 +128,97 @@ LOOP_EXPORT int loop_is_running(const loop_t *loop) {
         return (int) __atomic_load_n(&loop->running, __ATOMIC_ACQUIRE);
 }
 
-/* One iteration: asyncio's BaseEventLoop._run_once. */
-static int iterate(loop_t *loop, int64_t max_wait_ns) {
-        int64_t timeout = max_wait_ns;
+void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook) {
+        hook->next = loop->close_hooks;
+        loop->close_hooks = hook;
+}
+
+void loop__remove_close_hook(loop_t *loop, struct loop__close_hook *hook) {
+        for (struct loop__close_hook **p = &loop->close_hooks; *p; p = &(*p)->next)
+                if (*p == hook) {
+                        *p = hook->next;
+                        hook->next = NULL;
+                        return;
+                }
+}
+
+/* How long the next wait may block: 0 with work queued, up to the first
+ * timer, else max_wait_ns (< 0: no limit). */
+static int64_t wait_timeout(loop_t *loop, int64_t now, int64_t max_wait_ns) {
         const struct timer_slot *top;
-        int r;
+        int64_t timeout = max_wait_ns;
 
         if (loop->ready.count > 0 || loop->stopping)
-                timeout = 0;
-        else if ((top = timer_heap_top(&loop->timers))) {
-                int64_t until = top->when - loop__now();
-                if (until < 0)
-                        until = 0;
+                return 0;
+        if ((top = timer_heap_top(&loop->timers))) {
+                /* Compared before subtracting: a deadline near INT64_MIN
+                 * would overflow the difference. */
+                int64_t until = top->when <= now ? 0 : top->when - now;
                 if (timeout < 0 || until < timeout)
                         timeout = until;
         }
+        return timeout;
+}
 
-        r = loop->impl->poll(loop, timeout);
+/* One iteration: asyncio's BaseEventLoop._run_once. */
+static int iterate(loop_t *loop, int64_t max_wait_ns) {
+        int64_t before = loop__now(), after;
+        int r;
+
+        r = loop->impl->poll(loop, wait_timeout(loop, before, max_wait_ns));
         if (r < 0)
                 return r;
-        loop__expire_timers(loop, loop__now());
-        return loop__run_ready(loop);
+        after = loop__now();
+        loop->n_events += (uint64_t) r;
+        loop->wait_ns += after - before;
+        loop__expire_timers(loop, after);
+        r = loop__run_ready(loop);
+        loop->n_iterations++;
+        loop->n_callbacks += (uint64_t) r;
+        loop->run_ns += loop__now() - after;
+        return r;
+}
+
+LOOP_EXPORT int64_t loop_get_timeout_ns(loop_t *loop) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        /* The caller is about to wait on loop_fileno(): the backend must
+         * see the registrations made since the last iteration. */
+        loop->impl->prepare(loop);
+        return wait_timeout(loop, loop__now(), -1);
+}
+
+LOOP_EXPORT int loop_fileno(loop_t *loop) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return loop->impl->fileno(loop);
+}
+
+LOOP_EXPORT int loop_get_metrics(loop_t *loop, struct loop_metrics *metrics) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return_if_fail(metrics && metrics->size >= sizeof(metrics->size), -EINVAL);
+        struct loop_metrics m = {
+                .size = sizeof(m),
+                .iterations = loop->n_iterations,
+                .callbacks = loop->n_callbacks,
+                .events = loop->n_events,
+                .wait_ns = loop->wait_ns,
+                .run_ns = loop->run_ns,
+                .handles_ready = loop->ready.count,
+                .timers = loop->timers.n,
+                .fds = loop->impl->count_fds(loop),
+        };
+        /* An older caller's shorter struct gets the fields it knows. */
+        size_t n = metrics->size < sizeof(m) ? metrics->size : sizeof(m);
+        memcpy((char *) metrics + sizeof(m.size), (char *) &m + sizeof(m.size), n - sizeof(m.size));
+        return 0;
 }
 
 static int enter(loop_t *loop) {

@@ -1,0 +1,595 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * loop_call_soon_threadsafe from other threads: exactly once, per-thread
+ * FIFO, wakes a sleeping loop, survives floods; plus the threadsafe parts of
+ * the API (loop_ref/unref, cancelling a call_soon handle).
+ *
+ * TSan-friendly: the loop's callbacks only touch state of the loop's thread,
+ * threads report through atomics, and everything is joined before reading.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+
+#include "testutil.h"
+
+#define N_THREADS 4
+#define N_CALLS 10000
+
+/* userdata encodes (thread, sequence number) */
+#define ENCODE(t, i) ((void *) (uintptr_t) (((uintptr_t) (t) << 24) | (uintptr_t) (i)))
+#define DEC_THREAD(p) ((int) ((uintptr_t) (p) >> 24))
+#define DEC_SEQ(p) ((int) ((uintptr_t) (p) % ((uintptr_t) 1 << 24)))
+
+/* State of the loop's thread (only callbacks and the test touch it). */
+struct tally {
+        int count[N_THREADS];
+        int next[N_THREADS]; /* expected next sequence number */
+        int out_of_order;
+        int total;
+        int want; /* stop the loop at this total */
+};
+
+static struct tally tally;
+
+static int tally_cb(loop_t *loop, void *userdata) {
+        int t = DEC_THREAD(userdata), i = DEC_SEQ(userdata);
+
+        if (t < 0 || t >= N_THREADS) {
+                tally.out_of_order++;
+                return 0;
+        }
+        if (i != tally.next[t])
+                tally.out_of_order++;
+        tally.next[t] = i + 1;
+        tally.count[t]++;
+        if (++tally.total == tally.want)
+                return loop_stop(loop);
+        return 0;
+}
+
+struct poster {
+        pthread_t thread;
+        loop_t *loop;
+        int id;
+        int calls;
+        atomic_int *go; /* start line, so the threads overlap */
+        atomic_int failures;
+        atomic_int first_error;
+};
+
+static void *poster_main(void *arg) {
+        struct poster *p = arg;
+        int i;
+
+        while (!atomic_load(p->go))
+                sched_yield();
+        for (i = 0; i < p->calls; i++) {
+                int r = loop_call_soon_threadsafe(p->loop, tally_cb, ENCODE(p->id, i), NULL);
+
+                if (r < 0) {
+                        atomic_fetch_add(&p->failures, 1);
+                        atomic_store(&p->first_error, r);
+                }
+        }
+        return NULL;
+}
+
+static void start_posters(struct poster *p, int n, loop_t *loop, int calls, atomic_int *go) {
+        int t;
+
+        for (t = 0; t < n; t++) {
+                p[t].loop = loop;
+                p[t].id = t;
+                p[t].calls = calls;
+                p[t].go = go;
+                atomic_init(&p[t].failures, 0);
+                atomic_init(&p[t].first_error, 0);
+                ck_assert_int_eq(pthread_create(&p[t].thread, NULL, poster_main, &p[t]), 0);
+        }
+}
+
+static void join_posters(struct poster *p, int n) {
+        int t;
+
+        for (t = 0; t < n; t++) {
+                ck_assert_int_eq(pthread_join(p[t].thread, NULL), 0);
+                ck_assert_msg(atomic_load(&p[t].failures) == 0, "thread %d: %d calls failed (%s)", t,
+                              atomic_load(&p[t].failures), loop_strerror(atomic_load(&p[t].first_error)));
+        }
+}
+
+static void tally_reset(int want) {
+        memset(&tally, 0, sizeof(tally));
+        tally.want = want;
+}
+
+/* 4 threads x 10,000 calls while the loop runs: each runs exactly once, FIFO per thread. */
+START_TEST(test_many_threads_exactly_once) {
+        loop_t *loop = tu_loop_new();
+        struct poster p[N_THREADS];
+        atomic_int go;
+        int t, guard = 0;
+        loop_handle_t *gh = NULL;
+
+        atomic_init(&go, 0);
+        tally_reset(N_THREADS * N_CALLS);
+        start_posters(p, N_THREADS, loop, N_CALLS, &go);
+        ck_assert_int_eq(loop_call_later(loop, 25.0, tu_stop_cb, &guard, &gh), 0);
+        atomic_store(&go, 1);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        join_posters(p, N_THREADS);
+        ck_assert_int_eq(guard, 0);
+        ck_assert_int_eq(tally.total, N_THREADS * N_CALLS);
+        ck_assert_int_eq(tally.out_of_order, 0);
+        for (t = 0; t < N_THREADS; t++)
+                ck_assert_int_eq(tally.count[t], N_CALLS);
+        /* Nothing is left over. */
+        ck_assert_int_eq(loop_run_once(loop, 0), 0);
+        ck_assert_int_eq(tally.total, N_THREADS * N_CALLS);
+        ck_assert_int_eq(loop_handle_cancel(gh), 0);
+        loop_handle_unref(gh);
+        loop_unref(loop);
+}
+END_TEST
+
+/* The same with the loop not running while the threads post (queue, then drain). */
+START_TEST(test_many_threads_before_run) {
+        loop_t *loop = tu_loop_new();
+        struct poster p[N_THREADS];
+        atomic_int go;
+        int t, ran;
+
+        atomic_init(&go, 1);
+        tally_reset(-1);
+        start_posters(p, N_THREADS, loop, N_CALLS, &go);
+        join_posters(p, N_THREADS);
+        ran = loop_run_once(loop, 0);
+        ck_assert_int_eq(ran, N_THREADS * N_CALLS);
+        ck_assert_int_eq(tally.out_of_order, 0);
+        for (t = 0; t < N_THREADS; t++)
+                ck_assert_int_eq(tally.count[t], N_CALLS);
+        loop_unref(loop);
+}
+END_TEST
+
+/* The loop's own work in progress while one thread floods it. */
+static int busy_chain_cb(loop_t *loop, void *userdata) {
+        int *n = userdata;
+
+        (*n)++;
+        if (tally.total >= tally.want)
+                return 0;
+        return loop_call_soon(loop, busy_chain_cb, n, NULL);
+}
+
+START_TEST(test_flood_while_running) {
+        loop_t *loop = tu_loop_new();
+        struct poster p[1];
+        atomic_int go;
+        int chain = 0, guard = 0;
+        loop_handle_t *gh = NULL;
+        const int n = 100000;
+
+        atomic_init(&go, 0);
+        tally_reset(n);
+        start_posters(p, 1, loop, n, &go);
+        ck_assert_int_eq(loop_call_soon(loop, busy_chain_cb, &chain, NULL), 0);
+        ck_assert_int_eq(loop_call_later(loop, 25.0, tu_stop_cb, &guard, &gh), 0);
+        atomic_store(&go, 1);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        join_posters(p, 1);
+        ck_assert_int_eq(guard, 0);
+        ck_assert_int_eq(tally.total, n);
+        ck_assert_int_eq(tally.count[0], n);
+        ck_assert_int_eq(tally.out_of_order, 0);
+        ck_assert_int_gt(chain, 0);
+        loop_handle_cancel(gh);
+        loop_handle_unref(gh);
+        loop_unref(loop);
+}
+END_TEST
+
+/* Same, driven by run_once(-1) (embedding): each post must wake the wait. */
+START_TEST(test_flood_run_once_blocking) {
+        loop_t *loop = tu_loop_new();
+        struct poster p[2];
+        atomic_int go;
+        int64_t deadline;
+        const int n = 20000;
+
+        atomic_init(&go, 0);
+        tally_reset(2 * n);
+        start_posters(p, 2, loop, n, &go);
+        atomic_store(&go, 1);
+        deadline = tu_now_ns() + 20 * TU_SEC;
+        /* No timers, no fds: only the posts can end each wait. */
+        while (tally.total < 2 * n && tu_now_ns() < deadline)
+                ck_assert_int_ge(loop_run_once(loop, -1), 0);
+        join_posters(p, 2);
+        ck_assert_int_eq(tally.total, 2 * n);
+        ck_assert_int_eq(tally.count[0], n);
+        ck_assert_int_eq(tally.count[1], n);
+        ck_assert_int_eq(tally.out_of_order, 0);
+        loop_unref(loop);
+}
+END_TEST
+
+/* ---- waking a sleeping loop --------------------------------------------- */
+
+struct waker {
+        loop_t *loop;
+        int64_t delay_ns;
+        atomic_int ret;
+};
+
+static int wake_stop_cb(loop_t *loop, void *userdata) {
+        (*(int *) userdata)++;
+        return loop_stop(loop);
+}
+
+static int woken;
+
+static void *waker_main(void *arg) {
+        struct waker *w = arg;
+
+        tu_sleep_ns(w->delay_ns);
+        atomic_store(&w->ret, loop_call_soon_threadsafe(w->loop, wake_stop_cb, &woken, NULL));
+        return NULL;
+}
+
+START_TEST(test_wakes_sleeping_loop) {
+        loop_t *loop = tu_loop_new();
+        struct waker w = {.loop = loop, .delay_ns = 50 * TU_MSEC};
+        pthread_t t;
+        int64_t t0;
+
+        woken = 0;
+        atomic_init(&w.ret, 1);
+        t0 = tu_now_ns();
+        ck_assert_int_eq(pthread_create(&t, NULL, waker_main, &w), 0);
+        /* Nothing scheduled: run_forever sleeps with no timeout. */
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(atomic_load(&w.ret), 0);
+        ck_assert_int_eq(woken, 1);
+        ck_assert_int_ge(tu_now_ns() - t0, 50 * TU_MSEC);
+        ck_assert_int_lt(tu_now_ns() - t0, 10 * TU_SEC);
+        loop_unref(loop);
+}
+END_TEST
+
+/* Several wake-ups in a row (the wake-up fd is drained and re-armed). */
+START_TEST(test_wakes_repeatedly) {
+        loop_t *loop = tu_loop_new();
+        int round;
+
+        woken = 0;
+        for (round = 0; round < 5; round++) {
+                struct waker w = {.loop = loop, .delay_ns = 10 * TU_MSEC};
+                pthread_t t;
+
+                atomic_init(&w.ret, 1);
+                ck_assert_int_eq(pthread_create(&t, NULL, waker_main, &w), 0);
+                ck_assert_int_eq(loop_run_forever(loop), 0);
+                ck_assert_int_eq(pthread_join(t, NULL), 0);
+                ck_assert_int_eq(atomic_load(&w.ret), 0);
+                ck_assert_int_eq(woken, round + 1);
+        }
+        loop_unref(loop);
+}
+END_TEST
+
+/* A post wakes a loop that sleeps until a far timer, and the timer stays. */
+START_TEST(test_wakes_loop_waiting_for_timer) {
+        loop_t *loop = tu_loop_new();
+        struct waker w = {.loop = loop, .delay_ns = 20 * TU_MSEC};
+        loop_handle_t *far = NULL;
+        int far_count = 0;
+        pthread_t t;
+        int64_t t0 = tu_now_ns();
+
+        woken = 0;
+        atomic_init(&w.ret, 1);
+        ck_assert_int_eq(loop_call_later(loop, 20.0, tu_count_cb, &far_count, &far), 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, waker_main, &w), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(woken, 1);
+        ck_assert_int_eq(far_count, 0);
+        ck_assert_int_lt(tu_now_ns() - t0, 10 * TU_SEC);
+        ck_assert_int_eq(loop_handle_cancelled(far), 0);
+        ck_assert_int_eq(loop_handle_cancel(far), 0);
+        loop_handle_unref(far);
+        loop_unref(loop);
+}
+END_TEST
+
+/* ---- from the loop's own thread, closed loops, handles -------------------- */
+
+static int post_from_loop_cb(loop_t *loop, void *userdata) {
+        int *state = userdata;
+
+        state[0]++;
+        state[1] = loop_call_soon_threadsafe(loop, tu_count_cb, &state[2], NULL);
+        return 0;
+}
+
+START_TEST(test_from_loop_thread) {
+        loop_t *loop = tu_loop_new();
+        loop_handle_t *h = NULL;
+        int count = 0, state[3] = {0, -100, 0};
+
+        /* Before the loop runs. */
+        ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, &h), 0);
+        ck_assert_ptr_ne(h, NULL);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_int_eq(count, 1);
+        ck_assert_int_eq(loop_handle_cancelled(h), 0);
+        loop_handle_unref(h);
+
+        /* From a callback: runs in the next iteration, like call_soon. */
+        ck_assert_int_eq(loop_call_soon(loop, post_from_loop_cb, state, NULL), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_int_eq(state[0], 1);
+        ck_assert_int_eq(state[1], 0);
+        ck_assert_int_eq(state[2], 0);
+        ck_assert_int_eq(loop_run_once(loop, 2 * TU_SEC), 1);
+        ck_assert_int_eq(state[2], 1);
+        ck_assert_int_eq(loop_run_once(loop, 0), 0);
+        loop_unref(loop);
+}
+END_TEST
+
+/* Order between call_soon and call_soon_threadsafe from the same thread. */
+START_TEST(test_mixed_with_call_soon) {
+        loop_t *loop = tu_loop_new();
+        int count = 0, i;
+
+        for (i = 0; i < 100; i++) {
+                ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, NULL), 0);
+                ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        }
+        tu_run_until(loop, &count, 200, 5 * TU_SEC);
+        ck_assert_int_eq(count, 200);
+        loop_unref(loop);
+}
+END_TEST
+
+struct closed_post {
+        loop_t *loop;
+        atomic_int ret;
+};
+
+static void *closed_post_main(void *arg) {
+        struct closed_post *cp = arg;
+
+        atomic_store(&cp->ret, loop_call_soon_threadsafe(cp->loop, tu_count_cb, NULL, NULL));
+        return NULL;
+}
+
+START_TEST(test_closed_loop) {
+        loop_t *loop = tu_loop_new();
+        struct closed_post cp = {.loop = loop};
+        loop_handle_t *h = NULL;
+        int count = 0;
+        pthread_t t;
+
+        ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_close(loop), 0);
+        ck_assert_int_eq(count, 0);
+        ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, NULL), -ESHUTDOWN);
+        ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, &h), -ESHUTDOWN);
+        atomic_init(&cp.ret, 1);
+        ck_assert_int_eq(pthread_create(&t, NULL, closed_post_main, &cp), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(atomic_load(&cp.ret), -ESHUTDOWN);
+        ck_assert_int_eq(count, 0);
+        loop_unref(loop);
+}
+END_TEST
+
+START_TEST(test_cancel_before_run) {
+        loop_t *loop = tu_loop_new();
+        loop_handle_t *h1 = NULL, *h2 = NULL;
+        int count = 0;
+
+        ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, &h1), 0);
+        ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, &h2), 0);
+        ck_assert_int_eq(loop_handle_cancel(h1), 0);
+        ck_assert_int_eq(loop_handle_cancelled(h1), 1);
+        ck_assert_int_eq(loop_handle_cancel(h1), 0);
+        tu_run_until(loop, &count, 1, 5 * TU_SEC);
+        ck_assert_int_eq(loop_run_once(loop, 0), 0);
+        ck_assert_int_eq(count, 1);
+        ck_assert_int_eq(loop_handle_cancelled(h1), 1);
+        ck_assert_int_eq(loop_handle_cancelled(h2), 0);
+        loop_handle_unref(h1);
+        loop_handle_unref(h2);
+        loop_unref(loop);
+}
+END_TEST
+
+struct canceller {
+        loop_handle_t *h;
+        atomic_int ret;
+};
+
+static void *canceller_main(void *arg) {
+        struct canceller *c = arg;
+
+        atomic_store(&c->ret, loop_handle_cancel(c->h));
+        return NULL;
+}
+
+/* Cancelling a threadsafe handle from another thread. */
+START_TEST(test_cancel_from_other_thread) {
+        loop_t *loop = tu_loop_new();
+        struct canceller c;
+        int count = 0;
+        pthread_t t;
+
+        atomic_init(&c.ret, 1);
+        ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, &c.h), 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, canceller_main, &c), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(atomic_load(&c.ret), 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        ck_assert_int_eq(count, 0);
+        ck_assert_int_eq(loop_handle_cancelled(c.h), 1);
+        loop_handle_unref(c.h);
+        loop_unref(loop);
+}
+END_TEST
+
+/*
+ * A thread posts and cancels every other call at once while the loop runs:
+ * the cancel races with the loop picking the call up. Whatever the timing,
+ * nothing runs twice and every call that was not cancelled runs. (The
+ * handles go back to the loop's thread for loop_handle_unref, which the
+ * spec does not list among the thread-safe calls.)
+ */
+#define N_RACE 20000
+
+struct racer {
+        loop_t *loop;
+        loop_handle_t *handles[N_RACE];
+        int ran[N_RACE]; /* loop thread only */
+        atomic_int failures;
+};
+
+struct race_item {
+        struct racer *r;
+        int i;
+};
+
+static struct race_item race_items[N_RACE];
+
+static int race_cb(loop_t *loop, void *userdata) {
+        struct race_item *it = userdata;
+
+        (void) loop;
+        it->r->ran[it->i]++;
+        return 0;
+}
+
+static int race_stop_cb(loop_t *loop, void *userdata) {
+        (void) userdata;
+        return loop_stop(loop);
+}
+
+static void *racer_main(void *arg) {
+        struct racer *r = arg;
+        int i;
+
+        for (i = 0; i < N_RACE; i++) {
+                if (loop_call_soon_threadsafe(r->loop, race_cb, &race_items[i], &r->handles[i]) < 0)
+                        atomic_fetch_add(&r->failures, 1);
+                else if (i % 2 == 0 && loop_handle_cancel(r->handles[i]) != 0)
+                        atomic_fetch_add(&r->failures, 1);
+        }
+        if (loop_call_soon_threadsafe(r->loop, race_stop_cb, NULL, NULL) < 0)
+                atomic_fetch_add(&r->failures, 1);
+        return NULL;
+}
+
+START_TEST(test_cancel_race_while_running) {
+        static struct racer r;
+        loop_t *loop = tu_loop_new();
+        pthread_t t;
+        int i, cancelled_ran = 0;
+
+        memset(&r, 0, sizeof(r));
+        r.loop = loop;
+        atomic_init(&r.failures, 0);
+        for (i = 0; i < N_RACE; i++)
+                race_items[i] = (struct race_item){.r = &r, .i = i};
+        ck_assert_int_eq(pthread_create(&t, NULL, racer_main, &r), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(atomic_load(&r.failures), 0);
+        for (i = 0; i < N_RACE; i++) {
+                if (i % 2)
+                        ck_assert_int_eq(r.ran[i], 1);
+                else
+                        ck_assert_int_le(r.ran[i], 1);
+                cancelled_ran += i % 2 == 0 && r.ran[i];
+                loop_handle_unref(r.handles[i]);
+        }
+        /* (how many cancelled calls still ran depends on the timing only) */
+        ck_assert_int_le(cancelled_ran, N_RACE / 2);
+        loop_unref(loop);
+}
+END_TEST
+
+/* ---- loop_ref / loop_unref are atomic ---------------------------------- */
+
+struct reffer {
+        loop_t *loop;
+        atomic_int *go;
+};
+
+static void *reffer_main(void *arg) {
+        struct reffer *r = arg;
+        int i;
+
+        while (!atomic_load(r->go))
+                sched_yield();
+        for (i = 0; i < 10000; i++) {
+                loop_ref(r->loop);
+                loop_unref(r->loop);
+        }
+        return NULL;
+}
+
+START_TEST(test_ref_unref_threads) {
+        loop_t *loop = tu_loop_new();
+        struct reffer r[N_THREADS];
+        pthread_t t[N_THREADS];
+        atomic_int go;
+        int i;
+
+        atomic_init(&go, 0);
+        for (i = 0; i < N_THREADS; i++) {
+                r[i] = (struct reffer){.loop = loop, .go = &go};
+                ck_assert_int_eq(pthread_create(&t[i], NULL, reffer_main, &r[i]), 0);
+        }
+        atomic_store(&go, 1);
+        for (i = 0; i < N_THREADS; i++)
+                ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+        /* Still exactly our one reference: alive and usable, then freed. */
+        ck_assert_int_eq(loop_is_closed(loop), 0);
+        tu_assert_usable(loop);
+        ck_assert_ptr_eq(loop_unref(loop), NULL);
+}
+END_TEST
+
+static Suite *threadsafe_suite(void) {
+        Suite *s = suite_create("threadsafe");
+        TCase *tc;
+
+        tc = tu_tcase(s, "exactly_once");
+        tcase_add_test(tc, test_many_threads_exactly_once);
+        tcase_add_test(tc, test_many_threads_before_run);
+        tcase_add_test(tc, test_flood_while_running);
+        tcase_add_test(tc, test_flood_run_once_blocking);
+
+        tc = tu_tcase(s, "wakeup");
+        tcase_add_test(tc, test_wakes_sleeping_loop);
+        tcase_add_test(tc, test_wakes_repeatedly);
+        tcase_add_test(tc, test_wakes_loop_waiting_for_timer);
+
+        tc = tu_tcase(s, "misc");
+        tcase_add_test(tc, test_from_loop_thread);
+        tcase_add_test(tc, test_mixed_with_call_soon);
+        tcase_add_test(tc, test_closed_loop);
+        tcase_add_test(tc, test_cancel_before_run);
+        tcase_add_test(tc, test_cancel_from_other_thread);
+        tcase_add_test(tc, test_cancel_race_while_running);
+        tcase_add_test(tc, test_ref_unref_threads);
+        return s;
+}
+
+int main(void) {
+        return tu_run_suite(threadsafe_suite());
+}
