@@ -13,6 +13,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
+#include <sys/types.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -165,6 +167,96 @@ int loop_set_event_loop_policy(loop_policy_t *policy);
 int loop_get_event_loop(loop_t **ret);
 int loop_set_event_loop(loop_t *loop);
 int loop_new_event_loop(loop_t **ret);
+
+/* Futures (asyncio.Future) */
+typedef struct loop_future loop_future_t;
+typedef int (*loop_future_callback_t)(loop_future_t *future, void *userdata);
+
+int loop_create_future(loop_t *loop, loop_future_t **ret);
+loop_future_t *loop_future_ref(loop_future_t *future);
+loop_future_t *loop_future_unref(loop_future_t *future);
+loop_t *loop_future_get_loop(const loop_future_t *future);
+int loop_future_set_result(loop_future_t *future, void *result, void (*destroy)(void *result));
+int loop_future_set_error(loop_future_t *future, int error);
+int loop_future_cancel(loop_future_t *future);
+int loop_future_done(const loop_future_t *future);
+int loop_future_cancelled(const loop_future_t *future);
+int loop_future_result(const loop_future_t *future, void **ret);
+int loop_future_error(const loop_future_t *future);
+int loop_future_add_done_callback(loop_future_t *future, loop_future_callback_t cb, void *userdata);
+int loop_future_remove_done_callback(loop_future_t *future, loop_future_callback_t cb, void *userdata);
+int loop_run_until_complete(loop_t *loop, loop_future_t *future);
+
+/* Signals, delivered in the loop (never in signal context) */
+typedef int (*loop_signal_callback_t)(loop_t *loop, int signum, void *userdata);
+
+int loop_add_signal_handler(loop_t *loop, int signum, loop_signal_callback_t cb, void *userdata);
+int loop_remove_signal_handler(loop_t *loop, int signum);
+
+/* The executor: a bounded thread pool owned by the loop */
+typedef int (*loop_executor_fn_t)(void *arg, void **result);
+
+int loop_run_in_executor(loop_t *loop, loop_executor_fn_t fn, void *arg, loop_future_t **ret);
+int loop_set_executor_max_workers(loop_t *loop, unsigned max_workers);
+int loop_shutdown_default_executor(loop_t *loop);
+
+/* Name resolution through the executor; results are owned by the future */
+struct addrinfo;
+struct loop_nameinfo {
+        char host[1025];        /* NI_MAXHOST */
+        char service[32];       /* NI_MAXSERV */
+};
+
+int loop_getaddrinfo(loop_t *loop, const char *host, const char *service, const struct addrinfo *hints,
+                     loop_future_t **ret);
+int loop_getnameinfo(loop_t *loop, const struct sockaddr *addr, socklen_t addrlen, int flags,
+                     loop_future_t **ret);
+
+/* Socket operations returning futures (the proactor surface, on selector loops too) */
+struct loop_sock_result {
+        size_t size;            /* bytes received or sent */
+        void *data;             /* recv, recvfrom: the bytes (owned by the future); recv_into: the caller's buffer */
+        int fd;                 /* accept: the new connection, owned by the caller; otherwise -1 */
+        socklen_t addrlen;      /* accept, recvfrom: the peer's address; otherwise 0 */
+        struct sockaddr_storage addr;
+};
+
+int loop_sock_recv(loop_t *loop, int fd, size_t nbytes, loop_future_t **ret);
+int loop_sock_recv_into(loop_t *loop, int fd, void *buf, size_t nbytes, loop_future_t **ret);
+int loop_sock_sendall(loop_t *loop, int fd, const void *data, size_t size, loop_future_t **ret);
+int loop_sock_accept(loop_t *loop, int fd, loop_future_t **ret);
+int loop_sock_connect(loop_t *loop, int fd, const struct sockaddr *addr, socklen_t addrlen, loop_future_t **ret);
+int loop_sock_sendto(loop_t *loop, int fd, const void *data, size_t size, const struct sockaddr *addr,
+                     socklen_t addrlen, loop_future_t **ret);
+int loop_sock_recvfrom(loop_t *loop, int fd, size_t nbytes, loop_future_t **ret);
+
+/* Child processes */
+typedef int (*loop_child_callback_t)(loop_t *loop, pid_t pid, int status, void *userdata);
+
+int loop_add_child_handler(loop_t *loop, pid_t pid, loop_child_callback_t cb, void *userdata);
+int loop_remove_child_handler(loop_t *loop, pid_t pid);
+int loop_spawn(loop_t *loop, const char *path, char *const argv[], char *const envp[], pid_t *pid,
+               int fds[3]);
+
+/* Introspection (libuv's metrics, uv_print_all_handles) */
+struct loop_metrics {
+        size_t size;            /* set by the caller: sizeof(struct loop_metrics) */
+        uint64_t iterations;
+        uint64_t callbacks;     /* callbacks run */
+        uint64_t events;        /* I/O readiness events reported by the backend */
+        int64_t wait_ns;        /* time spent waiting for I/O */
+        int64_t run_ns;         /* time spent outside the wait, running callbacks and bookkeeping */
+        uint64_t handles_ready; /* callbacks queued now */
+        uint64_t timers;        /* timers pending now */
+        uint64_t fds;           /* descriptors with a reader or writer now */
+};
+
+int loop_get_metrics(loop_t *loop, struct loop_metrics *metrics);
+int loop_dump(loop_t *loop, int fd);
+
+/* Embedding in another main loop (sd_event_get_fd, uv_backend_fd/timeout) */
+int loop_fileno(loop_t *loop);
+int64_t loop_get_timeout_ns(loop_t *loop);
 
 #ifdef __cplusplus
 }

@@ -138,10 +138,15 @@ static int epoll_select(void *state, int64_t timeout_ns, loop_selector_ready_t r
         return n;
 }
 
+static int epoll_fileno(void *state) {
+        return ((struct epoll_state *) state)->fd;
+}
+
 const struct loop_selector_ops loop_selector_epoll = {
         .name = "epoll",
         .init = epoll_init,
         .free = epoll_free,
         .modify = epoll_modify,
         .select = epoll_select,
+        .fileno = epoll_fileno,
 };

@@ -56,6 +56,17 @@ recycle:
         loop->n_cached++;
 }
 
+/* The loop is done with a handle whose callback will not run. */
+static void drop_unrun(loop_t *loop, loop_handle_t *h) {
+        if (h->discard) {
+                h->discard(h->userdata);
+                h->discard = NULL;
+        }
+        if (h->kind != HANDLE_IO)
+                h->loop = NULL;
+        loop__handle_drop(loop, h);
+}
+
 void loop__handle_cache_free(loop_t *loop) {
         while (loop->handle_cache) {
                 loop_handle_t *h = loop->handle_cache;
@@ -106,6 +117,20 @@ LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata,
         h->exposed = 1;
         *ret = h;
         return 0;
+}
+
+int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, void (*discard)(void *userdata)) {
+        loop_handle_t *h = loop__handle_new(loop, HANDLE_SOON);
+
+        if (!h)
+                return -ENOMEM;
+        h->cb = cb;
+        h->userdata = userdata;
+        h->discard = discard;
+        int r = ready_push(&loop->ready, NULL, NULL, h);
+        if (r < 0)
+                loop__handle_drop(loop, h);
+        return r;
 }
 
 LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t cb, void *userdata,
@@ -190,7 +215,7 @@ LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
         if (h->kind == HANDLE_TIMER && h->heap_index != TIMER_HEAP_NONE && h->loop) {
                 loop_t *loop = h->loop;
                 loop__timer_heap_remove(&loop->timers, h);
-                loop__handle_drop(loop, h);
+                drop_unrun(loop, h);
         }
         return 0;
 }
@@ -213,6 +238,7 @@ LOOP_EXPORT double loop_handle_when(const loop_handle_t *h) {
 }
 
 /* ---- running what is ready ------------------------------------------------ */
+
 
 /* Move every timer due at or before now onto the ready queue, in deadline order. */
 void loop__expire_timers(loop_t *loop, int64_t now) {
@@ -258,9 +284,7 @@ static bool run_entry(loop_t *loop, const struct ready_entry *e) {
         int r;
 
         if (h && __atomic_load_n(&h->cancelled, __ATOMIC_ACQUIRE)) {
-                if (h->kind != HANDLE_IO)
-                        h->loop = NULL;
-                loop__handle_drop(loop, h);
+                drop_unrun(loop, h);
                 return false;
         }
         if (unlikely(loop->debug))
@@ -303,16 +327,11 @@ void loop__discard_scheduled(loop_t *loop) {
 
         while (loop->ready.count > 0) {
                 struct ready_entry e = ready_pop(&loop->ready);
-                if (e.handle) {
-                        if (e.handle->kind != HANDLE_IO)
-                                e.handle->loop = NULL;
-                        loop__handle_drop(loop, e.handle);
-                }
+                if (e.handle)
+                        drop_unrun(loop, e.handle);
         }
-        while ((h = loop__timer_heap_pop(&loop->timers))) {
-                h->loop = NULL;
-                loop__handle_drop(loop, h);
-        }
+        while ((h = loop__timer_heap_pop(&loop->timers)))
+                drop_unrun(loop, h);
         free(loop->ready.slots);
         loop->ready = (struct ready_queue) {};
         loop__timer_heap_free(&loop->timers);

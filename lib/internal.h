@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "loop.h"
 #include "macro.h"
@@ -39,6 +40,10 @@ struct loop_handle {
                 loop_io_callback_t io_cb;
         };
         void *userdata;
+        /* Called with userdata instead of the callback when the callback will
+         * never run (cancelled, or dropped by close): lets internal users
+         * free what userdata holds. NULL for handles made by the public API. */
+        void (*discard)(void *userdata);
         int64_t when;           /* timers: deadline in ns */
         union {
                 uint64_t seq;           /* timers: tie-break for equal deadlines */
@@ -60,10 +65,23 @@ struct loop__impl {
         /*
          * Wait for I/O for at most timeout_ns (< 0: no limit, 0: do not
          * block) after applying pending registration changes, and append
-         * the callbacks of ready descriptors to the ready queue. Returns 0
-         * or a negative errno; EINTR is not an error.
+         * the callbacks of ready descriptors to the ready queue. Returns the
+         * number of events or a negative errno; EINTR is not an error.
          */
         int (*poll)(loop_t *loop, int64_t timeout_ns);
+
+        /* Descriptors watched now, for metrics. */
+        uint64_t (*count_fds)(loop_t *loop);
+
+        /* Write the registrations to f, one line each (loop_dump). */
+        void (*dump)(loop_t *loop, FILE *f);
+
+        /* Apply pending registration changes now (before an outside wait). */
+        void (*prepare)(loop_t *loop);
+
+        /* A descriptor that becomes readable when poll would not block, or
+         * -EOPNOTSUPP (loop_fileno). */
+        int (*fileno)(loop_t *loop);
 
         /*
          * Drop every registration and release the backend. Called once, by
@@ -96,9 +114,20 @@ struct loop {
         int wake_read_fd, wake_write_fd;  /* the same eventfd on Linux, a pipe elsewhere */
 
         unsigned running;               /* atomic: 1 while some thread runs the loop */
+        uint64_t n_runs;                /* run_forever/run_once calls so far */
         bool stopping;
         bool closed;
         unsigned fork_generation;
+
+        struct loop__close_hook *close_hooks;
+        /* Per-loop state of optional components, created on first use. */
+        struct loop__signals *signals;
+        struct loop__executor *executor;
+        struct loop__children *children;
+
+        /* Metrics (loop_get_metrics) */
+        uint64_t n_iterations, n_callbacks, n_events;
+        int64_t wait_ns, run_ns;
 
         loop_exception_handler_t exception_handler;
         void *exception_userdata;
@@ -138,11 +167,28 @@ int loop__seconds_to_ns(double seconds, int64_t *ret);
 
 /* handle.c */
 loop_handle_t *loop__handle_new(loop_t *loop, int kind);
+int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, void (*discard)(void *userdata));
 void loop__handle_drop(loop_t *loop, loop_handle_t *h);
 void loop__handle_cache_free(loop_t *loop);
 int loop__run_ready(loop_t *loop);
 void loop__expire_timers(loop_t *loop, int64_t now);
 void loop__discard_scheduled(loop_t *loop);
+
+/* future.c */
+void loop__future_on_cancel(loop_future_t *f, void (*fn)(loop_future_t *f, void *data), void *data);
+
+/*
+ * Components that own per-loop state (signals, executor, child watchers)
+ * register a hook that loop_close() calls first, before it drops the
+ * scheduled callbacks. In a fork child the hook must leave shared state
+ * (threads, kernel objects) alone: check loop__inherited().
+ */
+struct loop__close_hook {
+        void (*fn)(loop_t *loop, struct loop__close_hook *hook);
+        struct loop__close_hook *next;
+};
+void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook);
+void loop__remove_close_hook(loop_t *loop, struct loop__close_hook *hook);
 
 /* threadsafe.c */
 int loop__threadsafe_init(loop_t *loop);

@@ -232,6 +232,7 @@ static int enter(loop_t *loop) {
         if (__atomic_exchange_n(&loop->running, 1, __ATOMIC_ACQ_REL))
                 return -EBUSY;
         loop__running_loop = loop;
+        loop->n_runs++;
         /* The loop must outlive its own run even if a callback drops the
          * caller's last reference. */
         loop_ref(loop);

@@ -104,13 +104,17 @@ static int call_main(loop_t *loop, void *userdata) {
 
 LOOP_EXPORT int loop_runner_run(loop_runner_t *runner, loop_callback_t main, void *userdata) {
         return_if_fail(runner && main, -EINVAL);
+        /* asyncio.Runner.run checks before it creates anything: a refused
+         * call leaves the thread's current loop alone. */
+        if (loop__running_loop)
+                return -EBUSY;
 
         int r = lazy_init(runner);
         if (r < 0)
                 return r;
         /* Refuse before scheduling: a main left queued would point into
          * this stack frame after we return. */
-        if (loop__running_loop || loop_is_running(runner->loop) > 0)
+        if (loop_is_running(runner->loop) > 0)
                 return -EBUSY;
         struct main_call call = { .main = main, .userdata = userdata };
         loop_handle_t *h;

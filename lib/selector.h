@@ -69,6 +69,13 @@ struct loop_selector_ops {
          * negative errno.
          */
         int (*select)(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx);
+
+        /*
+         * A descriptor that polls readable when ->select would report
+         * something (epoll's own fd), for embedding the loop in another
+         * one. NULL when the backend has none (poll, select).
+         */
+        int (*fileno)(void *state);
 };
 
 struct loop_selector {

@@ -162,8 +162,7 @@ static int selector_poll(loop_t *loop, int64_t timeout_ns) {
         struct selector_loop *sl = selector_loop(loop);
 
         flush_changes(sl);
-        int r = sl->sel->ops->select(sl->sel->state, timeout_ns, on_ready, sl);
-        return r < 0 ? r : 0;
+        return sl->sel->ops->select(sl->sel->state, timeout_ns, on_ready, sl);
 }
 
 static void selector_close(loop_t *loop) {
@@ -182,8 +181,52 @@ static void selector_close(loop_t *loop) {
         sl->sel = loop_selector_unref(sl->sel);
 }
 
+static uint64_t selector_count_fds(loop_t *loop) {
+        struct selector_loop *sl = selector_loop(loop);
+        uint64_t n = 0;
+
+        for (size_t fd = 0; fd < sl->n_fds; fd++)
+                n += sl->fds[fd].reader || sl->fds[fd].writer;
+        return n;
+}
+
+static void selector_dump(loop_t *loop, FILE *f) {
+        struct selector_loop *sl = selector_loop(loop);
+
+        for (size_t fd = 0; fd < sl->n_fds; fd++) {
+                const struct fdinfo *fi = &sl->fds[fd];
+                if (!fi->reader && !fi->writer)
+                        continue;
+                fprintf(f, "fd %zu registered=%s%s", fd, fi->registered & LOOP_EVENT_READ ? "r" : "",
+                        fi->registered & LOOP_EVENT_WRITE ? "w" : "");
+                if (fi->reader)
+                        fprintf(f, " reader=%p reader_userdata=%p", (void *) (uintptr_t) fi->reader->io_cb,
+                                fi->reader->userdata);
+                if (fi->writer)
+                        fprintf(f, " writer=%p writer_userdata=%p", (void *) (uintptr_t) fi->writer->io_cb,
+                                fi->writer->userdata);
+                fputc('\n', f);
+        }
+}
+
+static void selector_prepare(loop_t *loop) {
+        flush_changes(selector_loop(loop));
+}
+
+static int selector_fileno(loop_t *loop) {
+        struct selector_loop *sl = selector_loop(loop);
+
+        if (!sl->sel->ops->fileno)
+                return -EOPNOTSUPP;
+        return sl->sel->ops->fileno(sl->sel->state);
+}
+
 const struct loop__impl loop__selector_impl = {
         .poll = selector_poll,
+        .count_fds = selector_count_fds,
+        .dump = selector_dump,
+        .prepare = selector_prepare,
+        .fileno = selector_fileno,
         .close = selector_close,
 };
 

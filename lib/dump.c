@@ -1,0 +1,78 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * loop_dump(): everything the loop holds, one line each, for a human
+ * (libuv's uv_print_all_handles, libevent's event_base_dump_events). The
+ * format is documented in loop_dump(3) and stable: "kind key=value ...".
+ */
+#include <inttypes.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "selector.h"
+
+static void *callback_address(const loop_handle_t *h) {
+        return (void *) (uintptr_t) (h->kind == HANDLE_IO ? (uintptr_t) h->io_cb : (uintptr_t) h->cb);
+}
+
+static int by_deadline(const void *a, const void *b) {
+        const struct timer_slot *x = a, *y = b;
+
+        if (x->when != y->when)
+                return x->when < y->when ? -1 : 1;
+        return x->handle->seq < y->handle->seq ? -1 : x->handle->seq > y->handle->seq;
+}
+
+LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        if (fd < 0)
+                return -EBADF;
+        int copy = dup(fd);
+        if (copy < 0)
+                return -errno;
+        FILE *f = fdopen(copy, "w");
+        if (!f) {
+                r = -errno;
+                close(copy);
+                return r;
+        }
+
+        int64_t now = loop__now();
+        fprintf(f, "loop %p selector=%s running=%u stopping=%d debug=%d ready=%zu timers=%u\n",
+                (void *) loop, loop_selector_name(loop_get_selector(loop)) ?: "none",
+                __atomic_load_n(&loop->running, __ATOMIC_RELAXED), loop->stopping, loop->debug,
+                loop->ready.count, loop->timers.n);
+
+        for (size_t i = 0; i < loop->ready.count; i++) {
+                const struct ready_entry *e = &loop->ready.slots[(loop->ready.head + i) & loop->ready.mask];
+                const loop_handle_t *h = e->handle;
+                fprintf(f, "ready callback=%p userdata=%p cancelled=%d\n",
+                        h ? callback_address(h) : (void *) (uintptr_t) e->cb, h ? h->userdata : e->userdata,
+                        h ? __atomic_load_n(&h->cancelled, __ATOMIC_RELAXED) : 0);
+        }
+
+        /* The heap is in heap order; a reader wants deadline order. */
+        uint32_t n = loop->timers.n;
+        struct timer_slot *sorted = n ? malloc(n * sizeof(*sorted)) : NULL;
+        if (n && !sorted) {
+                fclose(f);
+                return -ENOMEM;
+        }
+        for (uint32_t i = 0; i < n; i++)
+                sorted[i] = *(timer_heap_top(&loop->timers) + i);
+        if (n)
+                qsort(sorted, n, sizeof(*sorted), by_deadline);
+        for (uint32_t i = 0; i < n; i++)
+                fprintf(f, "timer when_ns=%" PRId64 " in_ns=%" PRId64 " callback=%p userdata=%p\n",
+                        sorted[i].when, sorted[i].when - now, callback_address(sorted[i].handle),
+                        sorted[i].handle->userdata);
+        free(sorted);
+
+        loop->impl->dump(loop, f);
+        if (fclose(f) != 0)
+                return -errno;
+        return 0;
+}
