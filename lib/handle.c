@@ -120,6 +120,9 @@ LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata,
 }
 
 int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, void (*discard)(void *userdata)) {
+        /* Nothing queued on a closed loop is ever run or dropped again. */
+        if (loop->closed)
+                return -ESHUTDOWN;
         loop_handle_t *h = loop__handle_new(loop, HANDLE_SOON);
 
         if (!h)

@@ -190,6 +190,15 @@ struct loop__close_hook {
 void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook);
 void loop__remove_close_hook(loop_t *loop, struct loop__close_hook *hook);
 
+/*
+ * executor.c: loop_run_in_executor(), and in addition free_arg(arg) runs (in
+ * the loop's thread, or in loop_close()) once the job is over, and
+ * destroy(result) runs on a successful result that no future took
+ * (cancelled meanwhile, or dropped by close). On failure the caller keeps arg.
+ */
+int loop__executor_submit(loop_t *loop, loop_executor_fn_t fn, void *arg, void (*free_arg)(void *arg),
+                          void (*destroy)(void *result), loop_future_t **ret);
+
 /* threadsafe.c */
 int loop__threadsafe_init(loop_t *loop);
 void loop__threadsafe_drain(loop_t *loop);
