@@ -214,7 +214,7 @@ int loop_getnameinfo(loop_t *loop, const struct sockaddr *addr, socklen_t addrle
 
 /* Socket operations returning futures (the proactor surface, on selector loops too) */
 struct loop_sock_result {
-        size_t size;            /* bytes received or sent */
+        size_t nbytes;          /* bytes received or sent */
         void *data;             /* recv, recvfrom: the bytes (owned by the future); recv_into: the caller's buffer */
         int fd;                 /* accept: the new connection, owned by the caller; otherwise -1 */
         socklen_t addrlen;      /* accept, recvfrom: the peer's address; otherwise 0 */

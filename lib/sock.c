@@ -1,0 +1,653 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Socket operations that return futures (asyncio's loop.sock_recv,
+ * sock_recv_into, sock_sendall, sock_accept, sock_connect, sock_sendto and
+ * sock_recvfrom), built on readers and writers the way
+ * BaseSelectorEventLoop builds them.
+ *
+ * Each call first tries the system call at once, as asyncio does: data that
+ * is already there, a connection already queued or room in the send buffer
+ * completes the future before the call returns (its done callbacks still
+ * wait for call_soon, which is the future's business). Only EAGAIN makes an
+ * operation pending: it gets a heap state (struct sock_op) and a reader
+ * (receiving, accepting) or a writer (sending, connecting) on its fd, and
+ * retries each time the fd is ready. Completion and cancellation both
+ * remove the reader or writer and free the state; cancellation goes through
+ * loop__future_on_cancel, so it happens inside loop_future_cancel() and a
+ * cancelled receive can never consume data afterwards.
+ *
+ * One operation per direction per fd: a second receive while one is
+ * pending on the same fd fails with EBUSY instead of replacing the reader
+ * the way asyncio's add_reader would (the first future would then never
+ * complete). Pending operations are found through a per-loop table indexed
+ * by fd (struct sock_table), created on first use. struct loop has no slot
+ * for it; the table is a close hook, so it is found by walking the loop's
+ * few close hooks for ours, and loop_close() hands it back to us: the
+ * selector loop drops readers and writers on close without calling them,
+ * so the hook cancels every pending future and frees the states. In a fork
+ * child it only frees memory: futures of an inherited loop cannot be
+ * completed there (they answer ECHILD) and the kernel state is the
+ * parent's.
+ *
+ * Ownership: a pending state holds one reference to its future and the
+ * future holds one to the loop, so a loop with pending operations lives
+ * until loop_close() (which ends them) even if the caller dropped every
+ * reference. Results are heap structs owned by the future; a received
+ * buffer too. The fd an accept returns belongs to the caller from the
+ * moment the future completes: nothing here ever closes it.
+ *
+ * Platform quirks:
+ * - send() on a stream whose peer is gone raises SIGPIPE, which kills a
+ *   program by default. Python ignores SIGPIPE process-wide, so asyncio
+ *   sees EPIPE; we get the same per call with MSG_NOSIGNAL (Linux, the
+ *   BSDs). Where it does not exist (macOS), set SO_NOSIGPIPE on the socket
+ *   or ignore SIGPIPE.
+ * - accept4() gives the new fd O_NONBLOCK and FD_CLOEXEC atomically, so a
+ *   concurrent fork+exec in another thread cannot inherit it. Without
+ *   SOCK_CLOEXEC (macOS) we fall back to accept() and fcntl().
+ * - A connection that was reset before accept() took it fails with
+ *   ECONNABORTED; it is skipped and the accept goes on waiting, as libuv
+ *   does: the listener is fine and the caller could do nothing else.
+ * - connect() interrupted by a signal (EINTR) goes on in the background
+ *   (POSIX), exactly like EINPROGRESS: both wait for writability, then read
+ *   the outcome with SO_ERROR. Any other error, including the EAGAIN that
+ *   Linux gives for a full AF_UNIX backlog, fails the future, as in libuv.
+ * - Readiness can be spurious (select and poll after another thread read,
+ *   a datagram dropped for a bad checksum): EAGAIN in a callback simply
+ *   keeps the operation pending.
+ * - epoll forgets a descriptor that is closed, so an operation pending on
+ *   a closed fd never completes there (select reports it, and the retry
+ *   fails with EBADF). Cancel before closing.
+ */
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#ifndef MSG_NOSIGNAL
+#define MSG_NOSIGNAL 0
+#endif
+
+enum {
+        OP_RECV,
+        OP_RECV_INTO,
+        OP_RECVFROM,
+        OP_ACCEPT,
+        OP_SENDALL,
+        OP_SENDTO,
+        OP_CONNECT,
+};
+
+struct sock_table;
+
+struct sock_op {
+        loop_t *loop;
+        struct sock_table *table;
+        loop_future_t *future;          /* a reference while pending */
+        struct loop_sock_result *res;   /* handed to the future on success */
+        uint8_t kind;
+        bool writing;                   /* a writer, not a reader */
+        bool registered;                /* the reader/writer is ours now */
+        int fd;
+        void *buf;                      /* recv_into: the caller's; send*: our copy */
+        size_t size;                    /* bytes wanted, or to send */
+        size_t sent;                    /* sendall: progress */
+        socklen_t addrlen;              /* sendto, connect: the destination */
+        struct sockaddr_storage addr;
+};
+
+struct sock_slot {
+        struct sock_op *reader, *writer;
+};
+
+/* The pending operations of one loop, by fd. The hook comes first: the
+ * loop's hook list points at it. */
+struct sock_table {
+        struct loop__close_hook hook;
+        struct sock_slot *slots;
+        size_t n_slots;
+};
+
+static void table_close(loop_t *loop, struct loop__close_hook *hook);
+
+static struct sock_table *table_find(loop_t *loop) {
+        for (struct loop__close_hook *h = loop->close_hooks; h; h = h->next)
+                if (h->fn == table_close)
+                        return (struct sock_table *) h;
+        return NULL;
+}
+
+static int table_get(loop_t *loop, int fd, struct sock_table **ret) {
+        struct sock_table *t = table_find(loop);
+
+        if (!t) {
+                t = calloc(1, sizeof(*t));
+                if (!t)
+                        return -ENOMEM;
+                t->hook.fn = table_close;
+                loop__add_close_hook(loop, &t->hook);
+        }
+        if ((size_t) fd >= t->n_slots) {
+                /* fd was checked with fcntl(): it exists, so it is below
+                 * RLIMIT_NOFILE and the table stays as small as the fd space. */
+                size_t n = t->n_slots ? t->n_slots : 64;
+                while (n <= (size_t) fd)
+                        n *= 2;
+                struct sock_slot *slots = realloc(t->slots, n * sizeof(*slots));
+                if (!slots)
+                        return -ENOMEM;
+                memset(slots + t->n_slots, 0, (n - t->n_slots) * sizeof(*slots));
+                t->slots = slots;
+                t->n_slots = n;
+        }
+        *ret = t;
+        return 0;
+}
+
+static struct sock_op **slot_of(struct sock_op *op) {
+        struct sock_slot *s = &op->table->slots[op->fd];
+
+        return op->writing ? &s->writer : &s->reader;
+}
+
+/* ---- results --------------------------------------------------------- */
+
+static void result_free(void *p) {
+        free(p);
+}
+
+/* recv and recvfrom: the bytes belong to the future too. */
+static void result_free_data(void *p) {
+        struct loop_sock_result *res = p;
+
+        free(res->data);
+        free(res);
+}
+
+/* ---- the system calls ------------------------------------------------ */
+
+static bool would_block(int e) {
+        return e == EAGAIN || e == EWOULDBLOCK;
+}
+
+/* Receive into a fresh buffer of op->size bytes; it is only allocated when
+ * there may be something to read, so a pending receive holds no buffer. */
+static int try_recv(struct sock_op *op, bool from) {
+        struct loop_sock_result *res = op->res;
+        /* Never NULL, even for size 0, so memcpy(dst, data, size) is valid. */
+        char *buf = malloc(op->size ? op->size : 1);
+        ssize_t n;
+
+        if (!buf)
+                return -ENOMEM;
+        do {
+                if (from) {
+                        res->addrlen = sizeof(res->addr);
+                        n = recvfrom(op->fd, buf, op->size, 0, (struct sockaddr *) &res->addr, &res->addrlen);
+                } else
+                        n = recv(op->fd, buf, op->size, 0);
+        } while (n < 0 && errno == EINTR);
+        if (n < 0) {
+                int r = would_block(errno) ? 0 : -errno;
+                free(buf);
+                res->addrlen = 0;
+                return r;
+        }
+        if ((size_t) n < op->size) {
+                /* Give back what the peer did not fill: the future may live long. */
+                char *shrunk = realloc(buf, n ? (size_t) n : 1);
+                if (shrunk)
+                        buf = shrunk;
+        }
+        res->data = buf;
+        res->nbytes = (size_t) n;
+        return 1;
+}
+
+static int try_recv_into(struct sock_op *op) {
+        ssize_t n;
+
+        do
+                n = recv(op->fd, op->buf, op->size, 0);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+                return would_block(errno) ? 0 : -errno;
+        op->res->data = op->buf;
+        op->res->nbytes = (size_t) n;
+        return 1;
+}
+
+static int try_accept(struct sock_op *op) {
+        struct loop_sock_result *res = op->res;
+        int fd;
+
+        for (;;) {
+                res->addrlen = sizeof(res->addr);
+#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
+                fd = accept4(op->fd, (struct sockaddr *) &res->addr, &res->addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+                fd = accept(op->fd, (struct sockaddr *) &res->addr, &res->addrlen);
+#endif
+                if (fd >= 0)
+                        break;
+                if (errno == EINTR || errno == ECONNABORTED)
+                        continue;
+                res->addrlen = 0;
+                return would_block(errno) ? 0 : -errno;
+        }
+#if !(defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK))
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
+                int r = -errno;
+                close(fd);
+                res->addrlen = 0;
+                return r;
+        }
+#endif
+        res->fd = fd;
+        return 1;
+}
+
+/* One send per readiness, as asyncio's _sock_sendall: a fast peer cannot
+ * keep the loop in here while other callbacks wait. */
+static int try_sendall(struct sock_op *op) {
+        ssize_t n;
+
+        if (op->sent < op->size) {
+                do
+                        n = send(op->fd, (const char *) op->buf + op->sent, op->size - op->sent, MSG_NOSIGNAL);
+                while (n < 0 && errno == EINTR);
+                if (n < 0)
+                        return would_block(errno) ? 0 : -errno;
+                op->sent += (size_t) n;
+                if (op->sent < op->size)
+                        return 0;
+        }
+        op->res->nbytes = op->size;
+        return 1;
+}
+
+static int try_sendto(struct sock_op *op) {
+        const struct sockaddr *to = op->addrlen ? (const struct sockaddr *) &op->addr : NULL;
+        ssize_t n;
+
+        do
+                n = sendto(op->fd, op->buf, op->size, MSG_NOSIGNAL, to, op->addrlen);
+        while (n < 0 && errno == EINTR);
+        if (n < 0)
+                return would_block(errno) ? 0 : -errno;
+        op->res->nbytes = (size_t) n;
+        return 1;
+}
+
+/* Writable after EINPROGRESS: the outcome is in SO_ERROR. */
+static int try_connect_done(struct sock_op *op) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+
+        if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+                return -errno;
+        if (err == EINPROGRESS || err == EALREADY)
+                return 0;
+        return err ? -err : 1;
+}
+
+/* 1: done (op->res is filled), 0: would block, < 0: failed. */
+static int attempt(struct sock_op *op) {
+        switch (op->kind) {
+        case OP_RECV:
+                return try_recv(op, false);
+        case OP_RECVFROM:
+                return try_recv(op, true);
+        case OP_RECV_INTO:
+                return try_recv_into(op);
+        case OP_ACCEPT:
+                return try_accept(op);
+        case OP_SENDALL:
+                return try_sendall(op);
+        case OP_SENDTO:
+                return try_sendto(op);
+        case OP_CONNECT:
+                return try_connect_done(op);
+        }
+        return -EINVAL;
+}
+
+/* ---- life cycle of an operation -------------------------------------- */
+
+static bool owns_data(const struct sock_op *op) {
+        return op->kind == OP_RECV || op->kind == OP_RECVFROM;
+}
+
+static void op_free(struct sock_op *op) {
+        if (op->kind == OP_SENDALL || op->kind == OP_SENDTO)
+                free(op->buf);
+        if (op->res) {
+                /* A result the future never took: what it holds is still ours. */
+                if (owns_data(op))
+                        free(op->res->data);
+                if (op->res->fd >= 0)
+                        close(op->res->fd);
+                free(op->res);
+        }
+        free(op);
+}
+
+/* Forget the reader/writer and the table slot; nothing runs for op after this. */
+static void op_unregister(struct sock_op *op) {
+        if (!op->registered)
+                return;
+        op->registered = false;
+        *slot_of(op) = NULL;
+        /* Fails harmlessly on a closing loop, whose close drops the
+         * registration itself. */
+        if (op->writing)
+                loop_remove_writer(op->loop, op->fd);
+        else
+                loop_remove_reader(op->loop, op->fd);
+}
+
+/* End op without touching its future's state. */
+static void op_drop(struct sock_op *op) {
+        op_unregister(op);
+        loop__future_on_cancel(op->future, NULL, NULL);
+        loop_future_unref(op->future);
+        op_free(op);
+}
+
+/* Complete the future with the outcome r of attempt() and free op. */
+static void op_finish(struct sock_op *op, int r) {
+        loop_future_t *f = op->future;
+
+        op_unregister(op);
+        /* Before anything can complete f: cancel must not come back here. */
+        loop__future_on_cancel(f, NULL, NULL);
+        if (r > 0) {
+                if (loop_future_set_result(f, op->res, owns_data(op) ? result_free_data : result_free) >= 0)
+                        op->res = NULL;
+        } else if (loop_future_set_error(f, r) < 0)
+                /* -ECANCELED from a system call: the future must not stay pending. */
+                loop_future_cancel(f);
+        loop_future_unref(f);
+        op_free(op);
+}
+
+static int on_ready(loop_t *loop, int fd, void *userdata) {
+        struct sock_op *op = userdata;
+
+        /* Someone completed the future by hand (asyncio's callbacks check
+         * fut.done() too): leave the data for the next reader. */
+        if (loop_future_done(op->future)) {
+                op_drop(op);
+                return 0;
+        }
+        int r = attempt(op);
+        if (r != 0)
+                op_finish(op, r);
+        return 0;
+}
+
+/* Inside loop_future_cancel(), which completes f as cancelled once this
+ * returns: its caller holds a reference, so dropping ours is safe. */
+static void on_cancel(loop_future_t *f, void *data) {
+        op_drop(data);
+}
+
+static void table_close(loop_t *loop, struct loop__close_hook *hook) {
+        struct sock_table *t = (struct sock_table *) hook;
+        bool child = loop__inherited(loop);
+
+        for (size_t fd = 0; fd < t->n_slots; fd++) {
+                struct sock_op *ops[] = { t->slots[fd].reader, t->slots[fd].writer };
+                for (size_t i = 0; i < ELEMENTSOF(ops); i++) {
+                        struct sock_op *op = ops[i];
+                        if (!op)
+                                continue;
+                        /* In a fork child, memory only: the fds and the
+                         * selector are the parent's too, and the future
+                         * cannot be completed there. A future completed by
+                         * hand has no cancel hook left to free op. */
+                        if (child || loop_future_done(op->future)) {
+                                op_drop(op);
+                                continue;
+                        }
+                        /* Our reference may be the last: keep f alive through cancel. */
+                        loop_future_t *f = loop_future_ref(op->future);
+                        loop_future_cancel(f);
+                        loop_future_unref(f);
+                }
+        }
+        free(t->slots);
+        free(t);
+}
+
+/* ---- the common path ------------------------------------------------- */
+
+/* The checks every call makes on fd, after its own argument checks. */
+static int check_socket(int fd) {
+        struct stat st;
+        int fl;
+
+        if (fd < 0)
+                return -EBADF;
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISSOCK(st.st_mode))
+                return -ENOTSOCK;
+        /* A blocking socket would stall the whole loop in the first try. */
+        if (!(fl & O_NONBLOCK))
+                return -EINVAL;
+        return 0;
+}
+
+/*
+ * Start op (kind, fd and its arguments filled in, the rest zero): errors
+ * before any I/O are returned; from the first system call on, every outcome
+ * goes through the future. Takes op in all cases.
+ */
+static int submit(loop_t *loop, struct sock_op *op, loop_future_t **ret) {
+        loop_future_t *f = NULL;
+        struct sock_table *t;
+        int r;
+
+        r = check_socket(op->fd);
+        if (r < 0)
+                goto fail;
+        r = table_get(loop, op->fd, &t);
+        if (r < 0)
+                goto fail;
+        op->loop = loop;
+        op->table = t;
+        if (*slot_of(op)) {
+                r = -EBUSY;
+                goto fail;
+        }
+        op->res = malloc(sizeof(*op->res));
+        if (!op->res) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        *op->res = (struct loop_sock_result) { .fd = -1 };
+        r = loop_create_future(loop, &f);
+        if (r < 0)
+                goto fail;
+        op->future = loop_future_ref(f);
+
+        if (op->kind == OP_CONNECT) {
+                /* The first try is connect() itself, later ones read
+                 * SO_ERROR. Not retried on EINTR: the attempt goes on in
+                 * the background and a second connect() would say EALREADY. */
+                if (connect(op->fd, (const struct sockaddr *) &op->addr, op->addrlen) == 0)
+                        r = 1;
+                else if (errno == EINPROGRESS || errno == EINTR)
+                        r = 0;
+                else
+                        r = -errno;
+        } else
+                r = attempt(op);
+        if (r == 0) {
+                r = op->writing ? loop_add_writer(loop, op->fd, on_ready, op)
+                                : loop_add_reader(loop, op->fd, on_ready, op);
+                if (r >= 0) {
+                        op->registered = true;
+                        *slot_of(op) = op;
+                        loop__future_on_cancel(f, on_cancel, op);
+                        *ret = f;
+                        return 0;
+                }
+                /* The operation may have begun (a partial send, a connection
+                 * in progress): report it as its failure. */
+        }
+        op_finish(op, r);
+        *ret = f;
+        return 0;
+
+fail:
+        loop_future_unref(f);
+        op_free(op);
+        return r;
+}
+
+static struct sock_op *op_new(int kind, int fd) {
+        struct sock_op *op = calloc(1, sizeof(*op));
+
+        if (op) {
+                op->kind = (uint8_t) kind;
+                op->fd = fd;
+                op->writing = kind == OP_SENDALL || kind == OP_SENDTO || kind == OP_CONNECT;
+        }
+        return op;
+}
+
+/* The checks before any allocation. */
+static int check_call(loop_t *loop, loop_future_t **ret) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return_if_fail(ret, -EINVAL);
+        return 0;
+}
+
+/* ---- the public calls ------------------------------------------------ */
+
+static int recv_common(loop_t *loop, int kind, int fd, size_t nbytes, loop_future_t **ret) {
+        int r = check_call(loop, ret);
+
+        if (r < 0)
+                return r;
+        struct sock_op *op = op_new(kind, fd);
+        if (!op)
+                return -ENOMEM;
+        op->size = nbytes;
+        return submit(loop, op, ret);
+}
+
+LOOP_EXPORT int loop_sock_recv(loop_t *loop, int fd, size_t nbytes, loop_future_t **ret) {
+        return recv_common(loop, OP_RECV, fd, nbytes, ret);
+}
+
+LOOP_EXPORT int loop_sock_recvfrom(loop_t *loop, int fd, size_t nbytes, loop_future_t **ret) {
+        return recv_common(loop, OP_RECVFROM, fd, nbytes, ret);
+}
+
+LOOP_EXPORT int loop_sock_recv_into(loop_t *loop, int fd, void *buf, size_t nbytes, loop_future_t **ret) {
+        int r = check_call(loop, ret);
+
+        if (r < 0)
+                return r;
+        return_if_fail(buf || nbytes == 0, -EINVAL);
+        struct sock_op *op = op_new(OP_RECV_INTO, fd);
+        if (!op)
+                return -ENOMEM;
+        op->buf = buf;
+        op->size = nbytes;
+        return submit(loop, op, ret);
+}
+
+LOOP_EXPORT int loop_sock_accept(loop_t *loop, int fd, loop_future_t **ret) {
+        int r = check_call(loop, ret);
+
+        if (r < 0)
+                return r;
+        struct sock_op *op = op_new(OP_ACCEPT, fd);
+        if (!op)
+                return -ENOMEM;
+        return submit(loop, op, ret);
+}
+
+/* sendall and sendto keep a copy of the bytes: the caller's buffer is only
+ * read during the call, so it may be a stack array or freed at once. */
+static int send_op_new(int kind, int fd, const void *data, size_t size, struct sock_op **ret) {
+        struct sock_op *op = op_new(kind, fd);
+
+        if (!op)
+                return -ENOMEM;
+        if (size > 0) {
+                op->buf = malloc(size);
+                if (!op->buf) {
+                        free(op);
+                        return -ENOMEM;
+                }
+                memcpy(op->buf, data, size);
+        }
+        op->size = size;
+        *ret = op;
+        return 0;
+}
+
+LOOP_EXPORT int loop_sock_sendall(loop_t *loop, int fd, const void *data, size_t size, loop_future_t **ret) {
+        struct sock_op *op;
+        int r = check_call(loop, ret);
+
+        if (r < 0)
+                return r;
+        return_if_fail(data || size == 0, -EINVAL);
+        r = send_op_new(OP_SENDALL, fd, data, size, &op);
+        if (r < 0)
+                return r;
+        return submit(loop, op, ret);
+}
+
+LOOP_EXPORT int loop_sock_sendto(loop_t *loop, int fd, const void *data, size_t size, const struct sockaddr *addr,
+                                 socklen_t addrlen, loop_future_t **ret) {
+        struct sock_op *op;
+        int r = check_call(loop, ret);
+
+        if (r < 0)
+                return r;
+        return_if_fail(data || size == 0, -EINVAL);
+        /* No address is fine on a connected socket; a length without one is not. */
+        return_if_fail(addr ? addrlen > 0 : addrlen == 0, -EINVAL);
+        return_if_fail(addrlen <= sizeof(struct sockaddr_storage), -EINVAL);
+        r = send_op_new(OP_SENDTO, fd, data, size, &op);
+        if (r < 0)
+                return r;
+        if (addr)
+                memcpy(&op->addr, addr, addrlen);
+        op->addrlen = addrlen;
+        return submit(loop, op, ret);
+}
+
+LOOP_EXPORT int loop_sock_connect(loop_t *loop, int fd, const struct sockaddr *addr, socklen_t addrlen,
+                                  loop_future_t **ret) {
+        int r = check_call(loop, ret);
+
+        if (r < 0)
+                return r;
+        return_if_fail(addr && addrlen > 0, -EINVAL);
+        return_if_fail(addrlen <= sizeof(struct sockaddr_storage), -EINVAL);
+        struct sock_op *op = op_new(OP_CONNECT, fd);
+        if (!op)
+                return -ENOMEM;
+        memcpy(&op->addr, addr, addrlen);
+        op->addrlen = addrlen;
+        return submit(loop, op, ret);
+}
