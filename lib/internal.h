@@ -128,6 +128,7 @@ struct loop {
         /* Metrics (loop_get_metrics) */
         uint64_t n_iterations, n_callbacks, n_events;
         int64_t wait_ns, run_ns;
+        int64_t run_started_ns, run_wait_ns;    /* at the start of the current run */
 
         loop_exception_handler_t exception_handler;
         void *exception_userdata;

@@ -160,22 +160,36 @@ static int64_t wait_timeout(loop_t *loop, int64_t now, int64_t max_wait_ns) {
         return timeout;
 }
 
-/* One iteration: asyncio's BaseEventLoop._run_once. */
+/*
+ * One iteration: asyncio's BaseEventLoop._run_once.
+ *
+ * The clock is read only when something needs it: to bound the wait by the
+ * first timer, to measure a wait that may block (metrics), and to expire
+ * timers. An iteration with callbacks queued and no timers reads it not at
+ * all; a run of call_soon callbacks costs no clock_gettime.
+ */
 static int iterate(loop_t *loop, int64_t max_wait_ns) {
-        int64_t before = loop__now(), after;
+        bool busy = loop->ready.count > 0 || loop->stopping;
+        int64_t before = 0, now = 0, timeout = 0;
         int r;
 
-        r = loop->impl->poll(loop, wait_timeout(loop, before, max_wait_ns));
+        if (!busy) {
+                before = loop__now();
+                timeout = wait_timeout(loop, before, max_wait_ns);
+        }
+        r = loop->impl->poll(loop, timeout);
         if (r < 0)
                 return r;
-        after = loop__now();
         loop->n_events += (uint64_t) r;
-        loop->wait_ns += after - before;
-        loop__expire_timers(loop, after);
+        if (!busy) {
+                now = loop__now();
+                loop->wait_ns += now - before;
+        }
+        if (loop->timers.n > 0)
+                loop__expire_timers(loop, now ? now : loop__now());
         r = loop__run_ready(loop);
         loop->n_iterations++;
         loop->n_callbacks += (uint64_t) r;
-        loop->run_ns += loop__now() - after;
         return r;
 }
 
@@ -204,13 +218,16 @@ LOOP_EXPORT int loop_get_metrics(loop_t *loop, struct loop_metrics *metrics) {
         if (r < 0)
                 return r;
         return_if_fail(metrics && metrics->size >= sizeof(metrics->size), -EINVAL);
+        int64_t run_ns = loop->run_ns;
+        if (loop__running_loop == loop)      /* asked from a callback: count the run so far */
+                run_ns += loop__now() - loop->run_started_ns - (loop->wait_ns - loop->run_wait_ns);
         struct loop_metrics m = {
                 .size = sizeof(m),
                 .iterations = loop->n_iterations,
                 .callbacks = loop->n_callbacks,
                 .events = loop->n_events,
                 .wait_ns = loop->wait_ns,
-                .run_ns = loop->run_ns,
+                .run_ns = run_ns,
                 .handles_ready = loop->ready.count,
                 .timers = loop->timers.n,
                 .fds = loop->impl->count_fds(loop),
@@ -233,6 +250,8 @@ static int enter(loop_t *loop) {
                 return -EBUSY;
         loop__running_loop = loop;
         loop->n_runs++;
+        loop->run_started_ns = loop__now();
+        loop->run_wait_ns = loop->wait_ns;
         /* The loop must outlive its own run even if a callback drops the
          * caller's last reference. */
         loop_ref(loop);
@@ -240,6 +259,8 @@ static int enter(loop_t *loop) {
 }
 
 static void leave(loop_t *loop) {
+        /* run_ns: the time inside run_forever/run_once minus the waits. */
+        loop->run_ns += loop__now() - loop->run_started_ns - (loop->wait_ns - loop->run_wait_ns);
         loop->stopping = false;
         loop__running_loop = NULL;
         __atomic_store_n(&loop->running, 0, __ATOMIC_RELEASE);

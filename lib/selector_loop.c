@@ -15,8 +15,9 @@
  * closed and its number reused before the next wait (accept() returns the
  * lowest free number, so under load it usually is). Such a descriptor is
  * marked "reset": if a callback is added again in the same iteration the
- * backend is told to re-check it, which on epoll is one EPOLL_CTL_MOD that
- * falls back to ADD. Without that the new file would never be watched.
+ * backend is told to re-check it, which on epoll is one EPOLL_CTL_ADD (it
+ * fails with EEXIST, changing nothing, when the file is still the same).
+ * Without that the new file would never be watched.
  */
 #include <fcntl.h>
 #include <stdlib.h>

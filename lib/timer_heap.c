@@ -51,11 +51,19 @@ static void sift_down(struct timer_heap *heap, uint32_t i, struct timer_slot s) 
                 uint32_t first = first_child(i), end = HEAP0 + heap->n;
                 if (first >= end)
                         break;
-                uint32_t last = first + ARITY < end ? first + ARITY : end;
-                uint32_t best = first;
-                for (uint32_t c = first + 1; c < last; c++)
-                        if (slot_before(&heap->slots[c], &heap->slots[best]))
-                                best = c;
+                uint32_t best;
+                if (likely(first + ARITY <= end)) {
+                        /* All four children: a tournament, two rounds. */
+                        const struct timer_slot *c = &heap->slots[first];
+                        uint32_t a = slot_before(&c[1], &c[0]) ? 1 : 0;
+                        uint32_t b = slot_before(&c[3], &c[2]) ? 3 : 2;
+                        best = first + (slot_before(&c[b], &c[a]) ? b : a);
+                } else {
+                        best = first;
+                        for (uint32_t c = first + 1; c < end; c++)
+                                if (slot_before(&heap->slots[c], &heap->slots[best]))
+                                        best = c;
+                }
                 if (!slot_before(&heap->slots[best], &s))
                         break;
                 place(heap, i, heap->slots[best]);

@@ -1,0 +1,829 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench.h: what every benchmark program shares.
+ *
+ * Each bench_<library> program runs one workload per invocation
+ * ("bench_libev pipe -n 1000 -a 100"), once untimed to warm up and then
+ * -r times, and prints one line per measured quantity:
+ *
+ *     R <metric> <sample> <sample> ...     one sample per run
+ *     N <text>                             a note for the reader
+ *     I <text>                             what was measured (version, backend)
+ *     P <text>                             the run's parameters (for a human
+ *                                          running a program by hand; the
+ *                                          driver's titles say the same)
+ *
+ * bench/run-bench takes the medians, the ratios to libloop and prints the
+ * tables. Keeping the workload logic (what a callback does with its byte,
+ * its counter, its message) here and only the event-library calls in the
+ * programs makes every library do the same work per callback.
+ *
+ * Everything is static inline: one header, no library, no unused-function
+ * warnings in the programs that use only part of it.
+ */
+#ifndef BENCH_H
+#define BENCH_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BENCH_MAX_REPS 64
+
+/* For the phase functions a program hands to timer_bench and friends: kept
+ * out of line so that a profile (callgrind_annotate --inclusive=yes) shows
+ * each phase as one function. */
+#define BENCH_NOINLINE __attribute__((noinline))
+
+/* ---- dying, printing --------------------------------------------------- */
+
+static inline void bench_die(const char *fmt, ...)
+        __attribute__((format(printf, 1, 2), noreturn));
+static inline void bench_die(const char *fmt, ...)
+{
+        va_list ap;
+
+        fflush(stdout);
+        fputs("bench: ", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        exit(2);
+}
+
+/* A library call returning a negative errno (libloop, libuv) or -1 (libev,
+ * libevent, POSIX): die with the call's text. */
+#define BENCH_CHECK(expr)                                                     \
+        do {                                                                  \
+                long bench_r_ = (long)(expr);                                 \
+                if (bench_r_ < 0)                                             \
+                        bench_die("%s:%d: %s failed (%ld, errno %s)",         \
+                                  __FILE__, __LINE__, #expr, bench_r_,        \
+                                  strerror(errno));                           \
+        } while (0)
+
+static inline void bench_note(const char *fmt, ...)
+        __attribute__((format(printf, 1, 2)));
+static inline void bench_note(const char *fmt, ...)
+{
+        va_list ap;
+
+        fputs("N ", stdout);
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        fputc('\n', stdout);
+}
+
+static inline void bench_param(const char *fmt, ...)
+        __attribute__((format(printf, 1, 2)));
+static inline void bench_param(const char *fmt, ...)
+{
+        va_list ap;
+
+        fputs("P ", stdout);
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        fputc('\n', stdout);
+}
+
+static inline void bench_info(const char *fmt, ...)
+        __attribute__((format(printf, 1, 2)));
+static inline void bench_info(const char *fmt, ...)
+{
+        va_list ap;
+
+        fputs("I ", stdout);
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        fputc('\n', stdout);
+}
+
+struct bench_series {
+        const char *metric;
+        int n;
+        double v[BENCH_MAX_REPS];
+};
+
+static inline void bench_add(struct bench_series *s, double v)
+{
+        if (s->n < BENCH_MAX_REPS)
+                s->v[s->n++] = v;
+}
+
+static inline void bench_print(const struct bench_series *s)
+{
+        printf("R %s", s->metric);
+        for (int i = 0; i < s->n; i++)
+                printf(" %.6g", s->v[i]);
+        putchar('\n');
+        fflush(stdout);
+}
+
+static inline int bench_cmp_double(const void *a, const void *b)
+{
+        double x = *(const double *)a, y = *(const double *)b;
+
+        return (x > y) - (x < y);
+}
+
+/* Median of n samples (the programs print all samples; this is for their
+ * own diagnostics and for anyone reusing the header). */
+static inline double bench_median(const double *v, int n)
+{
+        double tmp[BENCH_MAX_REPS];
+
+        if (n <= 0)
+                return 0.0;
+        if (n > BENCH_MAX_REPS)
+                n = BENCH_MAX_REPS;
+        memcpy(tmp, v, (size_t)n * sizeof(*tmp));
+        qsort(tmp, (size_t)n, sizeof(*tmp), bench_cmp_double);
+        return n % 2 ? tmp[n / 2] : (tmp[n / 2 - 1] + tmp[n / 2]) / 2.0;
+}
+
+/* ---- time ---------------------------------------------------------------- */
+
+static inline uint64_t bench_now_ns(void)
+{
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline void bench_sleep_until_ns(uint64_t deadline)
+{
+        uint64_t now;
+
+        while ((now = bench_now_ns()) < deadline) {
+                uint64_t d = deadline - now;
+                struct timespec ts = {
+                        .tv_sec = (time_t)(d / 1000000000u),
+                        .tv_nsec = (long)(d % 1000000000u),
+                };
+                nanosleep(&ts, NULL);
+        }
+}
+
+/* ---- random numbers: xorshift64*, fixed seed ----------------------------- */
+
+#define BENCH_SEED UINT64_C(0x5eed1e55c0ffee01)
+
+struct bench_rng {
+        uint64_t s;
+};
+
+static inline void bench_rng_seed(struct bench_rng *r, uint64_t seed)
+{
+        r->s = seed ? seed : UINT64_C(0x9e3779b97f4a7c15);
+}
+
+static inline uint64_t bench_rng_next(struct bench_rng *r)
+{
+        uint64_t x = r->s;
+
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        r->s = x;
+        return x * UINT64_C(0x2545f4914f6cdd1d);
+}
+
+/* Uniform in [lo, hi]; the modulo bias is irrelevant at these ranges. */
+static inline uint64_t bench_rng_range(struct bench_rng *r, uint64_t lo,
+                                       uint64_t hi)
+{
+        return lo + bench_rng_next(r) % (hi - lo + 1);
+}
+
+/* ---- command line --------------------------------------------------------- */
+
+struct bench_opts {
+        const char *workload;   /* pipe timers soon xthread pingpong echo */
+        long n;                 /* -n: pairs, timers, callbacks, posts, trips */
+        long active;            /* -a: pipe ring active tokens */
+        long writes;            /* -w: pipe ring writes per run */
+        long per_pass;          /* -p: call_soon callbacks per loop pass */
+        long size;              /* -s: echo message size in bytes */
+        int reps;               /* -r: measured runs (one warm-up run more) */
+        int variant;            /* -q: library-specific variant (see program) */
+        int no_warmup;          /* -z: no untimed warm-up run (for callgrind) */
+        const char *selector;   /* -S: libloop selector name */
+};
+
+static inline void bench_usage(const char *prog)
+{
+        fprintf(stderr,
+                "usage: %s WORKLOAD [-n N] [-a ACTIVE] [-w WRITES] [-p PER_PASS]\n"
+                "          [-s SIZE] [-r REPS] [-q] [-z] [-S SELECTOR]\n"
+                "workloads: pipe timers soon xthread pingpong echo\n",
+                prog);
+        exit(2);
+}
+
+static inline long bench_atol(const char *prog, const char *s)
+{
+        char *end;
+        long v;
+
+        errno = 0;
+        v = strtol(s, &end, 10);
+        if (errno || end == s || *end || v < 0)
+                bench_usage(prog);
+        return v;
+}
+
+static inline void bench_parse(int argc, char **argv, struct bench_opts *o)
+{
+        *o = (struct bench_opts){
+                .n = -1, .active = 100, .writes = 1000, .per_pass = 1,
+                .size = 64, .reps = 5, .variant = 0, .selector = NULL,
+        };
+        if (argc < 2)
+                bench_usage(argv[0]);
+        o->workload = argv[1];
+        for (int i = 2; i < argc; i++) {
+                const char *a = argv[i];
+                const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+
+                if (a[0] != '-' || a[1] == '\0' || a[2] != '\0')
+                        bench_usage(argv[0]);
+                if (a[1] == 'q' || a[1] == 'z') {
+                        *(a[1] == 'q' ? &o->variant : &o->no_warmup) = 1;
+                        continue;
+                }
+                if (!v)
+                        bench_usage(argv[0]);
+                i++;
+                switch (a[1]) {
+                case 'n': o->n = bench_atol(argv[0], v); break;
+                case 'a': o->active = bench_atol(argv[0], v); break;
+                case 'w': o->writes = bench_atol(argv[0], v); break;
+                case 'p': o->per_pass = bench_atol(argv[0], v); break;
+                case 's': o->size = bench_atol(argv[0], v); break;
+                case 'r': o->reps = (int)bench_atol(argv[0], v); break;
+                case 'S': o->selector = v; break;
+                default: bench_usage(argv[0]);
+                }
+        }
+        if (o->reps < 1 || o->reps > BENCH_MAX_REPS)
+                bench_die("-r must be 1..%d", BENCH_MAX_REPS);
+        if (o->active < 1 || o->per_pass < 1 || o->size < 1)
+                bench_usage(argv[0]);
+}
+
+/* The first value of a program's run counter: -1 is the untimed warm-up. */
+static inline int bench_first_rep(const struct bench_opts *o)
+{
+        return o->no_warmup ? 0 : -1;
+}
+
+static inline long bench_default(long v, long dflt)
+{
+        return v < 0 ? dflt : v;
+}
+
+/* ---- file descriptors ------------------------------------------------------ */
+
+/* Raise RLIMIT_NOFILE's soft limit to the hard limit; return the new limit. */
+static inline long bench_raise_nofile(void)
+{
+        struct rlimit rl;
+
+        if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+                bench_die("getrlimit: %s", strerror(errno));
+        if (rl.rlim_cur != rl.rlim_max) {
+                rl.rlim_cur = rl.rlim_max;
+                if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+                        bench_die("setrlimit: %s", strerror(errno));
+        }
+        return rl.rlim_cur == RLIM_INFINITY ? 1L << 20 : (long)rl.rlim_cur;
+}
+
+static inline void bench_nonblock(int fd)
+{
+        int fl = fcntl(fd, F_GETFL);
+
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+                bench_die("fcntl O_NONBLOCK: %s", strerror(errno));
+}
+
+/* ---- workload 1: the pipe ring ---------------------------------------------
+ *
+ * n socketpairs; pair i is read at fds[2i] and written at fds[2i+1]. A run
+ * writes one byte into `active` pairs spread evenly round the ring; each
+ * read callback takes its byte and, while the run still has writes to do,
+ * passes a byte on to the next pair. The run is over when every byte
+ * written (active + writes) has been read.
+ */
+struct ring {
+        long n, active, writes_per_run;
+        int *fds;
+        long count;             /* bytes read in this run */
+        long writes_left;       /* writes this run may still do */
+        long target;            /* active + writes_per_run */
+        long failures;
+};
+
+static inline void ring_open(struct ring *r, long n, long active, long writes)
+{
+        *r = (struct ring){ .n = n, .active = active, .writes_per_run = writes };
+        if (active > n)
+                bench_die("pipe ring: %ld active tokens for %ld pairs", active, n);
+        r->fds = malloc(2 * (size_t)n * sizeof(int));
+        if (!r->fds)
+                bench_die("out of memory");
+        for (long i = 0; i < n; i++) {
+                if (socketpair(AF_UNIX, SOCK_STREAM, 0, &r->fds[2 * i]) < 0)
+                        bench_die("socketpair #%ld: %s", i, strerror(errno));
+                bench_nonblock(r->fds[2 * i]);
+                bench_nonblock(r->fds[2 * i + 1]);
+        }
+}
+
+static inline void ring_close(struct ring *r)
+{
+        for (long i = 0; i < 2 * r->n; i++)
+                close(r->fds[i]);
+        free(r->fds);
+        r->fds = NULL;
+}
+
+/* The largest ring RLIMIT_NOFILE allows, keeping `headroom` descriptors
+ * for stdio, the loop's own descriptors and the libraries' internals. */
+#define RING_HEADROOM 200
+static inline long ring_max_pairs(long headroom)
+{
+        long lim = bench_raise_nofile();
+
+        return (lim - headroom) / 2;
+}
+
+static inline void ring_start(struct ring *r)
+{
+        long space = r->n / r->active;
+
+        r->count = 0;
+        r->writes_left = r->writes_per_run;
+        r->target = r->active + r->writes_per_run;
+        for (long i = 0; i < r->active; i++)
+                if (send(r->fds[2 * (i * space) + 1], "e", 1, 0) != 1)
+                        r->failures++;
+}
+
+/* The body of every library's read callback. Returns 1 when the run is
+ * complete (the caller then stops its loop). */
+static inline int ring_on_read(struct ring *r, long idx)
+{
+        unsigned char ch;
+        long next;
+
+        if (recv(r->fds[2 * idx], &ch, 1, 0) == 1)
+                r->count++;
+        else
+                r->failures++;
+        if (r->writes_left > 0) {
+                next = idx + 1 == r->n ? 0 : idx + 1;
+                if (send(r->fds[2 * next + 1], "e", 1, 0) != 1)
+                        r->failures++;
+                r->writes_left--;
+        }
+        return r->count == r->target;
+}
+
+static inline void ring_finish(const struct ring *r)
+{
+        if (r->failures)
+                bench_die("pipe ring: %ld failed reads/writes", r->failures);
+        if (r->count != r->target)
+                bench_die("pipe ring: read %ld of %ld bytes", r->count, r->target);
+}
+
+/* The body of a program's `pipe` workload, with the library's part as
+ * callbacks: setup (register every read watcher once), resetup (the
+ * per-run stop/start of every watcher), flush (one non-blocking loop pass
+ * so that registration changes a library applies lazily are paid here),
+ * run (run the loop until ring_on_read said the run is complete). */
+struct ring_ops {
+        void (*setup)(struct ring *r);
+        void (*resetup)(struct ring *r);
+        void (*flush)(struct ring *r);
+        void (*run)(struct ring *r);
+};
+
+static inline void ring_bench(const struct bench_opts *o,
+                              const struct ring_ops *ops, struct ring *r)
+{
+        struct bench_series run = { .metric = "run" };
+        struct bench_series all = { .metric = "all" };
+        long n = o->n;
+
+        if (n == 0)
+                n = ring_max_pairs(RING_HEADROOM);
+        else if (n < 0)
+                n = 1000;
+        ring_open(r, n, o->active, o->writes);
+        bench_param("pairs=%ld active=%ld writes=%ld", n, o->active, o->writes);
+        ops->setup(r);
+        ops->flush(r);
+        for (int rep = bench_first_rep(o); rep < o->reps; rep++) {
+                uint64_t t0, t1, t2;
+
+                t0 = bench_now_ns();
+                ops->resetup(r);
+                ops->flush(r);
+                t1 = bench_now_ns();
+                ring_start(r);
+                ops->run(r);
+                t2 = bench_now_ns();
+                ring_finish(r);
+                if (rep >= 0) {
+                        bench_add(&run, (double)(t2 - t1) / 1e3);
+                        bench_add(&all, (double)(t2 - t0) / 1e3);
+                }
+        }
+        bench_print(&run);
+        bench_print(&all);
+}
+
+/* ---- workload 2: timers ------------------------------------------------------ */
+
+#define TIMER_MIN_MS 1
+#define TIMER_MAX_MS 1000
+
+/* The same delays, in whole milliseconds (libuv's unit), for every library. */
+static inline uint32_t *timer_delays(long n)
+{
+        struct bench_rng rng;
+        uint32_t *d = malloc((size_t)n * sizeof(*d));
+
+        if (!d)
+                bench_die("out of memory");
+        bench_rng_seed(&rng, BENCH_SEED);
+        for (long i = 0; i < n; i++)
+                d[i] = (uint32_t)bench_rng_range(&rng, TIMER_MIN_MS, TIMER_MAX_MS);
+        return d;
+}
+
+/* Library part of the timer workload. schedule: start timer i with delay
+ * d[i] ms (the loop is not run in between); fire: run the loop until
+ * *fired == n; cancel: stop every timer; release: free whatever schedule
+ * allocated that the library does not free itself (untimed). */
+struct timer_ops {
+        void (*schedule)(long n, const uint32_t *d);
+        void (*fire)(long n);
+        void (*cancel)(long n);
+        void (*release)(long n);
+};
+
+static long timer_fired;
+
+static inline void timer_bench(const struct bench_opts *o,
+                               const struct timer_ops *ops)
+{
+        struct bench_series sched = { .metric = "schedule" };
+        struct bench_series fire = { .metric = "fire" };
+        struct bench_series cancel = { .metric = "cancel" };
+        struct bench_series rel = { .metric = "release" };
+        long n = bench_default(o->n, 1000000);
+        uint32_t *d = timer_delays(n);
+
+        bench_param("timers=%ld delays uniform %d..%d ms (xorshift64*, fixed seed)",
+                   n, TIMER_MIN_MS, TIMER_MAX_MS);
+        for (int rep = bench_first_rep(o); rep < o->reps; rep++) {
+                uint64_t t0, t1, t2, t3;
+
+                /* schedule n, sleep past the last deadline, fire n */
+                t0 = bench_now_ns();
+                ops->schedule(n, d);
+                t1 = bench_now_ns();
+                bench_sleep_until_ns(t1 + (uint64_t)(TIMER_MAX_MS + 5) * 1000000u);
+                timer_fired = 0;
+                t2 = bench_now_ns();
+                ops->fire(n);
+                t3 = bench_now_ns();
+                if (timer_fired != n)
+                        bench_die("timers: %ld of %ld fired", timer_fired, n);
+                if (ops->release)
+                        ops->release(n);
+                if (rep >= 0) {
+                        bench_add(&sched, (double)(t1 - t0) / (double)n);
+                        bench_add(&fire, (double)(t3 - t2) / (double)n);
+                }
+
+                /* schedule n again (untimed), cancel n (timed) */
+                timer_fired = 0;
+                ops->schedule(n, d);
+                t0 = bench_now_ns();
+                ops->cancel(n);
+                t1 = bench_now_ns();
+                if (ops->release)
+                        ops->release(n);
+                t2 = bench_now_ns();
+                if (rep >= 0) {
+                        bench_add(&cancel, (double)(t1 - t0) / (double)n);
+                        if (ops->release)
+                                bench_add(&rel, (double)(t2 - t1) / (double)n);
+                }
+                if (timer_fired)
+                        bench_die("timers: %ld cancelled timers fired", timer_fired);
+        }
+        bench_print(&sched);
+        bench_print(&fire);
+        bench_print(&cancel);
+        if (rel.n)
+                bench_print(&rel);
+        free(d);
+}
+
+/* ---- workload 3: call_soon --------------------------------------------------
+ *
+ * A callback counts itself and, while fewer than `target` callbacks have been
+ * queued (the seeds included), queues itself again: exactly `target` run,
+ * `per_pass` of them in each loop pass.
+ */
+struct soon {
+        long count, queued, target;
+};
+
+static inline void soon_reset(struct soon *s, long target, long per_pass)
+{
+        s->count = 0;
+        s->target = target;
+        s->queued = per_pass < target ? per_pass : target;
+}
+
+/* Returns 1 if the callback must queue itself again. */
+static inline int soon_step(struct soon *s)
+{
+        s->count++;
+        if (s->queued < s->target) {
+                s->queued++;
+                return 1;
+        }
+        return 0;
+}
+
+/* ---- workload 4: a mutex-protected queue of (fn, arg) -------------------------
+ *
+ * For the "every post runs" variants of the libraries whose wake-up call
+ * coalesces (uv_async_send, ev_async_send) and for the raw floor: the
+ * poster appends under a mutex, the loop thread swaps the whole vector out
+ * and runs it.
+ */
+struct mq_item {
+        void (*fn)(void *arg);
+        void *arg;
+};
+
+struct mq {
+        pthread_mutex_t mu;
+        struct mq_item *v, *spare;
+        size_t len, cap, spare_cap;
+};
+
+static inline void mq_init(struct mq *q)
+{
+        pthread_mutex_init(&q->mu, NULL);
+        q->len = 0;
+        q->cap = q->spare_cap = 1024;
+        q->v = malloc(q->cap * sizeof(*q->v));
+        q->spare = malloc(q->spare_cap * sizeof(*q->spare));
+        if (!q->v || !q->spare)
+                bench_die("out of memory");
+}
+
+static inline void mq_fini(struct mq *q)
+{
+        free(q->v);
+        free(q->spare);
+        pthread_mutex_destroy(&q->mu);
+}
+
+/* Any thread. Returns 1 if the queue was empty (the loop may be asleep). */
+static inline int mq_push(struct mq *q, void (*fn)(void *), void *arg)
+{
+        int was_empty;
+
+        pthread_mutex_lock(&q->mu);
+        if (q->len == q->cap) {
+                struct mq_item *nv = realloc(q->v, 2 * q->cap * sizeof(*nv));
+
+                if (!nv)
+                        bench_die("out of memory");
+                q->v = nv;
+                q->cap *= 2;
+        }
+        q->v[q->len++] = (struct mq_item){ fn, arg };
+        was_empty = q->len == 1;
+        pthread_mutex_unlock(&q->mu);
+        return was_empty;
+}
+
+/* Loop thread: run everything queued so far; returns how many ran. */
+static inline size_t mq_run(struct mq *q)
+{
+        struct mq_item *batch;
+        size_t len, cap;
+
+        pthread_mutex_lock(&q->mu);
+        batch = q->v;
+        len = q->len;
+        cap = q->cap;
+        q->v = q->spare;
+        q->cap = q->spare_cap;
+        q->len = 0;
+        pthread_mutex_unlock(&q->mu);
+        for (size_t i = 0; i < len; i++)
+                batch[i].fn(batch[i].arg);
+        q->spare = batch;
+        q->spare_cap = cap;
+        return len;
+}
+
+/* ---- workload 5: loopback TCP echo --------------------------------------------
+ *
+ * One client and one server socket, connected over 127.0.0.1, both watched
+ * by the same loop in one thread. The client writes a message, the server
+ * echoes whatever it reads, the client counts a round trip when the whole
+ * message is back and sends the next one. Buffers are sized so that a
+ * message always fits; should a write still come up short, the rest is
+ * written after poll() (counted, and reported when it happens).
+ */
+#define ECHO_BUF (64 * 1024)
+
+struct echo {
+        int cfd, sfd;
+        size_t size;
+        long trips, target;
+        size_t got;
+        long short_writes;
+        char *msg;
+        char buf[ECHO_BUF];
+};
+
+static inline void echo_write_all(struct echo *e, int fd, const char *p, size_t len)
+{
+        while (len > 0) {
+                ssize_t k = write(fd, p, len);
+
+                if (k > 0) {
+                        p += k;
+                        len -= (size_t)k;
+                        if (len)
+                                e->short_writes++;
+                } else if (k < 0 && errno == EAGAIN) {
+                        struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+
+                        e->short_writes++;
+                        poll(&pfd, 1, -1);
+                } else if (k < 0 && errno == EINTR) {
+                        continue;
+                } else {
+                        bench_die("echo write: %s", strerror(errno));
+                }
+        }
+}
+
+static inline void echo_open(struct echo *e, size_t size, long target)
+{
+        struct sockaddr_in sa = { .sin_family = AF_INET };
+        socklen_t len = sizeof(sa);
+        int one = 1, bufsz = 1 << 20, lfd;
+
+        memset(e, 0, offsetof(struct echo, buf));
+        e->size = size;
+        e->target = target;
+        e->msg = malloc(size);
+        if (!e->msg)
+                bench_die("out of memory");
+        memset(e->msg, 'x', size);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        lfd = socket(AF_INET, SOCK_STREAM, 0);
+        if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+            listen(lfd, 1) < 0 || getsockname(lfd, (struct sockaddr *)&sa, &len) < 0)
+                bench_die("listen on 127.0.0.1: %s", strerror(errno));
+        e->cfd = socket(AF_INET, SOCK_STREAM, 0);
+        if (e->cfd < 0 || connect(e->cfd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+                bench_die("connect: %s", strerror(errno));
+        e->sfd = accept(lfd, NULL, NULL);
+        if (e->sfd < 0)
+                bench_die("accept: %s", strerror(errno));
+        close(lfd);
+        for (int i = 0; i < 2; i++) {
+                int fd = i ? e->sfd : e->cfd;
+
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bufsz, sizeof(bufsz));
+                setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz));
+                bench_nonblock(fd);
+        }
+}
+
+static inline void echo_close(struct echo *e)
+{
+        close(e->cfd);
+        close(e->sfd);
+        free(e->msg);
+}
+
+static inline void echo_start(struct echo *e)
+{
+        e->trips = 0;
+        e->got = 0;
+        echo_write_all(e, e->cfd, e->msg, e->size);
+}
+
+/* Server side: echo what arrived. */
+static inline void echo_on_server(struct echo *e)
+{
+        ssize_t k = read(e->sfd, e->buf, sizeof(e->buf));
+
+        if (k > 0)
+                echo_write_all(e, e->sfd, e->buf, (size_t)k);
+        else if (k == 0 || (errno != EAGAIN && errno != EINTR))
+                bench_die("echo server read: %s", k ? strerror(errno) : "EOF");
+}
+
+/* Client side: returns 1 when the run's last round trip is complete. */
+static inline int echo_on_client(struct echo *e)
+{
+        ssize_t k = read(e->cfd, e->buf, sizeof(e->buf));
+
+        if (k <= 0) {
+                if (k == 0 || (errno != EAGAIN && errno != EINTR))
+                        bench_die("echo client read: %s", k ? strerror(errno) : "EOF");
+                return 0;
+        }
+        e->got += (size_t)k;
+        if (e->got < e->size)
+                return 0;
+        if (e->got > e->size)
+                bench_die("echo: got %zu bytes back for a %zu-byte message",
+                          e->got, e->size);
+        e->got = 0;
+        if (++e->trips == e->target)
+                return 1;
+        echo_write_all(e, e->cfd, e->msg, e->size);
+        return 0;
+}
+
+/* Library part: setup registers both readers (echo_on_server for sfd,
+ * echo_on_client for cfd) once; run runs the loop until echo_on_client
+ * returned 1; teardown unregisters. */
+struct echo_ops {
+        void (*setup)(struct echo *e);
+        void (*run)(struct echo *e);
+        void (*teardown)(struct echo *e);
+};
+
+static inline void echo_bench(const struct bench_opts *o,
+                              const struct echo_ops *ops, struct echo *e)
+{
+        struct bench_series rts = { .metric = "rtps" };
+        long trips = bench_default(o->n, o->size > 4096 ? 10000 : 20000);
+
+        echo_open(e, (size_t)o->size, trips);
+        bench_param("message=%ld bytes, %ld round trips per run", o->size, trips);
+        ops->setup(e);
+        for (int rep = bench_first_rep(o); rep < o->reps; rep++) {
+                uint64_t t0, t1;
+
+                t0 = bench_now_ns();
+                echo_start(e);
+                ops->run(e);
+                t1 = bench_now_ns();
+                if (e->trips != trips)
+                        bench_die("echo: %ld of %ld round trips", e->trips, trips);
+                if (rep >= 0)
+                        bench_add(&rts, (double)trips * 1e9 / (double)(t1 - t0));
+        }
+        ops->teardown(e);
+        if (e->short_writes)
+                bench_note("%ld short writes (finished with poll)", e->short_writes);
+        bench_print(&rts);
+        echo_close(e);
+}
+
+#endif /* BENCH_H */

@@ -1,0 +1,448 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_libev: the workloads on libev (anchor). See bench.h.
+ *
+ *   pipe      one ev_io per read end; re-setup = ev_io_stop + ev_io_set +
+ *             ev_io_start for every pair (libev's own benchmark variant).
+ *   timers    ev_timer (ev_timer_init + ev_timer_start), ev_timer_stop.
+ *   soon      ev_idle: one idle watcher per callback slot; an idle watcher
+ *             is invoked once per loop pass, so -p 1000 = 1000 watchers.
+ *   xthread   ev_async_send from the posting thread. ev_async coalesces:
+ *             the note says how many callbacks ran. -q: every post runs
+ *             (a mutex-protected queue, ev_async_send as the wake-up).
+ *   pingpong  one loop per thread, an ev_async each.
+ *   echo      ev_io on both sockets, one loop, one thread.
+ */
+#include "bench.h"
+
+#include <stdatomic.h>
+
+#include <ev.h>
+
+static struct bench_opts opts;
+static struct ev_loop *loop;
+
+static struct ev_loop *new_loop(void)
+{
+        struct ev_loop *l = ev_loop_new(EVFLAG_AUTO);
+
+        static int noted;
+
+        if (!l)
+                bench_die("ev_loop_new failed");
+        if (!noted++)
+                bench_info("libev %d.%d, backend %s", ev_version_major(),
+                           ev_version_minor(),
+                           ev_backend(l) == EVBACKEND_EPOLL ? "epoll" : "not epoll");
+        return l;
+}
+
+/* ---- pipe ring --------------------------------------------------------- */
+
+static struct ring ring;
+static ev_io *ios;
+
+static void ring_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+        (void)revents;
+        if (ring_on_read(&ring, w - ios))
+                ev_break(l, EVBREAK_ONE);
+}
+
+static BENCH_NOINLINE void ev_ring_setup(struct ring *r)
+{
+        ios = calloc((size_t)r->n, sizeof(*ios));
+        if (!ios)
+                bench_die("out of memory");
+        for (long i = 0; i < r->n; i++) {
+                ev_io_init(&ios[i], ring_cb, r->fds[2 * i], EV_READ);
+                ev_io_start(loop, &ios[i]);
+        }
+}
+
+static BENCH_NOINLINE void ev_ring_resetup(struct ring *r)
+{
+        for (long i = 0; i < r->n; i++) {
+                ev_io_stop(loop, &ios[i]);
+                ev_io_set(&ios[i], r->fds[2 * i], EV_READ);
+                ev_io_start(loop, &ios[i]);
+        }
+}
+
+static BENCH_NOINLINE void ev_ring_flush(struct ring *r)
+{
+        (void)r;
+        ev_run(loop, EVRUN_NOWAIT);
+}
+
+static BENCH_NOINLINE void ev_ring_run(struct ring *r)
+{
+        (void)r;
+        ev_run(loop, 0);
+}
+
+static void bench_pipe(void)
+{
+        static const struct ring_ops ops = {
+                .setup = ev_ring_setup, .resetup = ev_ring_resetup,
+                .flush = ev_ring_flush, .run = ev_ring_run,
+        };
+
+        loop = new_loop();
+        bench_note("re-setup: ev_io_stop + ev_io_set + ev_io_start per pair");
+        ring_bench(&opts, &ops, &ring);
+        for (long i = 0; i < ring.n; i++)
+                ev_io_stop(loop, &ios[i]);
+        free(ios);
+        ring_close(&ring);
+        ev_loop_destroy(loop);
+}
+
+/* ---- timers ----------------------------------------------------------------- */
+
+static ev_timer *timers;
+
+static void timer_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+        (void)l;
+        (void)w;
+        (void)revents;
+        timer_fired++;
+}
+
+static BENCH_NOINLINE void ev_timer_schedule(long n, const uint32_t *d)
+{
+        ev_now_update(loop);
+        for (long i = 0; i < n; i++) {
+                ev_timer_init(&timers[i], timer_cb, d[i] * 1e-3, 0.);
+                ev_timer_start(loop, &timers[i]);
+        }
+}
+
+static BENCH_NOINLINE void ev_timer_fire(long n)
+{
+        while (timer_fired < n)
+                ev_run(loop, EVRUN_NOWAIT);
+}
+
+static BENCH_NOINLINE void ev_timer_cancel(long n)
+{
+        for (long i = 0; i < n; i++)
+                ev_timer_stop(loop, &timers[i]);
+}
+
+static void bench_timers(void)
+{
+        static const struct timer_ops ops = {
+                .schedule = ev_timer_schedule, .fire = ev_timer_fire,
+                .cancel = ev_timer_cancel,
+        };
+        long n = bench_default(opts.n, 1000000);
+
+        loop = new_loop();
+        timers = calloc((size_t)n, sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        bench_note("ev_timer_init + ev_timer_start; cancel = ev_timer_stop");
+        timer_bench(&opts, &ops);
+        free(timers);
+        ev_loop_destroy(loop);
+}
+
+/* ---- call_soon: ev_idle ---------------------------------------------------------- */
+
+static struct soon sn;
+
+static void idle_cb(struct ev_loop *l, ev_idle *w, int revents)
+{
+        (void)revents;
+        if (!soon_step(&sn))
+                ev_idle_stop(l, w);
+}
+
+static void bench_soon(void)
+{
+        struct bench_series s = { .metric = "soon" };
+        long n = bench_default(opts.n, 10000000);
+        ev_idle *idles = calloc((size_t)opts.per_pass, sizeof(*idles));
+
+        if (!idles)
+                bench_die("out of memory");
+        loop = new_loop();
+        bench_param("%ld callbacks, %ld per pass", n, opts.per_pass);
+        bench_note("one ev_idle watcher per callback slot (1000 per pass = 1000 watchers)");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                uint64_t t0, t1;
+
+                soon_reset(&sn, rep < 0 ? n / 10 : n, opts.per_pass);
+                t0 = bench_now_ns();
+                for (long i = 0; i < sn.queued; i++) {
+                        ev_idle_init(&idles[i], idle_cb);
+                        ev_idle_start(loop, &idles[i]);
+                }
+                ev_run(loop, 0);        /* returns when every idle stopped */
+                t1 = bench_now_ns();
+                if (sn.count != sn.target)
+                        bench_die("soon: %ld of %ld callbacks", sn.count, sn.target);
+                if (rep >= 0 && n > 0)
+                        bench_add(&s, (double)(t1 - t0) / (double)n);
+        }
+        if (n > 0)
+                bench_print(&s);
+        ev_loop_destroy(loop);
+        free(idles);
+}
+
+/* ---- cross-thread posts: ev_async_send ---------------------------------------- */
+
+static ev_async x_async;
+static struct mq x_mq;
+static long x_ran, x_target, x_calls;
+static atomic_int x_go, x_done;
+static uint64_t x_t0, x_t1, x_post_ns;
+
+static void x_item(void *arg)
+{
+        (void)arg;
+        if (++x_ran == x_target) {
+                x_t1 = bench_now_ns();
+                ev_break(loop, EVBREAK_ONE);
+        }
+}
+
+static void x_async_cb(struct ev_loop *l, ev_async *w, int revents)
+{
+        (void)w;
+        (void)revents;
+        x_calls++;
+        if (opts.variant) {
+                mq_run(&x_mq);
+                return;
+        }
+        x_ran++;
+        if (atomic_load_explicit(&x_done, memory_order_acquire)) {
+                x_t1 = bench_now_ns();
+                ev_break(l, EVBREAK_ONE);
+        }
+}
+
+static void x_start_cb(struct ev_loop *l, ev_idle *w, int revents)
+{
+        (void)revents;
+        ev_idle_stop(l, w);
+        atomic_store_explicit(&x_go, 1, memory_order_release);
+}
+
+static void *x_producer(void *arg)
+{
+        (void)arg;
+        while (!atomic_load_explicit(&x_go, memory_order_acquire))
+                ;
+        x_t0 = bench_now_ns();
+        if (opts.variant) {
+                for (long i = 0; i < x_target; i++) {
+                        mq_push(&x_mq, x_item, NULL);
+                        ev_async_send(loop, &x_async);
+                }
+        } else {
+                for (long i = 0; i < x_target; i++)
+                        ev_async_send(loop, &x_async);
+        }
+        x_post_ns = bench_now_ns() - x_t0;
+        atomic_store_explicit(&x_done, 1, memory_order_release);
+        ev_async_send(loop, &x_async);
+        return NULL;
+}
+
+static void bench_xthread(void)
+{
+        struct bench_series total = { .metric = "total" };
+        struct bench_series post = { .metric = "post" };
+        struct bench_series ran = { .metric = "ran" };
+        struct bench_series wakes = { .metric = "wakeups" };
+        long n = bench_default(opts.n, 1000000);
+
+        bench_param("%ld posts", n);
+        bench_note(opts.variant
+                   ? "every post runs: a mutex-protected queue, ev_async_send after each push"
+                   : "ev_async_send per post; coalesces");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                ev_idle start;
+                pthread_t th;
+
+                loop = new_loop();
+                mq_init(&x_mq);
+                ev_async_init(&x_async, x_async_cb);
+                ev_async_start(loop, &x_async);
+                ev_idle_init(&start, x_start_cb);
+                ev_idle_start(loop, &start);
+                x_ran = x_calls = 0;
+                x_target = n;
+                atomic_store(&x_go, 0);
+                atomic_store(&x_done, 0);
+                pthread_create(&th, NULL, x_producer, NULL);
+                ev_run(loop, 0);
+                pthread_join(th, NULL);
+                if (opts.variant && x_ran != n)
+                        bench_die("xthread: %ld of %ld ran", x_ran, n);
+                if (rep >= 0) {
+                        bench_add(&total, (double)(x_t1 - x_t0) / (double)n);
+                        bench_add(&post, (double)x_post_ns / (double)n);
+                        bench_add(&ran, (double)x_ran);
+                        bench_add(&wakes, (double)x_calls);
+                }
+                ev_async_stop(loop, &x_async);
+                ev_loop_destroy(loop);
+                mq_fini(&x_mq);
+        }
+        bench_print(&total);
+        bench_print(&post);
+        bench_print(&ran);
+        bench_print(&wakes);
+}
+
+/* ---- ping-pong: two loops, two threads --------------------------------------- */
+
+static struct ev_loop *pp_loop[2];
+static ev_async pp_async[2];
+static long pp_trips, pp_target;
+static atomic_int pp_stop;
+
+static void pp_a_cb(struct ev_loop *l, ev_async *w, int revents)
+{
+        (void)w;
+        (void)revents;
+        if (++pp_trips < pp_target) {
+                ev_async_send(pp_loop[1], &pp_async[1]);
+        } else {
+                atomic_store(&pp_stop, 1);
+                ev_async_send(pp_loop[1], &pp_async[1]);
+                ev_break(l, EVBREAK_ONE);
+        }
+}
+
+static void pp_b_cb(struct ev_loop *l, ev_async *w, int revents)
+{
+        (void)w;
+        (void)revents;
+        if (atomic_load(&pp_stop))
+                ev_break(l, EVBREAK_ONE);
+        else
+                ev_async_send(pp_loop[0], &pp_async[0]);
+}
+
+static void *pp_thread(void *arg)
+{
+        (void)arg;
+        ev_run(pp_loop[1], 0);
+        return NULL;
+}
+
+static void bench_pingpong(void)
+{
+        struct bench_series rt = { .metric = "rtt" };
+        long n = bench_default(opts.n, 20000);
+
+        bench_param("%ld round trips per run", n);
+        bench_note("ev_async_send each way");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                pthread_t th;
+                uint64_t t0, t1;
+
+                for (int i = 0; i < 2; i++) {
+                        pp_loop[i] = new_loop();
+                        ev_async_init(&pp_async[i], i ? pp_b_cb : pp_a_cb);
+                        ev_async_start(pp_loop[i], &pp_async[i]);
+                }
+                pp_trips = 0;
+                pp_target = n;
+                atomic_store(&pp_stop, 0);
+                pthread_create(&th, NULL, pp_thread, NULL);
+                t0 = bench_now_ns();
+                ev_async_send(pp_loop[1], &pp_async[1]);
+                ev_run(pp_loop[0], 0);
+                t1 = bench_now_ns();
+                pthread_join(th, NULL);
+                for (int i = 0; i < 2; i++) {
+                        ev_async_stop(pp_loop[i], &pp_async[i]);
+                        ev_loop_destroy(pp_loop[i]);
+                }
+                if (rep >= 0)
+                        bench_add(&rt, (double)(t1 - t0) / (double)n);
+        }
+        bench_print(&rt);
+}
+
+/* ---- loopback TCP echo -------------------------------------------------------------- */
+
+static struct echo echo;
+static ev_io echo_io[2];
+
+static void echo_server_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+        (void)l;
+        (void)w;
+        (void)revents;
+        echo_on_server(&echo);
+}
+
+static void echo_client_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+        (void)w;
+        (void)revents;
+        if (echo_on_client(&echo))
+                ev_break(l, EVBREAK_ONE);
+}
+
+static void ev_echo_setup(struct echo *e)
+{
+        ev_io_init(&echo_io[0], echo_server_cb, e->sfd, EV_READ);
+        ev_io_init(&echo_io[1], echo_client_cb, e->cfd, EV_READ);
+        ev_io_start(loop, &echo_io[0]);
+        ev_io_start(loop, &echo_io[1]);
+}
+
+static void ev_echo_run(struct echo *e)
+{
+        (void)e;
+        ev_run(loop, 0);
+}
+
+static void ev_echo_teardown(struct echo *e)
+{
+        (void)e;
+        ev_io_stop(loop, &echo_io[0]);
+        ev_io_stop(loop, &echo_io[1]);
+}
+
+static void bench_echo(void)
+{
+        static const struct echo_ops ops = {
+                .setup = ev_echo_setup, .run = ev_echo_run,
+                .teardown = ev_echo_teardown,
+        };
+
+        loop = new_loop();
+        echo_bench(&opts, &ops, &echo);
+        ev_loop_destroy(loop);
+}
+
+int main(int argc, char **argv)
+{
+        bench_parse(argc, argv, &opts);
+        if (!strcmp(opts.workload, "pipe"))
+                bench_pipe();
+        else if (!strcmp(opts.workload, "timers"))
+                bench_timers();
+        else if (!strcmp(opts.workload, "soon"))
+                bench_soon();
+        else if (!strcmp(opts.workload, "xthread"))
+                bench_xthread();
+        else if (!strcmp(opts.workload, "pingpong"))
+                bench_pingpong();
+        else if (!strcmp(opts.workload, "echo"))
+                bench_echo();
+        else
+                return 3;
+        return 0;
+}

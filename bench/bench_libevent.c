@@ -1,0 +1,429 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_libevent: the workloads on libevent 2.1 (anchor). See bench.h.
+ *
+ *   pipe      one struct event (EV_READ | EV_PERSIST) per read end;
+ *             re-setup = event_del + event_assign + event_add per pair
+ *             (as Niels Provos' test/bench.c).
+ *   timers    evtimer_assign + evtimer_add with the delay; event_del.
+ *   soon      event_active on fd-less events; each callback activates
+ *             itself again. libevent would run a callback activated
+ *             during dispatch in the same pass, so the base is configured
+ *             with event_config_set_max_dispatch_interval(max_callbacks =
+ *             per-pass count): after that many callbacks it polls again.
+ *   xthread   event_base_once(EV_TIMEOUT, no timeout) from the posting
+ *             thread, evthread_use_pthreads(): every post runs.
+ *   pingpong  one base per thread, event_base_once onto the other base.
+ *   echo      struct event (EV_READ | EV_PERSIST) on both sockets.
+ *
+ * evthread_use_pthreads() is called only for xthread and pingpong: it puts
+ * a lock round every base operation, which a single-threaded user would not
+ * pay.
+ */
+#include "bench.h"
+
+#include <stdatomic.h>
+
+#include <event2/event.h>
+#include <event2/event_struct.h>      /* struct event, for event_assign */
+#include <event2/thread.h>
+
+static struct bench_opts opts;
+static struct event_base *base;
+
+static struct event_base *new_base(int max_callbacks)
+{
+        struct event_config *cfg = event_config_new();
+        struct event_base *b;
+        static int noted;
+
+        if (!cfg)
+                bench_die("event_config_new failed");
+        if (max_callbacks > 0 &&
+            event_config_set_max_dispatch_interval(cfg, NULL, max_callbacks, 0) < 0)
+                bench_die("event_config_set_max_dispatch_interval failed");
+        b = event_base_new_with_config(cfg);
+        event_config_free(cfg);
+        if (!b)
+                bench_die("event_base_new failed");
+        if (!noted++)
+                bench_info("libevent %s, method %s", event_get_version(),
+                           event_base_get_method(b));
+        return b;
+}
+
+/* ---- pipe ring --------------------------------------------------------- */
+
+static struct ring ring;
+static struct event *evs;
+
+static void ring_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        if (ring_on_read(&ring, (long)(intptr_t)arg))
+                event_base_loopbreak(base);
+}
+
+static BENCH_NOINLINE void le_ring_setup(struct ring *r)
+{
+        evs = calloc((size_t)r->n, sizeof(*evs));
+        if (!evs)
+                bench_die("out of memory");
+        for (long i = 0; i < r->n; i++) {
+                event_assign(&evs[i], base, r->fds[2 * i], EV_READ | EV_PERSIST,
+                             ring_cb, (void *)(intptr_t)i);
+                BENCH_CHECK(event_add(&evs[i], NULL));
+        }
+}
+
+static BENCH_NOINLINE void le_ring_resetup(struct ring *r)
+{
+        for (long i = 0; i < r->n; i++) {
+                event_del(&evs[i]);
+                event_assign(&evs[i], base, r->fds[2 * i], EV_READ | EV_PERSIST,
+                             ring_cb, (void *)(intptr_t)i);
+                event_add(&evs[i], NULL);
+        }
+}
+
+static BENCH_NOINLINE void le_ring_flush(struct ring *r)
+{
+        (void)r;
+        event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
+static BENCH_NOINLINE void le_ring_run(struct ring *r)
+{
+        (void)r;
+        event_base_loop(base, 0);
+}
+
+static void bench_pipe(void)
+{
+        static const struct ring_ops ops = {
+                .setup = le_ring_setup, .resetup = le_ring_resetup,
+                .flush = le_ring_flush, .run = le_ring_run,
+        };
+
+        base = new_base(0);
+        bench_note("re-setup: event_del + event_assign + event_add per pair");
+        ring_bench(&opts, &ops, &ring);
+        for (long i = 0; i < ring.n; i++)
+                event_del(&evs[i]);
+        free(evs);
+        ring_close(&ring);
+        event_base_free(base);
+}
+
+/* ---- timers ----------------------------------------------------------------- */
+
+static struct event *timers;
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        (void)arg;
+        timer_fired++;
+}
+
+static BENCH_NOINLINE void le_timer_schedule(long n, const uint32_t *d)
+{
+        for (long i = 0; i < n; i++) {
+                struct timeval tv = {
+                        .tv_sec = d[i] / 1000,
+                        .tv_usec = (suseconds_t)(d[i] % 1000) * 1000,
+                };
+
+                evtimer_assign(&timers[i], base, timer_cb, NULL);
+                evtimer_add(&timers[i], &tv);
+        }
+}
+
+static BENCH_NOINLINE void le_timer_fire(long n)
+{
+        while (timer_fired < n)
+                event_base_loop(base, EVLOOP_ONCE | EVLOOP_NONBLOCK);
+}
+
+static BENCH_NOINLINE void le_timer_cancel(long n)
+{
+        for (long i = 0; i < n; i++)
+                event_del(&timers[i]);
+}
+
+static void bench_timers(void)
+{
+        static const struct timer_ops ops = {
+                .schedule = le_timer_schedule, .fire = le_timer_fire,
+                .cancel = le_timer_cancel,
+        };
+        long n = bench_default(opts.n, 1000000);
+
+        base = new_base(0);
+        timers = calloc((size_t)n, sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        bench_note("evtimer_assign + evtimer_add; cancel = event_del");
+        timer_bench(&opts, &ops);
+        free(timers);
+        event_base_free(base);
+}
+
+/* ---- call_soon: event_active ----------------------------------------------------- */
+
+static struct soon sn;
+
+static void soon_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        if (soon_step(&sn))
+                event_active(arg, what, 0);
+}
+
+static void bench_soon(void)
+{
+        struct bench_series s = { .metric = "soon" };
+        long n = bench_default(opts.n, 10000000);
+        struct event *ev = calloc((size_t)opts.per_pass, sizeof(*ev));
+
+        if (!ev)
+                bench_die("out of memory");
+        base = new_base((int)opts.per_pass);
+        for (long i = 0; i < opts.per_pass; i++)
+                event_assign(&ev[i], base, -1, 0, soon_cb, &ev[i]);
+        bench_param("%ld callbacks, %ld per pass", n, opts.per_pass);
+        bench_note("event_active on itself, max_dispatch_callbacks = callbacks per pass");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                uint64_t t0, t1;
+
+                soon_reset(&sn, rep < 0 ? n / 10 : n, opts.per_pass);
+                t0 = bench_now_ns();
+                for (long i = 0; i < sn.queued; i++)
+                        event_active(&ev[i], EV_TIMEOUT, 0);
+                event_base_loop(base, 0);       /* returns when nothing is active */
+                t1 = bench_now_ns();
+                if (sn.count != sn.target)
+                        bench_die("soon: %ld of %ld callbacks", sn.count, sn.target);
+                if (rep >= 0 && n > 0)
+                        bench_add(&s, (double)(t1 - t0) / (double)n);
+        }
+        if (n > 0)
+                bench_print(&s);
+        event_base_free(base);
+        free(ev);
+}
+
+/* ---- cross-thread posts: event_base_once -------------------------------------------- */
+
+static long x_ran, x_target;
+static atomic_int x_go;
+static uint64_t x_t0, x_t1, x_post_ns;
+
+static void x_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        (void)arg;
+        if (++x_ran == x_target) {
+                x_t1 = bench_now_ns();
+                event_base_loopbreak(base);
+        }
+}
+
+static void x_start_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        (void)arg;
+        atomic_store_explicit(&x_go, 1, memory_order_release);
+}
+
+static void *x_producer(void *arg)
+{
+        (void)arg;
+        while (!atomic_load_explicit(&x_go, memory_order_acquire))
+                ;
+        x_t0 = bench_now_ns();
+        for (long i = 0; i < x_target; i++)
+                if (event_base_once(base, -1, EV_TIMEOUT, x_cb, NULL, NULL) < 0)
+                        bench_die("event_base_once failed");
+        x_post_ns = bench_now_ns() - x_t0;
+        return NULL;
+}
+
+static void bench_xthread(void)
+{
+        struct bench_series total = { .metric = "total" };
+        struct bench_series post = { .metric = "post" };
+        struct bench_series ran = { .metric = "ran" };
+        long n = bench_default(opts.n, 1000000);
+
+        BENCH_CHECK(evthread_use_pthreads());
+        bench_param("%ld posts", n);
+        bench_note("event_base_once, evthread_use_pthreads; every post runs");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                pthread_t th;
+
+                base = new_base(0);
+                x_ran = 0;
+                x_target = n;
+                atomic_store(&x_go, 0);
+                event_base_once(base, -1, EV_TIMEOUT, x_start_cb, NULL, NULL);
+                pthread_create(&th, NULL, x_producer, NULL);
+                event_base_loop(base, EVLOOP_NO_EXIT_ON_EMPTY);
+                pthread_join(th, NULL);
+                if (x_ran != n)
+                        bench_die("xthread: %ld of %ld ran", x_ran, n);
+                if (rep >= 0) {
+                        bench_add(&total, (double)(x_t1 - x_t0) / (double)n);
+                        bench_add(&post, (double)x_post_ns / (double)n);
+                        bench_add(&ran, (double)x_ran);
+                }
+                event_base_free(base);
+        }
+        bench_print(&total);
+        bench_print(&post);
+        bench_print(&ran);
+}
+
+/* ---- ping-pong: two bases, two threads ---------------------------------------------- */
+
+static struct event_base *pp_base[2];
+static long pp_trips, pp_target;
+
+static void pp_b_cb(evutil_socket_t fd, short what, void *arg);
+
+static void pp_a_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        (void)arg;
+        if (++pp_trips < pp_target) {
+                event_base_once(pp_base[1], -1, EV_TIMEOUT, pp_b_cb, NULL, NULL);
+        } else {
+                event_base_loopbreak(pp_base[1]);
+                event_base_loopbreak(pp_base[0]);
+        }
+}
+
+static void pp_b_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        (void)arg;
+        event_base_once(pp_base[0], -1, EV_TIMEOUT, pp_a_cb, NULL, NULL);
+}
+
+static void *pp_thread(void *arg)
+{
+        (void)arg;
+        event_base_loop(pp_base[1], EVLOOP_NO_EXIT_ON_EMPTY);
+        return NULL;
+}
+
+static void bench_pingpong(void)
+{
+        struct bench_series rt = { .metric = "rtt" };
+        long n = bench_default(opts.n, 20000);
+
+        BENCH_CHECK(evthread_use_pthreads());
+        bench_param("%ld round trips per run", n);
+        bench_note("event_base_once each way");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                pthread_t th;
+                uint64_t t0, t1;
+
+                pp_base[0] = new_base(0);
+                pp_base[1] = new_base(0);
+                pp_trips = 0;
+                pp_target = n;
+                pthread_create(&th, NULL, pp_thread, NULL);
+                t0 = bench_now_ns();
+                event_base_once(pp_base[1], -1, EV_TIMEOUT, pp_b_cb, NULL, NULL);
+                event_base_loop(pp_base[0], EVLOOP_NO_EXIT_ON_EMPTY);
+                t1 = bench_now_ns();
+                pthread_join(th, NULL);
+                event_base_free(pp_base[0]);
+                event_base_free(pp_base[1]);
+                if (rep >= 0)
+                        bench_add(&rt, (double)(t1 - t0) / (double)n);
+        }
+        bench_print(&rt);
+}
+
+/* ---- loopback TCP echo -------------------------------------------------------------- */
+
+static struct echo echo;
+static struct event echo_ev[2];
+
+static void echo_server_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        (void)arg;
+        echo_on_server(&echo);
+}
+
+static void echo_client_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        (void)arg;
+        if (echo_on_client(&echo))
+                event_base_loopbreak(base);
+}
+
+static void le_echo_setup(struct echo *e)
+{
+        event_assign(&echo_ev[0], base, e->sfd, EV_READ | EV_PERSIST, echo_server_cb, NULL);
+        event_assign(&echo_ev[1], base, e->cfd, EV_READ | EV_PERSIST, echo_client_cb, NULL);
+        BENCH_CHECK(event_add(&echo_ev[0], NULL));
+        BENCH_CHECK(event_add(&echo_ev[1], NULL));
+}
+
+static void le_echo_run(struct echo *e)
+{
+        (void)e;
+        event_base_loop(base, 0);
+}
+
+static void le_echo_teardown(struct echo *e)
+{
+        (void)e;
+        event_del(&echo_ev[0]);
+        event_del(&echo_ev[1]);
+}
+
+static void bench_echo(void)
+{
+        static const struct echo_ops ops = {
+                .setup = le_echo_setup, .run = le_echo_run,
+                .teardown = le_echo_teardown,
+        };
+
+        base = new_base(0);
+        echo_bench(&opts, &ops, &echo);
+        event_base_free(base);
+}
+
+int main(int argc, char **argv)
+{
+        bench_parse(argc, argv, &opts);
+        if (!strcmp(opts.workload, "pipe"))
+                bench_pipe();
+        else if (!strcmp(opts.workload, "timers"))
+                bench_timers();
+        else if (!strcmp(opts.workload, "soon"))
+                bench_soon();
+        else if (!strcmp(opts.workload, "xthread"))
+                bench_xthread();
+        else if (!strcmp(opts.workload, "pingpong"))
+                bench_pingpong();
+        else if (!strcmp(opts.workload, "echo"))
+                bench_echo();
+        else
+                return 3;
+        return 0;
+}

@@ -1,0 +1,434 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_libloop: the workloads on libloop. See bench.h.
+ *
+ *   pipe      loop_add_reader per read end; re-setup = loop_remove_reader +
+ *             loop_add_reader for every pair.
+ *   timers    loop_call_later_ns with a handle (needed to cancel);
+ *             cancel = loop_handle_cancel. Dropping the caller's handle
+ *             reference (loop_handle_unref) is untimed and reported apart
+ *             as "release".
+ *   soon      loop_call_soon(..., NULL): each callback queues itself again;
+ *             -p 1000 seeds 1000 of them, so every pass runs 1000.
+ *   xthread   loop_call_soon_threadsafe from the posting thread: every post
+ *             runs (libloop never coalesces).
+ *   pingpong  one loop per thread, loop_call_soon_threadsafe each way.
+ *   echo      loop_add_reader on both sockets, one loop, one thread;
+ *             -S NAME picks the selector (loop_selector_new(NAME)).
+ *
+ * Loops come from loop_new() (the default selector) unless -S is given.
+ */
+#include "bench.h"
+
+#include <stdatomic.h>
+
+#include <loop.h>
+
+static struct bench_opts opts;
+static loop_t *loop;
+
+#define LOOP_CHECK(expr)                                                      \
+        do {                                                                  \
+                int loop_r_ = (expr);                                         \
+                if (loop_r_ < 0)                                              \
+                        bench_die("%s:%d: %s: %s", __FILE__, __LINE__, #expr, \
+                                  loop_strerror(loop_r_));                    \
+        } while (0)
+
+static loop_t *new_loop(void)
+{
+        static int noted;
+        loop_t *l;
+
+        if (opts.selector) {
+                loop_selector_t *sel;
+
+                LOOP_CHECK(loop_selector_new(opts.selector, &sel));
+                LOOP_CHECK(loop_selector_loop_new(sel, &l));
+                loop_selector_unref(sel);
+        } else {
+                LOOP_CHECK(loop_new(&l));
+        }
+        if (!noted++)
+                bench_info("libloop, selector %s",
+                           loop_selector_name(loop_get_selector(l)));
+        return l;
+}
+
+static void free_loop(loop_t *l)
+{
+        LOOP_CHECK(loop_close(l));
+        loop_unref(l);
+}
+
+/* ---- pipe ring --------------------------------------------------------- */
+
+static struct ring ring;
+
+static int ring_cb(loop_t *l, int fd, void *userdata)
+{
+        (void)fd;
+        if (ring_on_read(&ring, (long)(intptr_t)userdata))
+                loop_stop(l);
+        return 0;
+}
+
+static BENCH_NOINLINE void ll_ring_setup(struct ring *r)
+{
+        for (long i = 0; i < r->n; i++)
+                LOOP_CHECK(loop_add_reader(loop, r->fds[2 * i], ring_cb, (void *)(intptr_t)i));
+}
+
+static BENCH_NOINLINE void ll_ring_resetup(struct ring *r)
+{
+        for (long i = 0; i < r->n; i++) {
+                loop_remove_reader(loop, r->fds[2 * i]);
+                loop_add_reader(loop, r->fds[2 * i], ring_cb, (void *)(intptr_t)i);
+        }
+}
+
+static BENCH_NOINLINE void ll_ring_flush(struct ring *r)
+{
+        (void)r;
+        LOOP_CHECK(loop_run_once(loop, 0));
+}
+
+static BENCH_NOINLINE void ll_ring_run(struct ring *r)
+{
+        (void)r;
+        LOOP_CHECK(loop_run_forever(loop));
+}
+
+static void bench_pipe(void)
+{
+        static const struct ring_ops ops = {
+                .setup = ll_ring_setup, .resetup = ll_ring_resetup,
+                .flush = ll_ring_flush, .run = ll_ring_run,
+        };
+
+        loop = new_loop();
+        bench_note("re-setup: loop_remove_reader + loop_add_reader per pair");
+        ring_bench(&opts, &ops, &ring);
+        for (long i = 0; i < ring.n; i++)
+                loop_remove_reader(loop, ring.fds[2 * i]);
+        free_loop(loop);
+        ring_close(&ring);
+}
+
+/* ---- timers ----------------------------------------------------------------- */
+
+static loop_handle_t **timers;
+
+static int timer_cb(loop_t *l, void *userdata)
+{
+        (void)l;
+        (void)userdata;
+        timer_fired++;
+        return 0;
+}
+
+static BENCH_NOINLINE void ll_timer_schedule(long n, const uint32_t *d)
+{
+        for (long i = 0; i < n; i++)
+                loop_call_later_ns(loop, (int64_t)d[i] * 1000000, timer_cb, NULL,
+                                   &timers[i]);
+}
+
+static BENCH_NOINLINE void ll_timer_fire(long n)
+{
+        while (timer_fired < n)
+                LOOP_CHECK(loop_run_once(loop, 0));
+}
+
+static BENCH_NOINLINE void ll_timer_cancel(long n)
+{
+        for (long i = 0; i < n; i++)
+                loop_handle_cancel(timers[i]);
+}
+
+static BENCH_NOINLINE void ll_timer_release(long n)
+{
+        for (long i = 0; i < n; i++)
+                timers[i] = loop_handle_unref(timers[i]);
+}
+
+static void bench_timers(void)
+{
+        static const struct timer_ops ops = {
+                .schedule = ll_timer_schedule, .fire = ll_timer_fire,
+                .cancel = ll_timer_cancel, .release = ll_timer_release,
+        };
+        long n = bench_default(opts.n, 1000000);
+
+        loop = new_loop();
+        timers = calloc((size_t)n, sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        bench_note("loop_call_later_ns with a handle; cancel = loop_handle_cancel; "
+                   "release = loop_handle_unref of the caller's reference (untimed)");
+        timer_bench(&opts, &ops);
+        free(timers);
+        free_loop(loop);
+}
+
+/* ---- call_soon ------------------------------------------------------------------ */
+
+static struct soon sn;
+
+static int soon_cb(loop_t *l, void *userdata)
+{
+        if (soon_step(&sn))
+                loop_call_soon(l, soon_cb, userdata, NULL);
+        else if (sn.count == sn.target)
+                loop_stop(l);
+        return 0;
+}
+
+static void bench_soon(void)
+{
+        struct bench_series s = { .metric = "soon" };
+        long n = bench_default(opts.n, 10000000);
+
+        loop = new_loop();
+        bench_param("%ld callbacks, %ld per pass", n, opts.per_pass);
+        bench_note("loop_call_soon(..., NULL): no handle");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                uint64_t t0, t1;
+
+                soon_reset(&sn, rep < 0 ? n / 10 : n, opts.per_pass);
+                t0 = bench_now_ns();
+                for (long i = 0; i < sn.queued; i++)
+                        LOOP_CHECK(loop_call_soon(loop, soon_cb, NULL, NULL));
+                if (sn.target > 0)
+                        LOOP_CHECK(loop_run_forever(loop));
+                t1 = bench_now_ns();
+                if (sn.count != sn.target)
+                        bench_die("soon: %ld of %ld callbacks", sn.count, sn.target);
+                if (rep >= 0 && n > 0)
+                        bench_add(&s, (double)(t1 - t0) / (double)n);
+        }
+        if (n > 0)
+                bench_print(&s);
+        free_loop(loop);
+}
+
+/* ---- cross-thread posts ------------------------------------------------------------ */
+
+static long x_ran, x_target;
+static atomic_int x_go;
+static atomic_long x_failed;
+static uint64_t x_t0, x_t1, x_post_ns;
+
+static int x_cb(loop_t *l, void *userdata)
+{
+        (void)userdata;
+        if (++x_ran == x_target) {
+                x_t1 = bench_now_ns();
+                loop_stop(l);
+        }
+        return 0;
+}
+
+static int x_start_cb(loop_t *l, void *userdata)
+{
+        (void)l;
+        (void)userdata;
+        atomic_store_explicit(&x_go, 1, memory_order_release);
+        return 0;
+}
+
+static void *x_producer(void *arg)
+{
+        (void)arg;
+        while (!atomic_load_explicit(&x_go, memory_order_acquire))
+                ;
+        x_t0 = bench_now_ns();
+        for (long i = 0; i < x_target; i++)
+                if (loop_call_soon_threadsafe(loop, x_cb, NULL, NULL) < 0)
+                        atomic_fetch_add(&x_failed, 1);
+        x_post_ns = bench_now_ns() - x_t0;
+        return NULL;
+}
+
+static void bench_xthread(void)
+{
+        struct bench_series total = { .metric = "total" };
+        struct bench_series post = { .metric = "post" };
+        struct bench_series ran = { .metric = "ran" };
+        long n = bench_default(opts.n, 1000000);
+
+        bench_param("%ld posts", n);
+        bench_note("loop_call_soon_threadsafe(..., NULL); every post runs");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                pthread_t th;
+
+                loop = new_loop();
+                x_ran = 0;
+                x_target = n;
+                atomic_store(&x_go, 0);
+                atomic_store(&x_failed, 0);
+                LOOP_CHECK(loop_call_soon(loop, x_start_cb, NULL, NULL));
+                pthread_create(&th, NULL, x_producer, NULL);
+                LOOP_CHECK(loop_run_forever(loop));
+                pthread_join(th, NULL);
+                if (atomic_load(&x_failed))
+                        bench_die("xthread: %ld posts failed", atomic_load(&x_failed));
+                if (x_ran != n)
+                        bench_die("xthread: %ld of %ld ran", x_ran, n);
+                if (rep >= 0) {
+                        bench_add(&total, (double)(x_t1 - x_t0) / (double)n);
+                        bench_add(&post, (double)x_post_ns / (double)n);
+                        bench_add(&ran, (double)x_ran);
+                }
+                free_loop(loop);
+        }
+        bench_print(&total);
+        bench_print(&post);
+        bench_print(&ran);
+}
+
+/* ---- ping-pong: two loops, two threads ------------------------------------------------ */
+
+static loop_t *pp_loop[2];
+static long pp_trips, pp_target;
+
+static int pp_b_cb(loop_t *l, void *userdata);
+
+static int pp_stop_cb(loop_t *l, void *userdata)
+{
+        (void)userdata;
+        return loop_stop(l);
+}
+
+static int pp_a_cb(loop_t *l, void *userdata)
+{
+        (void)userdata;
+        if (++pp_trips < pp_target)
+                return loop_call_soon_threadsafe(pp_loop[1], pp_b_cb, NULL, NULL);
+        loop_call_soon_threadsafe(pp_loop[1], pp_stop_cb, NULL, NULL);
+        return loop_stop(l);
+}
+
+static int pp_b_cb(loop_t *l, void *userdata)
+{
+        (void)l;
+        (void)userdata;
+        return loop_call_soon_threadsafe(pp_loop[0], pp_a_cb, NULL, NULL);
+}
+
+static void *pp_thread(void *arg)
+{
+        (void)arg;
+        LOOP_CHECK(loop_run_forever(pp_loop[1]));
+        return NULL;
+}
+
+static void bench_pingpong(void)
+{
+        struct bench_series rt = { .metric = "rtt" };
+        long n = bench_default(opts.n, 20000);
+
+        bench_param("%ld round trips per run", n);
+        bench_note("loop_call_soon_threadsafe each way");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                pthread_t th;
+                uint64_t t0, t1;
+
+                pp_loop[0] = new_loop();
+                pp_loop[1] = new_loop();
+                pp_trips = 0;
+                pp_target = n;
+                pthread_create(&th, NULL, pp_thread, NULL);
+                t0 = bench_now_ns();
+                LOOP_CHECK(loop_call_soon_threadsafe(pp_loop[1], pp_b_cb, NULL, NULL));
+                LOOP_CHECK(loop_run_forever(pp_loop[0]));
+                t1 = bench_now_ns();
+                pthread_join(th, NULL);
+                free_loop(pp_loop[0]);
+                free_loop(pp_loop[1]);
+                if (rep >= 0)
+                        bench_add(&rt, (double)(t1 - t0) / (double)n);
+        }
+        bench_print(&rt);
+}
+
+/* ---- loopback TCP echo -------------------------------------------------------------- */
+
+static struct echo echo;
+
+static int echo_server_cb(loop_t *l, int fd, void *userdata)
+{
+        (void)l;
+        (void)fd;
+        (void)userdata;
+        echo_on_server(&echo);
+        return 0;
+}
+
+static int echo_client_cb(loop_t *l, int fd, void *userdata)
+{
+        (void)fd;
+        (void)userdata;
+        if (echo_on_client(&echo))
+                loop_stop(l);
+        return 0;
+}
+
+static void ll_echo_setup(struct echo *e)
+{
+        LOOP_CHECK(loop_add_reader(loop, e->sfd, echo_server_cb, NULL));
+        LOOP_CHECK(loop_add_reader(loop, e->cfd, echo_client_cb, NULL));
+}
+
+static void ll_echo_run(struct echo *e)
+{
+        (void)e;
+        LOOP_CHECK(loop_run_forever(loop));
+}
+
+static void ll_echo_teardown(struct echo *e)
+{
+        loop_remove_reader(loop, e->sfd);
+        loop_remove_reader(loop, e->cfd);
+}
+
+static void bench_echo(void)
+{
+        static const struct echo_ops ops = {
+                .setup = ll_echo_setup, .run = ll_echo_run,
+                .teardown = ll_echo_teardown,
+        };
+
+        loop = new_loop();
+        echo_bench(&opts, &ops, &echo);
+        free_loop(loop);
+}
+
+/* "bench_libloop selectors" prints the compiled-in selector names. */
+static void list_selectors(void)
+{
+        for (const char *const *p = loop_selector_names(); p && *p; p++)
+                printf("%s\n", *p);
+}
+
+int main(int argc, char **argv)
+{
+        bench_parse(argc, argv, &opts);
+        if (!strcmp(opts.workload, "pipe"))
+                bench_pipe();
+        else if (!strcmp(opts.workload, "timers"))
+                bench_timers();
+        else if (!strcmp(opts.workload, "soon"))
+                bench_soon();
+        else if (!strcmp(opts.workload, "xthread"))
+                bench_xthread();
+        else if (!strcmp(opts.workload, "pingpong"))
+                bench_pingpong();
+        else if (!strcmp(opts.workload, "echo"))
+                bench_echo();
+        else if (!strcmp(opts.workload, "selectors"))
+                list_selectors();
+        else
+                return 3;
+        return 0;
+}

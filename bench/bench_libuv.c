@@ -1,0 +1,455 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * bench_libuv: the workloads on libuv (anchor). See bench.h.
+ *
+ *   pipe      one uv_poll_t per read end (uv_poll_init_socket); re-setup =
+ *             uv_poll_stop + uv_poll_start for every pair.
+ *   timers    uv_timer_t: uv_timer_start / uv_timer_stop. The handles are
+ *             uv_timer_init'ed once, untimed (a handle cannot be
+ *             re-initialised without a uv_close round trip).
+ *   soon      uv_idle_t: one idle handle per callback slot; an idle
+ *             handle's callback runs once per loop pass, so -p 1000 =
+ *             1000 idle handles.
+ *   xthread   uv_async_send from the posting thread. uv_async coalesces:
+ *             the note says how many callbacks ran. -q: every post runs
+ *             (a mutex-protected queue, uv_async_send as the wake-up).
+ *   pingpong  one loop per thread, a uv_async_t each.
+ *   echo      uv_poll_t on both sockets (readiness, like loop_add_reader;
+ *             not uv_tcp_t's read/write requests), one loop, one thread.
+ */
+#include "bench.h"
+
+#include <stdatomic.h>
+
+#include <uv.h>
+
+static struct bench_opts opts;
+static uv_loop_t loop_storage, *loop = &loop_storage;
+
+#define UV_CHECK(expr)                                                        \
+        do {                                                                  \
+                int uv_r_ = (expr);                                           \
+                if (uv_r_ < 0)                                                \
+                        bench_die("%s:%d: %s: %s", __FILE__, __LINE__, #expr, \
+                                  uv_strerror(uv_r_));                        \
+        } while (0)
+
+static void init_loop(uv_loop_t *l)
+{
+        static int noted;
+
+        UV_CHECK(uv_loop_init(l));
+        if (!noted++)
+                bench_info("libuv %s", uv_version_string());
+}
+
+/* Close every handle still open and free the loop's resources. */
+static void walk_close(uv_handle_t *h, void *arg)
+{
+        (void)arg;
+        if (!uv_is_closing(h))
+                uv_close(h, NULL);
+}
+
+static void fini_loop(uv_loop_t *l)
+{
+        uv_walk(l, walk_close, NULL);
+        uv_run(l, UV_RUN_DEFAULT);
+        UV_CHECK(uv_loop_close(l));
+}
+
+/* ---- pipe ring --------------------------------------------------------- */
+
+static struct ring ring;
+static uv_poll_t *polls;
+
+static void ring_cb(uv_poll_t *h, int status, int events)
+{
+        (void)status;
+        (void)events;
+        if (ring_on_read(&ring, h - polls))
+                uv_stop(h->loop);
+}
+
+static BENCH_NOINLINE void uv_ring_setup(struct ring *r)
+{
+        polls = calloc((size_t)r->n, sizeof(*polls));
+        if (!polls)
+                bench_die("out of memory");
+        for (long i = 0; i < r->n; i++) {
+                UV_CHECK(uv_poll_init_socket(loop, &polls[i], r->fds[2 * i]));
+                UV_CHECK(uv_poll_start(&polls[i], UV_READABLE, ring_cb));
+        }
+}
+
+static BENCH_NOINLINE void uv_ring_resetup(struct ring *r)
+{
+        for (long i = 0; i < r->n; i++) {
+                uv_poll_stop(&polls[i]);
+                uv_poll_start(&polls[i], UV_READABLE, ring_cb);
+        }
+}
+
+static BENCH_NOINLINE void uv_ring_flush(struct ring *r)
+{
+        (void)r;
+        uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static BENCH_NOINLINE void uv_ring_run(struct ring *r)
+{
+        (void)r;
+        uv_run(loop, UV_RUN_DEFAULT);
+}
+
+static void bench_pipe(void)
+{
+        static const struct ring_ops ops = {
+                .setup = uv_ring_setup, .resetup = uv_ring_resetup,
+                .flush = uv_ring_flush, .run = uv_ring_run,
+        };
+
+        init_loop(loop);
+        bench_note("re-setup: uv_poll_stop + uv_poll_start per pair");
+        ring_bench(&opts, &ops, &ring);
+        fini_loop(loop);
+        free(polls);
+        ring_close(&ring);
+}
+
+/* ---- timers ----------------------------------------------------------------- */
+
+static uv_timer_t *timers;
+
+static void timer_cb(uv_timer_t *t)
+{
+        (void)t;
+        timer_fired++;
+}
+
+static BENCH_NOINLINE void uv_timer_schedule(long n, const uint32_t *d)
+{
+        uv_update_time(loop);
+        for (long i = 0; i < n; i++)
+                uv_timer_start(&timers[i], timer_cb, d[i], 0);
+}
+
+static BENCH_NOINLINE void uv_timer_fire(long n)
+{
+        while (timer_fired < n)
+                uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static BENCH_NOINLINE void uv_timer_cancel(long n)
+{
+        for (long i = 0; i < n; i++)
+                uv_timer_stop(&timers[i]);
+}
+
+static void bench_timers(void)
+{
+        static const struct timer_ops ops = {
+                .schedule = uv_timer_schedule, .fire = uv_timer_fire,
+                .cancel = uv_timer_cancel,
+        };
+        long n = bench_default(opts.n, 1000000);
+
+        init_loop(loop);
+        timers = calloc((size_t)n, sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        for (long i = 0; i < n; i++)
+                UV_CHECK(uv_timer_init(loop, &timers[i]));
+        bench_note("uv_timer_start (handles initialised once, untimed); cancel = uv_timer_stop");
+        timer_bench(&opts, &ops);
+        fini_loop(loop);
+        free(timers);
+}
+
+/* ---- call_soon: uv_idle -------------------------------------------------------- */
+
+static struct soon sn;
+
+static void idle_cb(uv_idle_t *h)
+{
+        if (!soon_step(&sn))
+                uv_idle_stop(h);
+}
+
+static void bench_soon(void)
+{
+        struct bench_series s = { .metric = "soon" };
+        long n = bench_default(opts.n, 10000000);
+        uv_idle_t *idles = calloc((size_t)opts.per_pass, sizeof(*idles));
+
+        if (!idles)
+                bench_die("out of memory");
+        init_loop(loop);
+        for (long i = 0; i < opts.per_pass; i++)
+                UV_CHECK(uv_idle_init(loop, &idles[i]));
+        bench_param("%ld callbacks, %ld per pass", n, opts.per_pass);
+        bench_note("one uv_idle handle per callback slot (1000 per pass = 1000 handles)");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                uint64_t t0, t1;
+
+                soon_reset(&sn, rep < 0 ? n / 10 : n, opts.per_pass);
+                t0 = bench_now_ns();
+                for (long i = 0; i < sn.queued; i++)
+                        uv_idle_start(&idles[i], idle_cb);
+                uv_run(loop, UV_RUN_DEFAULT);   /* returns when every idle stopped */
+                t1 = bench_now_ns();
+                if (sn.count != sn.target)
+                        bench_die("soon: %ld of %ld callbacks", sn.count, sn.target);
+                if (rep >= 0 && n > 0)
+                        bench_add(&s, (double)(t1 - t0) / (double)n);
+        }
+        if (n > 0)
+                bench_print(&s);
+        fini_loop(loop);
+        free(idles);
+}
+
+/* ---- cross-thread posts: uv_async_send ------------------------------------------ */
+
+static uv_async_t x_async;
+static uv_idle_t x_start;
+static struct mq x_mq;
+static long x_ran, x_target, x_calls;
+static atomic_int x_go, x_done;
+static uint64_t x_t0, x_t1, x_post_ns;
+
+static void x_item(void *arg)
+{
+        (void)arg;
+        if (++x_ran == x_target) {
+                x_t1 = bench_now_ns();
+                uv_close((uv_handle_t *)&x_async, NULL);
+        }
+}
+
+static void x_async_cb(uv_async_t *h)
+{
+        x_calls++;
+        if (opts.variant) {
+                mq_run(&x_mq);
+                return;
+        }
+        x_ran++;
+        if (atomic_load_explicit(&x_done, memory_order_acquire)) {
+                x_t1 = bench_now_ns();
+                uv_close((uv_handle_t *)h, NULL);
+        }
+}
+
+static void x_start_cb(uv_idle_t *h)
+{
+        uv_close((uv_handle_t *)h, NULL);
+        atomic_store_explicit(&x_go, 1, memory_order_release);
+}
+
+static void *x_producer(void *arg)
+{
+        (void)arg;
+        while (!atomic_load_explicit(&x_go, memory_order_acquire))
+                ;
+        x_t0 = bench_now_ns();
+        if (opts.variant) {
+                for (long i = 0; i < x_target; i++) {
+                        mq_push(&x_mq, x_item, NULL);
+                        uv_async_send(&x_async);
+                }
+        } else {
+                for (long i = 0; i < x_target; i++)
+                        uv_async_send(&x_async);
+        }
+        x_post_ns = bench_now_ns() - x_t0;
+        if (!opts.variant) {
+                atomic_store_explicit(&x_done, 1, memory_order_release);
+                uv_async_send(&x_async);
+        }
+        return NULL;
+}
+
+static void bench_xthread(void)
+{
+        struct bench_series total = { .metric = "total" };
+        struct bench_series post = { .metric = "post" };
+        struct bench_series ran = { .metric = "ran" };
+        struct bench_series wakes = { .metric = "wakeups" };
+        long n = bench_default(opts.n, 1000000);
+
+        bench_param("%ld posts", n);
+        bench_note(opts.variant
+                   ? "every post runs: a mutex-protected queue, uv_async_send after each push"
+                   : "uv_async_send per post; coalesces");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                pthread_t th;
+
+                init_loop(loop);
+                mq_init(&x_mq);
+                UV_CHECK(uv_async_init(loop, &x_async, x_async_cb));
+                UV_CHECK(uv_idle_init(loop, &x_start));
+                UV_CHECK(uv_idle_start(&x_start, x_start_cb));
+                x_ran = x_calls = 0;
+                x_target = n;
+                atomic_store(&x_go, 0);
+                atomic_store(&x_done, 0);
+                pthread_create(&th, NULL, x_producer, NULL);
+                uv_run(loop, UV_RUN_DEFAULT);   /* until x_async is closed */
+                pthread_join(th, NULL);
+                if (opts.variant && x_ran != n)
+                        bench_die("xthread: %ld of %ld ran", x_ran, n);
+                if (rep >= 0) {
+                        bench_add(&total, (double)(x_t1 - x_t0) / (double)n);
+                        bench_add(&post, (double)x_post_ns / (double)n);
+                        bench_add(&ran, (double)x_ran);
+                        bench_add(&wakes, (double)x_calls);
+                }
+                fini_loop(loop);
+                mq_fini(&x_mq);
+        }
+        bench_print(&total);
+        bench_print(&post);
+        bench_print(&ran);
+        bench_print(&wakes);
+}
+
+/* ---- ping-pong: two loops, two threads ---------------------------------------------- */
+
+static uv_loop_t pp_loop[2];
+static uv_async_t pp_async[2];
+static long pp_trips, pp_target;
+static atomic_int pp_stop;
+
+static void pp_a_cb(uv_async_t *h)
+{
+        if (++pp_trips < pp_target) {
+                uv_async_send(&pp_async[1]);
+        } else {
+                atomic_store(&pp_stop, 1);
+                uv_async_send(&pp_async[1]);
+                uv_close((uv_handle_t *)h, NULL);
+        }
+}
+
+static void pp_b_cb(uv_async_t *h)
+{
+        if (atomic_load(&pp_stop))
+                uv_close((uv_handle_t *)h, NULL);
+        else
+                uv_async_send(&pp_async[0]);
+}
+
+static void *pp_thread(void *arg)
+{
+        (void)arg;
+        uv_run(&pp_loop[1], UV_RUN_DEFAULT);
+        return NULL;
+}
+
+static void bench_pingpong(void)
+{
+        struct bench_series rt = { .metric = "rtt" };
+        long n = bench_default(opts.n, 20000);
+
+        bench_param("%ld round trips per run", n);
+        bench_note("uv_async_send each way");
+        for (int rep = bench_first_rep(&opts); rep < opts.reps; rep++) {
+                pthread_t th;
+                uint64_t t0, t1;
+
+                for (int i = 0; i < 2; i++) {
+                        init_loop(&pp_loop[i]);
+                        UV_CHECK(uv_async_init(&pp_loop[i], &pp_async[i],
+                                               i ? pp_b_cb : pp_a_cb));
+                }
+                pp_trips = 0;
+                pp_target = n;
+                atomic_store(&pp_stop, 0);
+                pthread_create(&th, NULL, pp_thread, NULL);
+                t0 = bench_now_ns();
+                uv_async_send(&pp_async[1]);
+                uv_run(&pp_loop[0], UV_RUN_DEFAULT);
+                t1 = bench_now_ns();
+                pthread_join(th, NULL);
+                for (int i = 0; i < 2; i++)
+                        fini_loop(&pp_loop[i]);
+                if (rep >= 0)
+                        bench_add(&rt, (double)(t1 - t0) / (double)n);
+        }
+        bench_print(&rt);
+}
+
+/* ---- loopback TCP echo -------------------------------------------------------------- */
+
+static struct echo echo;
+static uv_poll_t echo_poll[2];
+
+static void echo_server_cb(uv_poll_t *h, int status, int events)
+{
+        (void)h;
+        (void)status;
+        (void)events;
+        echo_on_server(&echo);
+}
+
+static void echo_client_cb(uv_poll_t *h, int status, int events)
+{
+        (void)status;
+        (void)events;
+        if (echo_on_client(&echo))
+                uv_stop(h->loop);
+}
+
+static void uv_echo_setup(struct echo *e)
+{
+        UV_CHECK(uv_poll_init_socket(loop, &echo_poll[0], e->sfd));
+        UV_CHECK(uv_poll_init_socket(loop, &echo_poll[1], e->cfd));
+        UV_CHECK(uv_poll_start(&echo_poll[0], UV_READABLE, echo_server_cb));
+        UV_CHECK(uv_poll_start(&echo_poll[1], UV_READABLE, echo_client_cb));
+}
+
+static void uv_echo_run(struct echo *e)
+{
+        (void)e;
+        uv_run(loop, UV_RUN_DEFAULT);
+}
+
+static void uv_echo_teardown(struct echo *e)
+{
+        (void)e;
+        uv_poll_stop(&echo_poll[0]);
+        uv_poll_stop(&echo_poll[1]);
+}
+
+static void bench_echo(void)
+{
+        static const struct echo_ops ops = {
+                .setup = uv_echo_setup, .run = uv_echo_run,
+                .teardown = uv_echo_teardown,
+        };
+
+        init_loop(loop);
+        echo_bench(&opts, &ops, &echo);
+        fini_loop(loop);
+}
+
+int main(int argc, char **argv)
+{
+        bench_parse(argc, argv, &opts);
+        if (!strcmp(opts.workload, "pipe"))
+                bench_pipe();
+        else if (!strcmp(opts.workload, "timers"))
+                bench_timers();
+        else if (!strcmp(opts.workload, "soon"))
+                bench_soon();
+        else if (!strcmp(opts.workload, "xthread"))
+                bench_xthread();
+        else if (!strcmp(opts.workload, "pingpong"))
+                bench_pingpong();
+        else if (!strcmp(opts.workload, "echo"))
+                bench_echo();
+        else
+                return 3;
+        return 0;
+}
