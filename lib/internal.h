@@ -140,7 +140,8 @@ struct loop {
 extern unsigned loop__fork_generation;
 
 static inline bool loop__inherited(const loop_t *loop) {
-        return unlikely(loop->fork_generation != loop__fork_generation);
+        /* Relaxed: the value only changes in a fork child, before any thread exists. */
+        return unlikely(loop->fork_generation != __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED));
 }
 
 /* The usual checks of a public call on a loop, as one error code or 0. */

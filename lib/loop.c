@@ -23,7 +23,7 @@ static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 static void after_fork_in_child(void) {
         /* Marks every existing loop as inherited: checking a generation
          * number is cheaper than calling getpid() on every call. */
-        loop__fork_generation++;
+        __atomic_store_n(&loop__fork_generation, loop__fork_generation + 1, __ATOMIC_RELAXED);
         loop__running_loop = NULL;
 }
 
@@ -48,7 +48,7 @@ int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state) {
                 .n_ref = 1,
                 .impl = impl,
                 .impl_state = impl_state,
-                .fork_generation = loop__fork_generation,
+                .fork_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
                 .debug = env_true("LIBLOOP_DEBUG"),
                 .slow_callback_ns = 100 * 1000 * 1000,   /* asyncio's 0.1 s */
                 .wake_read_fd = -1,
