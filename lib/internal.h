@@ -201,6 +201,12 @@ void loop__remove_close_hook(loop_t *loop, struct loop__close_hook *hook);
 int loop__executor_submit(loop_t *loop, loop_executor_fn_t fn, void *arg, void (*free_arg)(void *arg),
                           void (*destroy)(void *result), loop_future_t **ret);
 
+/* wakeup.c: an eventfd (a self-pipe elsewhere) that wakes a waiting loop */
+int loop__wakeup_new(int *read_fd, int *write_fd);
+void loop__wakeup_write(int write_fd);         /* async-signal-safe, never blocks */
+void loop__wakeup_drain(int read_fd);
+void loop__wakeup_close(int read_fd, int write_fd);
+
 /* threadsafe.c */
 int loop__threadsafe_init(loop_t *loop);
 void loop__threadsafe_drain(loop_t *loop);

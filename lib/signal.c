@@ -63,10 +63,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
-#if defined(HAVE_SYS_EVENTFD_H) && defined(HAVE_EVENTFD)
-#include <sys/eventfd.h>
-#define USE_EVENTFD 1
-#endif
 
 #include "internal.h"
 
@@ -112,17 +108,8 @@ static void on_signal(int signum) {
                 /* The flag before the write: see the top of the file. */
                 __atomic_store_n(&pending[signum], 1, __ATOMIC_SEQ_CST);
                 int fd = __atomic_load_n(&wake_fd[signum], __ATOMIC_SEQ_CST);
-                if (fd >= 0) {
-#ifdef USE_EVENTFD
-                        uint64_t one = 1;
-                        ssize_t n = write(fd, &one, sizeof(one));
-#else
-                        char c = 0;
-                        ssize_t n = write(fd, &c, 1);
-#endif
-                        /* EAGAIN: the counter or pipe is full, which already wakes the loop. */
-                        (void) n;
-                }
+                if (fd >= 0)
+                        loop__wakeup_write(fd);
         }
         __atomic_sub_fetch(&in_handler, 1, __ATOMIC_SEQ_CST);
         errno = saved_errno;
@@ -209,18 +196,6 @@ static void release(loop_t *loop, int signum) {
         pthread_mutex_unlock(&table_lock);
 }
 
-static void drain(int fd) {
-#ifdef USE_EVENTFD
-        uint64_t n;
-        ssize_t k = read(fd, &n, sizeof(n));    /* one read resets the counter */
-        (void) k;
-#else
-        char buf[256];
-        while (read(fd, buf, sizeof(buf)) == (ssize_t) sizeof(buf))
-                ;
-#endif
-}
-
 static int run_handler(loop_t *loop, void *userdata) {
         struct handler *h = userdata;
 
@@ -236,7 +211,7 @@ static int on_wake(loop_t *loop, int fd, void *userdata) {
         struct loop__signals *s = userdata;
 
         /* Drain before looking at the flags: see the top of the file. */
-        drain(fd);
+        loop__wakeup_drain(fd);
         for (int sig = 1; sig < NSIG; sig++) {
                 struct handler *h = &s->handlers[sig];
 
@@ -287,10 +262,7 @@ static void wait_for_handlers(void) {
 }
 
 static void close_fds(struct loop__signals *s) {
-        if (s->read_fd >= 0)
-                close(s->read_fd);
-        if (s->write_fd >= 0 && s->write_fd != s->read_fd)
-                close(s->write_fd);
+        loop__wakeup_close(s->read_fd, s->write_fd);
         s->read_fd = s->write_fd = -1;
 }
 
@@ -314,32 +286,6 @@ static void signals_close(loop_t *loop, struct loop__close_hook *hook) {
         free(s);
 }
 
-static int make_fds(struct loop__signals *s) {
-#ifdef USE_EVENTFD
-        int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (fd < 0)
-                return -errno;
-        s->read_fd = s->write_fd = fd;
-        return 0;
-#else
-        int p[2];
-#ifdef HAVE_PIPE2
-        if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
-                return -errno;
-#else
-        if (pipe(p) < 0)
-                return -errno;
-        for (int i = 0; i < 2; i++) {
-                fcntl(p[i], F_SETFD, FD_CLOEXEC);
-                fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
-        }
-#endif
-        s->read_fd = p[0];
-        s->write_fd = p[1];
-        return 0;
-#endif
-}
-
 static int get_signals(loop_t *loop, struct loop__signals **ret) {
         struct loop__signals *s;
         int r;
@@ -356,7 +302,7 @@ static int get_signals(loop_t *loop, struct loop__signals **ret) {
                 return -ENOMEM;
         s->loop = loop;
         s->read_fd = s->write_fd = -1;
-        r = make_fds(s);
+        r = loop__wakeup_new(&s->read_fd, &s->write_fd);
         if (r < 0) {
                 free(s);
                 return r;

@@ -10,43 +10,12 @@
  * non-blocking: a full pipe already means "wake up", so the caller never
  * waits on the loop.
  */
-#include <fcntl.h>
 #include <stdlib.h>
-#include <unistd.h>
-#ifdef HAVE_SYS_EVENTFD_H
-#include <sys/eventfd.h>
-#endif
 
 #include "internal.h"
 
-static int make_wake_fds(loop_t *loop) {
-#if defined(HAVE_SYS_EVENTFD_H) && defined(HAVE_EVENTFD)
-        int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        if (fd < 0)
-                return -errno;
-        loop->wake_read_fd = loop->wake_write_fd = fd;
-        return 0;
-#else
-        int p[2];
-#ifdef HAVE_PIPE2
-        if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
-                return -errno;
-#else
-        if (pipe(p) < 0)
-                return -errno;
-        for (int i = 0; i < 2; i++) {
-                fcntl(p[i], F_SETFD, FD_CLOEXEC);
-                fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
-        }
-#endif
-        loop->wake_read_fd = p[0];
-        loop->wake_write_fd = p[1];
-        return 0;
-#endif
-}
-
 int loop__threadsafe_init(loop_t *loop) {
-        int r = make_wake_fds(loop);
+        int r = loop__wakeup_new(&loop->wake_read_fd, &loop->wake_write_fd);
 
         if (r < 0)
                 return r;
@@ -63,23 +32,8 @@ void loop__threadsafe_free(loop_t *loop) {
                 loop_handle_unref(loop->ts_items[i].handle);
         free(loop->ts_items);
         free(loop->ts_spare);
-        if (loop->wake_read_fd >= 0)
-                close(loop->wake_read_fd);
-        if (loop->wake_write_fd >= 0 && loop->wake_write_fd != loop->wake_read_fd)
-                close(loop->wake_write_fd);
+        loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
         loop->wake_read_fd = loop->wake_write_fd = -1;
-}
-
-static void wake(loop_t *loop) {
-#if defined(HAVE_SYS_EVENTFD_H) && defined(HAVE_EVENTFD)
-        uint64_t one = 1;
-        ssize_t n = write(loop->wake_write_fd, &one, sizeof(one));
-#else
-        char c = 0;
-        ssize_t n = write(loop->wake_write_fd, &c, 1);
-#endif
-        /* EAGAIN: the counter or pipe is full, which already wakes the loop. */
-        (void) n;
 }
 
 LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void *userdata,
@@ -135,7 +89,7 @@ unlock:
                 return r;
         }
         if (need_wake)
-                wake(loop);
+                loop__wakeup_write(loop->wake_write_fd);
         if (ret)
                 *ret = h;
         return 0;
@@ -143,12 +97,9 @@ unlock:
 
 /* Called in the loop's thread when the wake-up descriptor is readable. */
 void loop__threadsafe_drain(loop_t *loop) {
-        uint64_t buf[8];
-
         /* Read the wake-up first, then take the buffer: a post that lands
          * after the swap sees the flag clear and wakes us again. */
-        while (read(loop->wake_read_fd, buf, sizeof(buf)) == (ssize_t) sizeof(buf))
-                ;
+        loop__wakeup_drain(loop->wake_read_fd);
 
         pthread_mutex_lock(&loop->ts_lock);
         struct ready_entry *items = loop->ts_items;

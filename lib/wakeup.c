@@ -1,0 +1,75 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Wake-up descriptors: how another thread (call_soon_threadsafe) or a
+ * signal handler (signal.c) makes a sleeping loop return from its wait.
+ * An eventfd on Linux (one descriptor, a counter that never fills up in
+ * practice), a non-blocking self-pipe elsewhere. Writing is
+ * async-signal-safe and never blocks: a full pipe already means "wake up".
+ */
+#include <fcntl.h>
+#include <stdint.h>
+#include <unistd.h>
+#if defined(HAVE_SYS_EVENTFD_H) && defined(HAVE_EVENTFD)
+#include <sys/eventfd.h>
+#define USE_EVENTFD 1
+#endif
+
+#include "internal.h"
+
+int loop__wakeup_new(int *read_fd, int *write_fd) {
+#ifdef USE_EVENTFD
+        int fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (fd < 0)
+                return -errno;
+        *read_fd = *write_fd = fd;
+        return 0;
+#else
+        int p[2];
+#ifdef HAVE_PIPE2
+        if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+                return -errno;
+#else
+        if (pipe(p) < 0)
+                return -errno;
+        for (int i = 0; i < 2; i++) {
+                fcntl(p[i], F_SETFD, FD_CLOEXEC);
+                fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
+        }
+#endif
+        *read_fd = p[0];
+        *write_fd = p[1];
+        return 0;
+#endif
+}
+
+/* Async-signal-safe; preserves nothing itself, so a signal handler saves errno. */
+void loop__wakeup_write(int write_fd) {
+#ifdef USE_EVENTFD
+        uint64_t one = 1;
+        ssize_t n = write(write_fd, &one, sizeof(one));
+#else
+        char c = 0;
+        ssize_t n = write(write_fd, &c, 1);
+#endif
+        /* EAGAIN: the counter or pipe is full, which already wakes the loop. */
+        (void) n;
+}
+
+void loop__wakeup_drain(int read_fd) {
+#ifdef USE_EVENTFD
+        uint64_t n;
+        ssize_t k = read(read_fd, &n, sizeof(n));       /* one read resets the counter */
+        (void) k;
+#else
+        char buf[256];
+        while (read(read_fd, buf, sizeof(buf)) == (ssize_t) sizeof(buf))
+                ;
+#endif
+}
+
+void loop__wakeup_close(int read_fd, int write_fd) {
+        if (read_fd >= 0)
+                close(read_fd);
+        if (write_fd >= 0 && write_fd != read_fd)
+                close(write_fd);
+}
