@@ -23,6 +23,7 @@ extern "C" {
 typedef struct loop loop_t;
 typedef struct loop_handle loop_handle_t;
 typedef struct loop_selector loop_selector_t;
+typedef struct loop_future loop_future_t;
 
 /*
  * Callbacks take the user's pointer last. A callback that returns a
@@ -137,6 +138,7 @@ loop_runner_t *loop_runner_ref(loop_runner_t *runner);
 loop_runner_t *loop_runner_unref(loop_runner_t *runner);
 int loop_runner_get_loop(loop_runner_t *runner, loop_t **ret);
 int loop_runner_run(loop_runner_t *runner, loop_callback_t main, void *userdata);
+int loop_runner_run_until_complete(loop_runner_t *runner, loop_future_t *future);
 int loop_runner_close(loop_runner_t *runner);
 int loop_run(loop_factory_t factory, void *factory_userdata, loop_callback_t main, void *userdata);
 
@@ -169,7 +171,6 @@ int loop_set_event_loop(loop_t *loop);
 int loop_new_event_loop(loop_t **ret);
 
 /* Futures (asyncio.Future) */
-typedef struct loop_future loop_future_t;
 typedef int (*loop_future_callback_t)(loop_future_t *future, void *userdata);
 
 int loop_create_future(loop_t *loop, loop_future_t **ret);

@@ -3,7 +3,8 @@
  * Runners: asyncio.Runner and asyncio.run(), the way asyncio 3.14 wants
  * programs to start. A runner makes its loop with a factory (loop_new when
  * none is given), makes it the thread's current loop, runs a main callback
- * and, when closed, puts the previous current loop back and closes its own.
+ * or a future to completion and, when closed, waits for its executor's
+ * queued work, puts the previous current loop back and closes its own.
  */
 #include <stdlib.h>
 
@@ -130,6 +131,19 @@ LOOP_EXPORT int loop_runner_run(loop_runner_t *runner, loop_callback_t main, voi
         return call.result;
 }
 
+LOOP_EXPORT int loop_runner_run_until_complete(loop_runner_t *runner, loop_future_t *future) {
+        return_if_fail(runner && future, -EINVAL);
+        if (loop__running_loop)
+                return -EBUSY;
+
+        int r = lazy_init(runner);
+        if (r < 0)
+                return r;
+        /* The future must be one of this runner's loop (loop_create_future
+         * on the loop from loop_runner_get_loop); else -EXDEV. */
+        return loop_run_until_complete(runner->loop, future);
+}
+
 LOOP_EXPORT int loop_runner_close(loop_runner_t *runner) {
         return_if_fail(runner, -EINVAL);
 
@@ -145,6 +159,9 @@ LOOP_EXPORT int loop_runner_close(loop_runner_t *runner) {
                 if (loop_thread_get_loop(&current) == 0 && current == runner->loop)
                         loop_thread_set_loop(runner->previous);
                 loop_unref(current);
+                /* asyncio.Runner.close: let queued executor work finish
+                 * (loop_close alone would drop what has not started). */
+                (void) loop_shutdown_default_executor(runner->loop);
                 loop_close(runner->loop);
                 runner->loop = loop_unref(runner->loop);
                 runner->previous = loop_unref(runner->previous);

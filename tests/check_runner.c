@@ -9,6 +9,7 @@
  * global policy and the thread's current loop back to their defaults.
  */
 #include <pthread.h>
+#include <unistd.h>
 #include <sys/wait.h>
 
 #include "testutil.h"
@@ -798,6 +799,74 @@ START_TEST(test_run_in_thread)
 }
 END_TEST
 
+/* ---- run_until_complete and the executor at close ------------------------ */
+
+static int resolve_cb(loop_t *loop, void *userdata) {
+        return loop_future_set_result(userdata, (void *) (intptr_t) 42, NULL);
+}
+
+START_TEST(test_runner_run_until_complete) {
+        loop_runner_t *runner;
+        loop_t *loop, *other;
+        loop_future_t *f, *g;
+        void *result = NULL;
+
+        ck_assert_int_eq(loop_runner_new(NULL, NULL, &runner), 0);
+        ck_assert_int_eq(loop_runner_get_loop(runner, &loop), 0);
+        ck_assert_int_eq(loop_create_future(loop, &f), 0);
+        ck_assert_int_eq(loop_call_later(loop, 0.01, resolve_cb, f, NULL), 0);
+        ck_assert_int_eq(loop_runner_run_until_complete(runner, f), 0);
+        ck_assert_int_eq(loop_future_result(f, &result), 0);
+        ck_assert_ptr_eq(result, (void *) (intptr_t) 42);
+
+        /* A future of another loop is refused. */
+        ck_assert_int_eq(loop_new(&other), 0);
+        ck_assert_int_eq(loop_create_future(other, &g), 0);
+        ck_assert_int_eq(loop_runner_run_until_complete(runner, g), -EXDEV);
+        ck_assert_int_eq(loop_runner_run_until_complete(runner, NULL), -EINVAL);
+        ck_assert_int_eq(loop_runner_run_until_complete(NULL, f), -EINVAL);
+
+        loop_future_unref(g);
+        loop_close(other);
+        loop_unref(other);
+        loop_future_unref(f);
+        loop_unref(loop);
+        ck_assert_int_eq(loop_runner_close(runner), 0);
+        ck_assert_int_eq(loop_runner_run_until_complete(runner, f), -ESHUTDOWN);
+        loop_runner_unref(runner);
+}
+END_TEST
+
+static int jobs_done;
+
+static int slow_job(void *arg, void **result) {
+        usleep(20 * 1000);
+        __atomic_add_fetch(&jobs_done, 1, __ATOMIC_SEQ_CST);
+        return 0;
+}
+
+/* asyncio.Runner.close() shuts the default executor down before closing the
+ * loop: queued work runs to the end instead of being dropped. */
+START_TEST(test_runner_close_waits_for_executor) {
+        loop_runner_t *runner;
+        loop_t *loop;
+        loop_future_t *f[3];
+
+        __atomic_store_n(&jobs_done, 0, __ATOMIC_SEQ_CST);
+        ck_assert_int_eq(loop_runner_new(NULL, NULL, &runner), 0);
+        ck_assert_int_eq(loop_runner_get_loop(runner, &loop), 0);
+        ck_assert_int_eq(loop_set_executor_max_workers(loop, 1), 0);
+        for (int i = 0; i < 3; i++)
+                ck_assert_int_eq(loop_run_in_executor(loop, slow_job, NULL, &f[i]), 0);
+        ck_assert_int_eq(loop_runner_close(runner), 0);
+        ck_assert_int_eq(__atomic_load_n(&jobs_done, __ATOMIC_SEQ_CST), 3);
+        for (int i = 0; i < 3; i++)
+                loop_future_unref(f[i]);
+        loop_unref(loop);
+        loop_runner_unref(runner);
+}
+END_TEST
+
 static Suite *runner_suite(void)
 {
         Suite *s = suite_create("runner");
@@ -836,6 +905,8 @@ static Suite *runner_suite(void)
         tcase_add_test(tc, test_other_runner_inside_running_loop);
         tcase_add_test(tc, test_refused_run_changes_nothing);
         tcase_add_test(tc, test_null_arguments);
+        tcase_add_test(tc, test_runner_run_until_complete);
+        tcase_add_test(tc, test_runner_close_waits_for_executor);
         return s;
 }
 
