@@ -92,14 +92,15 @@ int loop__ready_grow(struct ready_queue *q) {
         return 0;
 }
 
-LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata, loop_handle_t **ret) {
+static __attribute__((noinline)) int call_soon_slow(loop_t *loop, loop_callback_t cb, void *userdata,
+                                                    loop_handle_t **ret) {
         int r = loop__usable(loop);
 
-        if (unlikely(r < 0))
+        if (r < 0)
                 return r;
         return_if_fail(cb, -EINVAL);
 
-        if (likely(!ret))
+        if (!ret)
                 return ready_push(&loop->ready, cb, userdata, NULL);
 
         loop_handle_t *h = loop__handle_new(loop, HANDLE_SOON);
@@ -117,6 +118,26 @@ LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata,
         h->exposed = 1;
         *ret = h;
         return 0;
+}
+
+/*
+ * The fast path is a leaf: no handle wanted, a usable loop, room in the
+ * ring. Everything else (errors, handles, growing the ring) is out of line,
+ * so this needs no stack frame and no saved registers.
+ */
+LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata, loop_handle_t **ret) {
+        if (likely(loop && cb && !ret && !loop->closed && !loop__inherited(loop))) {
+                struct ready_queue *q = &loop->ready;
+                if (likely(q->count <= q->mask && q->slots)) {
+                        struct ready_entry *e = &q->slots[(q->head + q->count) & q->mask];
+                        e->cb = cb;
+                        e->userdata = userdata;
+                        e->handle = NULL;
+                        q->count++;
+                        return 0;
+                }
+        }
+        return call_soon_slow(loop, cb, userdata, ret);
 }
 
 int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, void (*discard)(void *userdata)) {

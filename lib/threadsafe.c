@@ -55,6 +55,10 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                         .n_ref = 2,     /* the queue's and the caller's */
                         .kind = HANDLE_SOON,
                         .exposed = 1,
+                        /* Set before the handle is published under ts_lock,
+                         * so the loop's thread sees it without a pass over
+                         * the drained entries. */
+                        .loop = loop,
                         .heap_index = TIMER_HEAP_NONE,
                         .cb = cb,
                         .userdata = userdata,
@@ -110,10 +114,19 @@ void loop__threadsafe_drain(loop_t *loop) {
         loop->ts_wake_pending = false;
         pthread_mutex_unlock(&loop->ts_lock);
 
+        /* Usually nothing else is queued: adopt the batch as the ready ring
+         * (both are power-of-two arrays of ready_entry) instead of copying
+         * it, and keep the old ring as the next post buffer. */
+        if (loop->ready.count == 0 && n > 0) {
+                struct ready_entry *old = loop->ready.slots;
+                size_t old_cap = old ? loop->ready.mask + 1 : 0;
+                loop->ready = (struct ready_queue) { .slots = items, .mask = cap - 1, .head = 0, .count = n };
+                loop->ts_spare = old;
+                loop->ts_spare_cap = old_cap;
+                return;
+        }
         for (size_t i = 0; i < n; i++) {
                 struct ready_entry *e = &items[i];
-                if (e->handle)
-                        e->handle->loop = loop;
                 if (ready_push(&loop->ready, e->cb, e->userdata, e->handle) < 0) {
                         loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM,
                                      e->handle, -1);
