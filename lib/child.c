@@ -129,15 +129,6 @@ struct loop__children {
 /* Set once pidfd_open() turned out not to exist here: no more tries. */
 static bool pidfd_unavailable;
 
-static bool env_true(const char *name) {
-#ifdef HAVE_SECURE_GETENV
-        const char *v = secure_getenv(name);
-#else
-        const char *v = getenv(name);
-#endif
-        return v && *v && strcmp(v, "0") != 0;
-}
-
 /* ---- reaping ---------------------------------------------------------- */
 
 #ifdef HAVE_PIDFD
@@ -528,7 +519,7 @@ static int check_child(pid_t pid) {
 }
 
 static int watch_start(loop_t *loop, struct loop__children *c, struct child_watch *w) {
-        if (!env_true("LIBLOOP_NO_PIDFD")) {
+        if (!loop__getenv_bool("LIBLOOP_NO_PIDFD")) {
                 int fd = open_pidfd(w->pid);
 
                 if (fd >= 0) {

@@ -38,19 +38,27 @@ LOOP_EXPORT loop_exception_handler_t loop_get_exception_handler(const loop_t *lo
         return loop->exception_handler;
 }
 
-/* Contexts from older callers may be shorter; the fields up to message are required. */
-#define CONTEXT_MIN_SIZE (offsetof(struct loop_exception_context, message) + sizeof(const char *))
+/* Contexts from older callers may be shorter; the fields up to message are
+ * required. Copies what the caller has into a full-size context. */
+static int read_context(const struct loop_exception_context *context, struct loop_exception_context *ctx) {
+        size_t min = offsetof(struct loop_exception_context, message) + sizeof(const char *);
+
+        return_if_fail(context && context->size >= min && context->message, -EINVAL);
+        *ctx = (struct loop_exception_context) { .fd = -1 };
+        memcpy(ctx, context, context->size < sizeof(*ctx) ? context->size : sizeof(*ctx));
+        ctx->size = sizeof(*ctx);
+        return 0;
+}
 
 LOOP_EXPORT int loop_call_exception_handler(loop_t *loop, const struct loop_exception_context *context) {
         int r = loop__usable(loop);
 
         if (r < 0)
                 return r;
-        return_if_fail(context && context->size >= CONTEXT_MIN_SIZE && context->message, -EINVAL);
-
-        struct loop_exception_context ctx = { .fd = -1 };
-        memcpy(&ctx, context, context->size < sizeof(ctx) ? context->size : sizeof(ctx));
-        ctx.size = sizeof(ctx);
+        struct loop_exception_context ctx;
+        r = read_context(context, &ctx);
+        if (r < 0)
+                return r;
 
         if (loop->exception_handler)
                 loop->exception_handler(loop, &ctx, loop->exception_userdata);
@@ -64,10 +72,10 @@ LOOP_EXPORT int loop_default_exception_handler(loop_t *loop, const struct loop_e
 
         if (r < 0)
                 return r;
-        return_if_fail(context && context->size >= CONTEXT_MIN_SIZE && context->message, -EINVAL);
-
-        struct loop_exception_context ctx = { .fd = -1 };
-        memcpy(&ctx, context, context->size < sizeof(ctx) ? context->size : sizeof(ctx));
+        struct loop_exception_context ctx;
+        r = read_context(context, &ctx);
+        if (r < 0)
+                return r;
 
         char fd_part[32] = "", handle_part[48] = "";
         if (ctx.fd >= 0)

@@ -160,6 +160,10 @@ extern __thread loop_t *loop__running_loop;   /* the loop running in this thread
 int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state);
 void loop__report(loop_t *loop, const char *message, int error, loop_handle_t *handle, int fd);
 
+/* selector.c */
+const char *loop__getenv(const char *name);
+bool loop__getenv_bool(const char *name);
+
 /* current.c */
 bool loop__is_main_thread(void);
 

@@ -31,15 +31,6 @@ static void install_atfork(void) {
         pthread_atfork(NULL, NULL, after_fork_in_child);
 }
 
-static bool env_true(const char *name) {
-#ifdef HAVE_SECURE_GETENV
-        const char *v = secure_getenv(name);
-#else
-        const char *v = getenv(name);
-#endif
-        return v && *v && strcmp(v, "0") != 0;
-}
-
 int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state) {
         int r;
 
@@ -49,7 +40,7 @@ int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state) {
                 .impl = impl,
                 .impl_state = impl_state,
                 .fork_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
-                .debug = env_true("LIBLOOP_DEBUG"),
+                .debug = loop__getenv_bool("LIBLOOP_DEBUG"),
                 .slow_callback_ns = 100 * 1000 * 1000,   /* asyncio's 0.1 s */
                 .wake_read_fd = -1,
                 .wake_write_fd = -1,

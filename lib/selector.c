@@ -55,11 +55,7 @@ LOOP_EXPORT int loop_selector_new(const char *name, loop_selector_t **ret) {
         return_if_fail(ret, -EINVAL);
 
         if (!name) {
-#ifdef HAVE_SECURE_GETENV
-                name = secure_getenv("LIBLOOP_SELECTOR");
-#else
-                name = getenv("LIBLOOP_SELECTOR");
-#endif
+                name = loop__getenv("LIBLOOP_SELECTOR");
                 if (name && !*name)
                         name = NULL;
         }
@@ -98,6 +94,23 @@ LOOP_EXPORT loop_selector_t *loop_selector_unref(loop_selector_t *sel) {
 
 LOOP_EXPORT const char *loop_selector_name(const loop_selector_t *sel) {
         return sel ? sel->ops->name : NULL;
+}
+
+/* Environment variables are read with secure_getenv: a setuid program
+ * must not let its caller pick its backend or turn on debug output. */
+const char *loop__getenv(const char *name) {
+#ifdef HAVE_SECURE_GETENV
+        return secure_getenv(name);
+#else
+        return getenv(name);
+#endif
+}
+
+/* Set, not empty, and not "0". */
+bool loop__getenv_bool(const char *name) {
+        const char *v = loop__getenv(name);
+
+        return v && *v && strcmp(v, "0") != 0;
 }
 
 int loop__timeout_ms(int64_t timeout_ns) {
