@@ -124,6 +124,7 @@ struct loop {
         struct loop__signals *signals;
         struct loop__executor *executor;
         struct loop__children *children;
+        struct loop__sockets *sockets;
 
         /* Metrics (loop_get_metrics) */
         uint64_t n_iterations, n_callbacks, n_events;

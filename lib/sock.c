@@ -20,9 +20,8 @@
  * pending on the same fd fails with EBUSY instead of replacing the reader
  * the way asyncio's add_reader would (the first future would then never
  * complete). Pending operations are found through a per-loop table indexed
- * by fd (struct sock_table), created on first use. struct loop has no slot
- * for it; the table is a close hook, so it is found by walking the loop's
- * few close hooks for ours, and loop_close() hands it back to us: the
+ * by fd (loop->sockets), created on first use. The table is also a close
+ * hook, and loop_close() hands it back to us: the
  * selector loop drops readers and writers on close without calling them,
  * so the hook cancels every pending future and frees the states. In a fork
  * child it only frees memory: futures of an inherited loop cannot be
@@ -82,11 +81,11 @@ enum {
         OP_CONNECT,
 };
 
-struct sock_table;
+struct loop__sockets;
 
 struct sock_op {
         loop_t *loop;
-        struct sock_table *table;
+        struct loop__sockets *table;
         loop_future_t *future;          /* a reference while pending */
         struct loop_sock_result *res;   /* handed to the future on success */
         uint8_t kind;
@@ -104,9 +103,8 @@ struct sock_slot {
         struct sock_op *reader, *writer;
 };
 
-/* The pending operations of one loop, by fd. The hook comes first: the
- * loop's hook list points at it. */
-struct sock_table {
+/* The pending operations of one loop, by fd (loop->sockets). */
+struct loop__sockets {
         struct loop__close_hook hook;
         struct sock_slot *slots;
         size_t n_slots;
@@ -114,15 +112,8 @@ struct sock_table {
 
 static void table_close(loop_t *loop, struct loop__close_hook *hook);
 
-static struct sock_table *table_find(loop_t *loop) {
-        for (struct loop__close_hook *h = loop->close_hooks; h; h = h->next)
-                if (h->fn == table_close)
-                        return (struct sock_table *) h;
-        return NULL;
-}
-
-static int table_get(loop_t *loop, int fd, struct sock_table **ret) {
-        struct sock_table *t = table_find(loop);
+static int table_get(loop_t *loop, int fd, struct loop__sockets **ret) {
+        struct loop__sockets *t = loop->sockets;
 
         if (!t) {
                 t = calloc(1, sizeof(*t));
@@ -130,6 +121,7 @@ static int table_get(loop_t *loop, int fd, struct sock_table **ret) {
                         return -ENOMEM;
                 t->hook.fn = table_close;
                 loop__add_close_hook(loop, &t->hook);
+                loop->sockets = t;
         }
         if ((size_t) fd >= t->n_slots) {
                 /* fd was checked with fcntl(): it exists, so it is below
@@ -398,7 +390,7 @@ static void on_cancel(loop_future_t *f, void *data) {
 }
 
 static void table_close(loop_t *loop, struct loop__close_hook *hook) {
-        struct sock_table *t = (struct sock_table *) hook;
+        struct loop__sockets *t = (struct loop__sockets *) hook;
         bool child = loop__inherited(loop);
 
         for (size_t fd = 0; fd < t->n_slots; fd++) {
@@ -421,6 +413,7 @@ static void table_close(loop_t *loop, struct loop__close_hook *hook) {
                         loop_future_unref(f);
                 }
         }
+        loop->sockets = NULL;
         free(t->slots);
         free(t);
 }
@@ -454,7 +447,7 @@ static int check_socket(int fd) {
  */
 static int submit(loop_t *loop, struct sock_op *op, loop_future_t **ret) {
         loop_future_t *f = NULL;
-        struct sock_table *t;
+        struct loop__sockets *t;
         int r;
 
         r = check_socket(op->fd);
