@@ -94,7 +94,6 @@ struct loop__impl {
 struct loop {
         unsigned n_ref;                 /* atomic */
         const struct loop__impl *impl;
-        void *impl_state;
 
         struct ready_queue ready;
         struct timer_heap timers;
@@ -158,7 +157,7 @@ static inline int loop__usable(const loop_t *loop) {
 
 /* loop.c */
 extern __thread loop_t *loop__running_loop;   /* the loop running in this thread */
-int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state);
+int loop__init(loop_t *loop, const struct loop__impl *impl);
 void loop__report(loop_t *loop, const char *message, int error, loop_handle_t *handle, int fd);
 
 /* selector.c */
@@ -195,7 +194,6 @@ struct loop__close_hook {
         struct loop__close_hook *next;
 };
 void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook);
-void loop__remove_close_hook(loop_t *loop, struct loop__close_hook *hook);
 
 /*
  * executor.c: loop_run_in_executor(), and in addition free_arg(arg) runs (in

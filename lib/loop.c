@@ -31,14 +31,13 @@ static void install_atfork(void) {
         pthread_atfork(NULL, NULL, after_fork_in_child);
 }
 
-int loop__init(loop_t *loop, const struct loop__impl *impl, void *impl_state) {
+int loop__init(loop_t *loop, const struct loop__impl *impl) {
         int r;
 
         pthread_once(&atfork_once, install_atfork);
         *loop = (loop_t) {
                 .n_ref = 1,
                 .impl = impl,
-                .impl_state = impl_state,
                 .fork_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
                 .debug = loop__getenv_bool("LIBLOOP_DEBUG"),
                 .slow_callback_ns = 100 * 1000 * 1000,   /* asyncio's 0.1 s */
@@ -122,15 +121,6 @@ LOOP_EXPORT int loop_is_running(const loop_t *loop) {
 void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook) {
         hook->next = loop->close_hooks;
         loop->close_hooks = hook;
-}
-
-void loop__remove_close_hook(loop_t *loop, struct loop__close_hook *hook) {
-        for (struct loop__close_hook **p = &loop->close_hooks; *p; p = &(*p)->next)
-                if (*p == hook) {
-                        *p = hook->next;
-                        hook->next = NULL;
-                        return;
-                }
 }
 
 /* How long the next wait may block: 0 with work queued, up to the first

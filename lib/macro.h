@@ -21,4 +21,3 @@
                         return (err);           \
         } while (0)
 
-#define return_val_if_fail(expr, val) return_if_fail(expr, val)

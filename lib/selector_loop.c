@@ -242,7 +242,7 @@ LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
         sl = calloc(1, sizeof(*sl));
         if (!sl)
                 return -ENOMEM;
-        r = loop__init(&sl->base, &loop__selector_impl, NULL);
+        r = loop__init(&sl->base, &loop__selector_impl);
         if (r < 0) {
                 free(sl);
                 return r;
