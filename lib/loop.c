@@ -32,8 +32,6 @@ static void install_atfork(void) {
 }
 
 int loop__init(loop_t *loop, const struct loop__impl *impl) {
-        int r;
-
         pthread_once(&atfork_once, install_atfork);
         *loop = (loop_t) {
                 .n_ref = 1,
@@ -44,10 +42,7 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
                 .wake_read_fd = -1,
                 .wake_write_fd = -1,
         };
-        r = loop__threadsafe_init(loop);
-        if (r < 0)
-                return r;
-        return 0;
+        return loop__threadsafe_init(loop);
 }
 
 LOOP_EXPORT int loop_new(loop_t **ret) {
@@ -95,8 +90,8 @@ LOOP_EXPORT int loop_close(loop_t *loop) {
                 loop->closed = true;
         else
                 loop__threadsafe_close(loop);   /* under the lock other threads post with */
-        /* Components first: they may cancel futures, which schedules
-         * callbacks that are dropped right after. */
+        /* Components first (signals, executor, sockets, children): they
+         * cancel their futures, whose done callbacks a closed loop drops. */
         while (loop->close_hooks) {
                 struct loop__close_hook *hook = loop->close_hooks;
                 loop->close_hooks = hook->next;
