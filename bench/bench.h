@@ -293,6 +293,26 @@ static inline void bench_parse(int argc, char **argv, struct bench_opts *o)
                 bench_usage(argv[0]);
 }
 
+/* Every program's main(): parse the options, run the named workload. A
+ * program passes the workloads it implements (plus any of its own, such as
+ * libloop's "selectors"); an unknown name exits with 3. */
+struct bench_workload {
+        const char *name;
+        void (*run)(void);
+};
+
+static inline int bench_main(int argc, char **argv, struct bench_opts *o,
+                             const struct bench_workload *w, size_t n)
+{
+        bench_parse(argc, argv, o);
+        for (size_t i = 0; i < n; i++)
+                if (!strcmp(o->workload, w[i].name)) {
+                        w[i].run();
+                        return 0;
+                }
+        return 3;
+}
+
 /* The first value of a program's run counter: -1 is the untimed warm-up. */
 static inline int bench_first_rep(const struct bench_opts *o)
 {

@@ -436,20 +436,14 @@ static void bench_echo(void)
 
 int main(int argc, char **argv)
 {
-        bench_parse(argc, argv, &opts);
-        if (!strcmp(opts.workload, "pipe"))
-                bench_pipe();
-        else if (!strcmp(opts.workload, "timers"))
-                bench_timers();
-        else if (!strcmp(opts.workload, "soon"))
-                bench_soon();
-        else if (!strcmp(opts.workload, "xthread"))
-                bench_xthread();
-        else if (!strcmp(opts.workload, "pingpong"))
-                bench_pingpong();
-        else if (!strcmp(opts.workload, "echo"))
-                bench_echo();
-        else
-                return 3;
-        return 0;
+        static const struct bench_workload workloads[] = {
+                { "pipe", bench_pipe },
+                { "timers", bench_timers },
+                { "soon", bench_soon },
+                { "xthread", bench_xthread },
+                { "pingpong", bench_pingpong },
+                { "echo", bench_echo },
+        };
+
+        return bench_main(argc, argv, &opts, workloads, sizeof(workloads) / sizeof(workloads[0]));
 }

@@ -440,23 +440,22 @@ static void bench_echo(void)
         echo_bench(&opts, &ops, &e);
 }
 
+/* For run-bench's titles: the ring size -n 0 gives, and the limit. */
+static void print_maxpairs(void)
+{
+        printf("%ld %ld\n", ring_max_pairs(RING_HEADROOM), bench_raise_nofile());
+}
+
 int main(int argc, char **argv)
 {
-        bench_parse(argc, argv, &opts);
-        if (!strcmp(opts.workload, "pipe"))
-                bench_pipe();
-        else if (!strcmp(opts.workload, "soon"))
-                bench_soon();
-        else if (!strcmp(opts.workload, "xthread"))
-                bench_xthread();
-        else if (!strcmp(opts.workload, "pingpong"))
-                bench_pingpong();
-        else if (!strcmp(opts.workload, "echo"))
-                bench_echo();
-        else if (!strcmp(opts.workload, "maxpairs"))
-                /* for run-bench's titles: the ring size -n 0 gives, and the limit */
-                printf("%ld %ld\n", ring_max_pairs(RING_HEADROOM), bench_raise_nofile());
-        else
-                return 3;       /* not a workload this program has */
-        return 0;
+        static const struct bench_workload workloads[] = {
+                { "pipe", bench_pipe },
+                { "soon", bench_soon },
+                { "xthread", bench_xthread },
+                { "pingpong", bench_pingpong },
+                { "echo", bench_echo },
+                { "maxpairs", print_maxpairs },
+        };
+
+        return bench_main(argc, argv, &opts, workloads, sizeof(workloads) / sizeof(workloads[0]));
 }
