@@ -47,8 +47,8 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
                 loop->ready.count, loop->timers.n);
 
         for (size_t i = 0; i < loop->ready.count; i++) {
-                const struct ready_entry *e = &loop->ready.slots[(loop->ready.head + i) & loop->ready.mask];
-                const loop_handle_t *h = e->handle;
+                const struct ready_entry *e = &loop->ready.items[i];
+                const loop_handle_t *h = ready_entry_handle(e);
                 fprintf(f, "ready callback=%p userdata=%p cancelled=%d\n",
                         h ? callback_address(h) : (void *) (uintptr_t) e->cb, h ? h->userdata : e->userdata,
                         h ? __atomic_load_n(&h->cancelled, __ATOMIC_RELAXED) : 0);

@@ -52,13 +52,6 @@ struct loop_handle {
         };
 };
 
-/* One slot of the ready queue; handle is NULL on call_soon's fast path. */
-struct ready_entry {
-        loop_callback_t cb;
-        void *userdata;
-        loop_handle_t *handle;
-};
-
 #include "ready_queue.h"
 
 struct loop__impl {
@@ -116,7 +109,10 @@ struct loop {
         uint64_t n_runs;                /* run_forever/run_once calls so far */
         bool stopping;
         bool closed;
-        unsigned fork_generation;
+        uint64_t fork_generation;       /* loop__fork_generation when the loop was made */
+        /* fork_generation while the loop is open, LOOP__CLOSED once closed:
+         * the hot paths check "open and not inherited" with one compare. */
+        uint64_t open_generation;
 
         struct loop__close_hook *close_hooks;
         /* Per-loop state of optional components, created on first use. */
@@ -137,7 +133,12 @@ struct loop {
 };
 
 /* Bumped in every fork child: a loop created under another value was inherited. */
-extern unsigned loop__fork_generation;
+extern uint64_t loop__fork_generation;
+#define LOOP__CLOSED UINT64_MAX         /* never a fork generation */
+
+static inline bool loop__open_here(const loop_t *loop) {
+        return loop->open_generation == __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED);
+}
 
 static inline bool loop__inherited(const loop_t *loop) {
         /* Relaxed: the value only changes in a fork child, before any thread exists. */

@@ -13,7 +13,7 @@
 #include "internal.h"
 #include "selector.h"
 
-unsigned loop__fork_generation;
+uint64_t loop__fork_generation;
 
 /* The loop running in this thread, if any (asyncio's _get_running_loop). */
 __thread loop_t *loop__running_loop;
@@ -37,6 +37,7 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
                 .n_ref = 1,
                 .impl = impl,
                 .fork_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
+                .open_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
                 .debug = loop__getenv_bool("LIBLOOP_DEBUG"),
                 .slow_callback_ns = 100 * 1000 * 1000,   /* asyncio's 0.1 s */
                 .wake_read_fd = -1,
@@ -86,6 +87,7 @@ LOOP_EXPORT int loop_close(loop_t *loop) {
          * gone), and closing must still work: it is how a child lets go. */
         if (!loop__inherited(loop) && __atomic_load_n(&loop->running, __ATOMIC_ACQUIRE))
                 return -EBUSY;
+        loop->open_generation = LOOP__CLOSED;
         if (loop__inherited(loop))
                 loop->closed = true;
         else

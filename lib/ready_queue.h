@@ -2,40 +2,44 @@
 #pragma once
 
 /*
- * The ready queue: a power-of-two ring of (callback, userdata, handle)
- * slots. call_soon with no handle is a store of three words and an index
- * bump; no allocation once the ring has grown to the working size.
+ * The ready queue: what call_soon, expired timers and ready descriptors
+ * queue for the next pass. Two flat arrays take turns: a pass takes the
+ * whole array as its batch and gives the loop the other one to fill, so
+ * running a batch writes nothing per callback and the callbacks it runs
+ * can queue more (for the next pass, as asyncio's _run_once) without
+ * touching the batch. An entry is two words; a handle rides in the
+ * userdata word with cb == NULL.
  */
 
 #include <stdlib.h>
 #include <string.h>
 
+struct ready_entry {
+        loop_callback_t cb;     /* NULL: userdata is a loop_handle_t * */
+        void *userdata;
+};
+
 struct ready_queue {
-        struct ready_entry *slots;
-        size_t mask;            /* capacity - 1; capacity is 0 or a power of two */
-        size_t head;            /* next slot to pop */
-        size_t count;
+        struct ready_entry *items;
+        size_t count, cap;
+        /* The array the running batch came from, or the idle one. */
+        struct ready_entry *spare;
+        size_t spare_cap;
 };
 
 int loop__ready_grow(struct ready_queue *q);
 
 static inline int ready_push(struct ready_queue *q, loop_callback_t cb, void *userdata, loop_handle_t *h) {
-        if (unlikely(!q->slots || q->count > q->mask)) {
+        if (unlikely(q->count == q->cap)) {
                 int r = loop__ready_grow(q);
                 if (r < 0)
                         return r;
         }
-        struct ready_entry *e = &q->slots[(q->head + q->count) & q->mask];
-        e->cb = cb;
-        e->userdata = userdata;
-        e->handle = h;
-        q->count++;
+        q->items[q->count++] = h ? (struct ready_entry) { .userdata = h }
+                                 : (struct ready_entry) { .cb = cb, .userdata = userdata };
         return 0;
 }
 
-static inline struct ready_entry ready_pop(struct ready_queue *q) {
-        struct ready_entry e = q->slots[q->head];
-        q->head = (q->head + 1) & q->mask;
-        q->count--;
-        return e;
+static inline loop_handle_t *ready_entry_handle(const struct ready_entry *e) {
+        return e->cb ? NULL : (loop_handle_t *) e->userdata;
 }

@@ -29,7 +29,7 @@ void loop__threadsafe_free(loop_t *loop) {
         if (!loop__inherited(loop))
                 pthread_mutex_destroy(&loop->ts_lock);
         for (size_t i = 0; i < loop->ts_n; i++)
-                loop_handle_unref(loop->ts_items[i].handle);
+                loop_handle_unref(ready_entry_handle(&loop->ts_items[i]));
         free(loop->ts_items);
         free(loop->ts_spare);
         loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
@@ -81,7 +81,7 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                 loop->ts_items = items;
                 loop->ts_cap = cap;
         }
-        loop->ts_items[loop->ts_n++] = h ? (struct ready_entry) { .handle = h }
+        loop->ts_items[loop->ts_n++] = h ? (struct ready_entry) { .userdata = h }
                                          : (struct ready_entry) { .cb = cb, .userdata = userdata };
         if (!loop->ts_wake_pending)
                 need_wake = loop->ts_wake_pending = true;
@@ -114,25 +114,27 @@ void loop__threadsafe_drain(loop_t *loop) {
         loop->ts_wake_pending = false;
         pthread_mutex_unlock(&loop->ts_lock);
 
-        /* Usually nothing else is queued: adopt the batch as the ready ring
-         * (both are power-of-two arrays of ready_entry) instead of copying
-         * it, and keep the old ring as the next post buffer. */
+        /* Usually nothing else is queued: adopt the batch as the ready
+         * array instead of copying it, and keep the old one as the next
+         * post buffer. */
         if (loop->ready.count == 0 && n > 0) {
-                struct ready_entry *old = loop->ready.slots;
-                size_t old_cap = old ? loop->ready.mask + 1 : 0;
-                loop->ready = (struct ready_queue) { .slots = items, .mask = cap - 1, .head = 0, .count = n };
+                struct ready_entry *old = loop->ready.items;
+                size_t old_cap = loop->ready.cap;
+                loop->ready.items = items;
+                loop->ready.cap = cap;
+                loop->ready.count = n;
                 loop->ts_spare = old;
                 loop->ts_spare_cap = old_cap;
                 return;
         }
         for (size_t i = 0; i < n; i++) {
                 struct ready_entry *e = &items[i];
-                if (ready_push(&loop->ready, e->cb, e->userdata, e->handle) < 0) {
-                        loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM,
-                                     e->handle, -1);
-                        if (e->handle) {
-                                e->handle->loop = NULL;
-                                loop__handle_drop(loop, e->handle);
+                loop_handle_t *h = ready_entry_handle(e);
+                if (ready_push(&loop->ready, e->cb, e->userdata, h) < 0) {
+                        loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM, h, -1);
+                        if (h) {
+                                h->loop = NULL;
+                                loop__handle_drop(loop, h);
                         }
                 }
         }
