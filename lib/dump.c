@@ -20,7 +20,7 @@ static int by_deadline(const void *a, const void *b) {
 
         if (x->when != y->when)
                 return x->when < y->when ? -1 : 1;
-        return x->handle->seq < y->handle->seq ? -1 : x->handle->seq > y->handle->seq;
+        return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
 LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
@@ -44,7 +44,7 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
         fprintf(f, "loop %p selector=%s running=%u stopping=%d debug=%d ready=%zu timers=%u\n",
                 (void *) loop, loop_selector_name(loop_get_selector(loop)) ?: "none",
                 __atomic_load_n(&loop->running, __ATOMIC_RELAXED), loop->stopping, loop->debug,
-                loop->ready.count, loop->timers.n);
+                loop->ready.count, timer_heap_live(&loop->timers));
 
         for (size_t i = 0; i < loop->ready.count; i++) {
                 const struct ready_entry *e = &loop->ready.items[i];
@@ -61,14 +61,19 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
                 fclose(f);
                 return -ENOMEM;
         }
-        for (uint32_t i = 0; i < n; i++)
-                sorted[i] = *(timer_heap_top(&loop->timers) + i);
-        if (n)
-                qsort(sorted, n, sizeof(*sorted), by_deadline);
-        for (uint32_t i = 0; i < n; i++)
+        uint32_t live = 0;
+        for (uint32_t i = 0; i < n; i++) {
+                const struct timer_slot *slot = timer_heap_top(&loop->timers) + i;
+                if (!timer_heap_is_cancelled(&loop->timers, slot->id))
+                        sorted[live++] = *slot;
+        }
+        if (live)
+                qsort(sorted, live, sizeof(*sorted), by_deadline);
+        for (uint32_t i = 0; i < live; i++) {
+                const loop_handle_t *h = timer_heap_handle(&loop->timers, sorted[i].id);
                 fprintf(f, "timer when_ns=%" PRId64 " in_ns=%" PRId64 " callback=%p userdata=%p\n",
-                        sorted[i].when, sorted[i].when - now, callback_address(sorted[i].handle),
-                        sorted[i].handle->userdata);
+                        sorted[i].when, sorted[i].when - now, callback_address(h), h->userdata);
+        }
         free(sorted);
 
         loop->impl->dump(loop, f);

@@ -28,7 +28,7 @@ loop_handle_t *loop__handle_new(loop_t *loop, int kind) {
         *h = (loop_handle_t) {
                 .n_ref = 1,
                 .kind = (uint8_t) kind,
-                .heap_index = TIMER_HEAP_NONE,
+                .timer_id = TIMER_ID_NONE,
                 .loop = loop,
         };
         return h;
@@ -165,8 +165,7 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
         h->cb = cb;
         h->userdata = userdata;
         h->when = when_ns;
-        h->seq = loop->timer_seq++;
-        r = loop__timer_heap_push(&loop->timers, h);
+        r = loop__timer_heap_push(&loop->timers, h, when_ns);
         if (r < 0) {
                 loop__handle_drop(loop, h);
                 return r;
@@ -224,17 +223,20 @@ LOOP_EXPORT loop_handle_t *loop_handle_unref(loop_handle_t *h) {
         return NULL;
 }
 
+static void drop_unrun_cb(void *loop, loop_handle_t *h) {
+        drop_unrun(loop, h);
+}
+
 LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
         return_if_fail(h, -EINVAL);
 
-        __atomic_store_n(&h->cancelled, 1, __ATOMIC_RELEASE);
-        /* A pending timer leaves the heap now, so cancelled timers never
-         * pile up; a queued call_soon is skipped when its turn comes. */
-        if (h->kind == HANDLE_TIMER && h->heap_index != TIMER_HEAP_NONE && h->loop) {
-                loop_t *loop = h->loop;
-                loop__timer_heap_remove(&loop->timers, h);
-                drop_unrun(loop, h);
-        }
+        if (__atomic_exchange_n(&h->cancelled, 1, __ATOMIC_ACQ_REL))
+                return 0;
+        /* A pending timer is only marked: it leaves the heap when it gets
+         * to the top or when cancelled ones are half the heap. A queued
+         * call_soon is skipped when its turn comes. */
+        if (h->kind == HANDLE_TIMER && h->timer_id != TIMER_ID_NONE && h->loop)
+                loop__timer_heap_cancel(&h->loop->timers, h, drop_unrun_cb, h->loop);
         return 0;
 }
 
@@ -258,15 +260,29 @@ LOOP_EXPORT double loop_handle_when(const loop_handle_t *h) {
 /* ---- running what is ready ------------------------------------------------ */
 
 
+/* The first timer that is not cancelled; cancelled ones before it leave the heap. */
+const struct timer_slot *loop__first_timer(loop_t *loop) {
+        const struct timer_slot *top;
+
+        while ((top = timer_heap_top(&loop->timers)) && timer_heap_is_cancelled(&loop->timers, top->id))
+                drop_unrun(loop, loop__timer_heap_pop(&loop->timers));
+        return top;
+}
+
 /* Move every timer due at or before now onto the ready queue, in deadline order. */
 void loop__expire_timers(loop_t *loop, int64_t now) {
         const struct timer_slot *top;
 
         while ((top = timer_heap_top(&loop->timers)) && top->when <= now) {
+                bool cancelled = timer_heap_is_cancelled(&loop->timers, top->id);
                 loop_handle_t *h = loop__timer_heap_pop(&loop->timers);
+                if (cancelled) {
+                        drop_unrun(loop, h);
+                        continue;
+                }
                 if (ready_push(&loop->ready, NULL, NULL, h) < 0) {
                         /* Out of memory: put it back and let the next iteration retry. */
-                        if (loop__timer_heap_push(&loop->timers, h) < 0) {
+                        if (loop__timer_heap_push(&loop->timers, h, h->when) < 0) {
                                 loop__report(loop, "Cannot queue an expired timer", -ENOMEM, h, -1);
                                 h->loop = NULL;
                                 loop__handle_drop(loop, h);

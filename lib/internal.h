@@ -28,7 +28,7 @@ struct loop_handle {
         uint8_t kind;
         uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
         uint8_t exposed;        /* the user was given this handle */
-        uint32_t heap_index;    /* timers: slot in the heap, TIMER_HEAP_NONE when not in it */
+        uint32_t timer_id;      /* timers: id in the heap, TIMER_ID_NONE when not in it */
         /*
          * The loop, while the handle is scheduled (queued, in the heap or
          * registered as a reader/writer); NULL once the loop is done with
@@ -46,7 +46,6 @@ struct loop_handle {
         void (*discard)(void *userdata);
         int64_t when;           /* timers: deadline in ns */
         union {
-                uint64_t seq;           /* timers: tie-break for equal deadlines */
                 int fd;                 /* I/O */
                 loop_handle_t *next_free; /* in the loop's handle cache */
         };
@@ -90,7 +89,6 @@ struct loop {
 
         struct ready_queue ready;
         struct timer_heap timers;
-        uint64_t timer_seq;
 
         /* Handles the loop finished with, kept for reuse: scheduling a timer costs no malloc. */
         loop_handle_t *handle_cache;
@@ -179,6 +177,7 @@ void loop__handle_drop(loop_t *loop, loop_handle_t *h);
 void loop__handle_cache_free(loop_t *loop);
 int loop__run_ready(loop_t *loop);
 void loop__expire_timers(loop_t *loop, int64_t now);
+const struct timer_slot *loop__first_timer(loop_t *loop);
 void loop__discard_scheduled(loop_t *loop);
 
 /* future.c */

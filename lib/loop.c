@@ -43,6 +43,7 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
                 .wake_read_fd = -1,
                 .wake_write_fd = -1,
         };
+        loop__timer_heap_init(&loop->timers);
         return loop__threadsafe_init(loop);
 }
 
@@ -128,7 +129,7 @@ static int64_t wait_timeout(loop_t *loop, int64_t now, int64_t max_wait_ns) {
 
         if (loop->ready.count > 0 || loop->stopping)
                 return 0;
-        if ((top = timer_heap_top(&loop->timers))) {
+        if ((top = loop__first_timer(loop))) {
                 /* Compared before subtracting: a deadline near INT64_MIN
                  * would overflow the difference. */
                 int64_t until = top->when <= now ? 0 : top->when - now;
@@ -207,7 +208,7 @@ LOOP_EXPORT int loop_get_metrics(loop_t *loop, struct loop_metrics *metrics) {
                 .wait_ns = loop->wait_ns,
                 .run_ns = run_ns,
                 .handles_ready = loop->ready.count,
-                .timers = loop->timers.n,
+                .timers = timer_heap_live(&loop->timers),
                 .fds = loop->impl->count_fds(loop),
         };
         /* An older caller's shorter struct gets the fields it knows. */

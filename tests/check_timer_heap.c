@@ -1,0 +1,203 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The timer heap on its own (lib/timer_heap.c compiled into the test):
+ * random pushes, pops and cancellations checked step by step against a
+ * plain list, with many equal deadlines so the first-scheduled-first rule
+ * is exercised; purging of cancelled timers; and the renumbering of
+ * sequence numbers when they run out, forced early through seq_limit.
+ */
+#include <check.h>
+#include <stdlib.h>
+
+#include "internal.h"
+#include "timer_heap.h"
+
+/* A timer of the model: its handle, deadline and scheduling order. */
+struct entry {
+        loop_handle_t h;
+        int64_t when;
+        uint64_t order;
+        bool in_heap, cancelled;
+};
+
+struct model {
+        struct timer_heap heap;
+        struct entry *e;
+        size_t n;
+        uint64_t next_order;
+        size_t dropped;
+        uint32_t rng;
+};
+
+static uint32_t rnd(struct model *m) {
+        m->rng = m->rng * 1664525u + 1013904223u;
+        return m->rng >> 8;
+}
+
+static void on_drop(void *ctx, loop_handle_t *h) {
+        struct model *m = ctx;
+        struct entry *e = (struct entry *) h;
+
+        ck_assert(e->in_heap && e->cancelled);
+        ck_assert_uint_eq(h->timer_id, TIMER_ID_NONE);
+        e->in_heap = false;
+        m->dropped++;
+}
+
+/* The entry the heap must give next: least deadline, then first scheduled. */
+static struct entry *model_min(struct model *m) {
+        struct entry *best = NULL;
+
+        for (size_t i = 0; i < m->n; i++) {
+                struct entry *e = &m->e[i];
+                if (e->in_heap && (!best || e->when < best->when || (e->when == best->when && e->order < best->order)))
+                        best = e;
+        }
+        return best;
+}
+
+static void push(struct model *m, int64_t when) {
+        struct entry *e = &m->e[m->n++];
+
+        *e = (struct entry) { .when = when, .order = m->next_order++, .in_heap = true };
+        ck_assert_int_eq(loop__timer_heap_push(&m->heap, &e->h, when), 0);
+        ck_assert_uint_ne(e->h.timer_id, TIMER_ID_NONE);
+}
+
+static void pop_and_check(struct model *m) {
+        struct entry *want = model_min(m);
+        loop_handle_t *h = loop__timer_heap_pop(&m->heap);
+
+        ck_assert_ptr_eq(h, want ? &want->h : NULL);
+        if (want) {
+                ck_assert_uint_eq(h->timer_id, TIMER_ID_NONE);
+                want->in_heap = false;
+        }
+}
+
+static void cancel_random(struct model *m) {
+        for (int tries = 0; tries < 8 && m->n; tries++) {
+                struct entry *e = &m->e[rnd(m) % m->n];
+                if (e->in_heap && !e->cancelled) {
+                        e->cancelled = true;
+                        loop__timer_heap_cancel(&m->heap, &e->h, on_drop, m);
+                        return;
+                }
+        }
+}
+
+static void check_counts(struct model *m) {
+        uint32_t in_heap = 0, cancelled = 0;
+
+        for (size_t i = 0; i < m->n; i++) {
+                in_heap += m->e[i].in_heap;
+                cancelled += m->e[i].in_heap && m->e[i].cancelled;
+        }
+        ck_assert_uint_eq(m->heap.n, in_heap);
+        ck_assert_uint_eq(m->heap.n_cancelled, cancelled);
+        ck_assert_uint_eq(timer_heap_live(&m->heap), in_heap - cancelled);
+        /* Purging keeps cancelled timers at most half of a large heap. */
+        ck_assert(cancelled < 64 || cancelled <= m->heap.n / 2);
+}
+
+static void run_model(uint32_t seed, size_t steps, uint32_t seq_limit, int distinct_deadlines) {
+        struct model m = { .rng = seed };
+
+        m.e = calloc(steps, sizeof(*m.e));
+        ck_assert_ptr_nonnull(m.e);
+        loop__timer_heap_init(&m.heap);
+        if (seq_limit)
+                m.heap.seq_limit = seq_limit;
+        for (size_t i = 0; i < steps; i++) {
+                uint32_t op = rnd(&m) % 10;
+                if (op < 5)
+                        push(&m, (int64_t) (rnd(&m) % (uint32_t) distinct_deadlines) - distinct_deadlines / 2);
+                else if (op < 8)
+                        pop_and_check(&m);
+                else
+                        cancel_random(&m);
+                if (i % 97 == 0)
+                        check_counts(&m);
+        }
+        check_counts(&m);
+        while (m.heap.n > 0)
+                pop_and_check(&m);
+        ck_assert_ptr_null(loop__timer_heap_pop(&m.heap));
+        loop__timer_heap_free(&m.heap);
+        free(m.e);
+}
+
+START_TEST(test_model_many_ties) {
+        run_model(1 + (uint32_t) _i, 20000, 0, 16);
+}
+END_TEST
+
+START_TEST(test_model_few_ties) {
+        run_model(100 + (uint32_t) _i, 20000, 0, 1 << 20);
+}
+END_TEST
+
+/* Sequence numbers renumbered every 50 pushes: order must survive. */
+START_TEST(test_model_renumber) {
+        run_model(200 + (uint32_t) _i, 20000, 50, 8);
+}
+END_TEST
+
+/* Cancelling most of a large heap purges it, dropping each cancelled timer once. */
+START_TEST(test_purge) {
+        struct model m = { .rng = 7 };
+        size_t n = 10000;
+
+        m.e = calloc(n, sizeof(*m.e));
+        ck_assert_ptr_nonnull(m.e);
+        loop__timer_heap_init(&m.heap);
+        for (size_t i = 0; i < n; i++)
+                push(&m, (int64_t) (rnd(&m) % 1000));
+        for (size_t i = 0; i < n; i += 2) {
+                m.e[i].cancelled = true;
+                loop__timer_heap_cancel(&m.heap, &m.e[i].h, on_drop, &m);
+        }
+        /* Exactly half: not more than half yet, nothing purged. */
+        ck_assert_uint_eq(m.dropped, 0);
+        ck_assert_uint_eq(m.heap.n_cancelled, n / 2);
+        m.e[1].cancelled = true;
+        loop__timer_heap_cancel(&m.heap, &m.e[1].h, on_drop, &m);
+        ck_assert_uint_eq(m.dropped, n / 2 + 1);
+        ck_assert_uint_eq(m.heap.n, n / 2 - 1);
+        ck_assert_uint_eq(m.heap.n_cancelled, 0);
+        /* Cancelling twice counts once. */
+        m.e[3].cancelled = true;
+        loop__timer_heap_cancel(&m.heap, &m.e[3].h, on_drop, &m);
+        loop__timer_heap_cancel(&m.heap, &m.e[3].h, on_drop, &m);
+        ck_assert_uint_eq(m.heap.n_cancelled, 1);
+        /* The rest still comes out in order, ids reused after the purge. */
+        push(&m, 5);
+        while (m.heap.n > 0)
+                pop_and_check(&m);
+        loop__timer_heap_free(&m.heap);
+        free(m.e);
+}
+END_TEST
+
+static Suite *timer_heap_suite(void) {
+        Suite *s = suite_create("timer_heap");
+        TCase *tc = tcase_create("heap");
+
+        tcase_add_loop_test(tc, test_model_many_ties, 0, 4);
+        tcase_add_loop_test(tc, test_model_few_ties, 0, 4);
+        tcase_add_loop_test(tc, test_model_renumber, 0, 4);
+        tcase_add_test(tc, test_purge);
+        tcase_set_timeout(tc, 60);
+        suite_add_tcase(s, tc);
+        return s;
+}
+
+int main(void) {
+        SRunner *sr = srunner_create(timer_heap_suite());
+        int failed;
+
+        srunner_run_all(sr, CK_NORMAL);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
