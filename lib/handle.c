@@ -10,50 +10,142 @@
 
 #include "internal.h"
 
-/* Enough to make scheduling malloc-free in steady state without holding on
- * to the memory of a one-off burst of a million timers. */
-#define HANDLE_CACHE_MAX 4096u
+/*
+ * The handle pool: handles are carved out of chunks the loop allocates, so
+ * scheduling costs no malloc, and a burst of timers gets handles that sit
+ * next to each other in memory. The chunks live as long as the pool: the
+ * memory of a burst stays with the loop for its next one (sd-event's
+ * mempool does the same) and goes when the loop is freed.
+ *
+ * A handle's last reference may be dropped by a user after the loop let go
+ * of it, in any thread, even after the loop is gone. Such a handle holds a
+ * reference to the pool and goes back through an atomic stack that the
+ * loop's thread takes over when its own free list runs dry.
+ */
+#define CHUNK_HANDLES 1024u
 
-loop_handle_t *loop__handle_new(loop_t *loop, int kind) {
-        loop_handle_t *h = loop->handle_cache;
+struct pool_chunk {
+        struct pool_chunk *next;
+        loop_handle_t handles[] __attribute__((aligned(64)));
+};
+
+struct loop__handle_pool {
+        unsigned n_ref;                 /* atomic: the loop's, one per handle held past the loop */
+        loop_handle_t *free;            /* the loop's thread only */
+        loop_handle_t *remote;          /* atomic: released by users */
+        loop_handle_t *bump, *bump_end; /* never used yet, in the newest chunk */
+        struct pool_chunk *chunks;
+};
+
+int loop__handle_pool_new(loop_t *loop) {
+        loop->pool = calloc(1, sizeof(*loop->pool));
+        if (!loop->pool)
+                return -ENOMEM;
+        loop->pool->n_ref = 1;
+        return 0;
+}
+
+static void pool_unref(struct loop__handle_pool *pool) {
+        if (__atomic_sub_fetch(&pool->n_ref, 1, __ATOMIC_ACQ_REL) > 0)
+                return;
+        while (pool->chunks) {
+                struct pool_chunk *c = pool->chunks;
+                pool->chunks = c->next;
+                free(c);
+        }
+        free(pool);
+}
+
+void loop__handle_pool_release(loop_t *loop) {
+        if (loop->pool)
+                pool_unref(loop->pool);
+        loop->pool = NULL;
+}
+
+static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_pool *pool) {
+        loop_handle_t *h = __atomic_exchange_n(&pool->remote, NULL, __ATOMIC_ACQUIRE);
 
         if (h) {
-                loop->handle_cache = h->next_free;
-                loop->n_cached--;
-        } else {
-                h = malloc(sizeof(*h));
-                if (!h)
-                        return NULL;
+                pool->free = h->next_free;
+                return h;
         }
+        if (pool->bump == pool->bump_end) {
+                struct pool_chunk *c = aligned_alloc(64, sizeof(*c) + CHUNK_HANDLES * sizeof(loop_handle_t));
+                if (!c)
+                        return NULL;
+                c->next = pool->chunks;
+                pool->chunks = c;
+                pool->bump = c->handles;
+                pool->bump_end = c->handles + CHUNK_HANDLES;
+        }
+        return pool->bump++;
+}
+
+static inline loop_handle_t *handle_alloc(loop_t *loop, int kind) {
+        struct loop__handle_pool *pool = loop->pool;
+        loop_handle_t *h = pool->free;
+
+        if (likely(h))
+                pool->free = h->next_free;
+        else if (!(h = pool_refill(pool)))
+                return NULL;
         *h = (loop_handle_t) {
                 .n_ref = 1,
                 .kind = (uint8_t) kind,
+                .pooled = 1,
                 .timer_id = TIMER_ID_NONE,
                 .loop = loop,
         };
         return h;
 }
 
+loop_handle_t *loop__handle_new(loop_t *loop, int kind) {
+        return handle_alloc(loop, kind);
+}
+
+/* A user dropped the last reference of a pooled handle the loop let go of. */
+static void pool_give_back(loop_handle_t *h) {
+        struct loop__handle_pool *pool = h->pool;
+
+        h->next_free = __atomic_load_n(&pool->remote, __ATOMIC_RELAXED);
+        while (!__atomic_compare_exchange_n(&pool->remote, &h->next_free, h, true, __ATOMIC_RELEASE,
+                                            __ATOMIC_RELAXED))
+                ;
+        pool_unref(pool);
+}
+
 /*
  * The loop lets go of a handle it scheduled. If nobody else holds it, it
- * goes back to the cache; if the user still does, it is detached from the
- * loop (h->loop = NULL) so it can outlive it.
+ * goes back to the pool; if the user still does, it is detached from the
+ * loop (h->loop = NULL) so it can outlive it. (An I/O handle's other
+ * reference is the ready queue's, never a user's.)
  */
 void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
+        struct loop__handle_pool *pool = loop->pool;
+        bool user_held;
+
         if (likely(h->n_ref == 1))
                 /* The only reference: no other thread can be touching it. */
                 goto recycle;
         h->loop = NULL;
+        user_held = h->pooled && h->exposed;
+        if (user_held) {
+                /* Before the decrement publishes the handle to its holder. */
+                h->pool = pool;
+                __atomic_add_fetch(&pool->n_ref, 1, __ATOMIC_RELAXED);
+        }
         if (__atomic_sub_fetch(&h->n_ref, 1, __ATOMIC_ACQ_REL) > 0)
                 return;
+        /* The holder let go meanwhile: the handle is ours again. */
+        if (user_held)
+                __atomic_sub_fetch(&pool->n_ref, 1, __ATOMIC_RELAXED);
 recycle:
-        if (loop->n_cached >= HANDLE_CACHE_MAX) {
-                free(h);
+        if (!h->pooled) {
+                free(h);        /* made by call_soon_threadsafe in another thread */
                 return;
         }
-        h->next_free = loop->handle_cache;
-        loop->handle_cache = h;
-        loop->n_cached++;
+        h->next_free = pool->free;
+        pool->free = h;
 }
 
 /* The loop is done with a handle whose callback will not run. */
@@ -65,15 +157,6 @@ static void drop_unrun(loop_t *loop, loop_handle_t *h) {
         if (h->kind != HANDLE_IO)
                 h->loop = NULL;
         loop__handle_drop(loop, h);
-}
-
-void loop__handle_cache_free(loop_t *loop) {
-        while (loop->handle_cache) {
-                loop_handle_t *h = loop->handle_cache;
-                loop->handle_cache = h->next_free;
-                free(h);
-        }
-        loop->n_cached = 0;
 }
 
 int loop__ready_grow(struct ready_queue *q) {
@@ -153,19 +236,21 @@ int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, vo
 
 LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t cb, void *userdata,
                                 loop_handle_t **ret) {
-        int r = loop__usable(loop);
+        int r;
 
-        if (r < 0)
-                return r;
+        if (unlikely(!loop || !loop__open_here(loop))) {
+                r = loop__usable(loop);
+                return r < 0 ? r : -EINVAL;
+        }
         return_if_fail(cb, -EINVAL);
 
-        loop_handle_t *h = loop__handle_new(loop, HANDLE_TIMER);
+        loop_handle_t *h = handle_alloc(loop, HANDLE_TIMER);
         if (!h)
                 return -ENOMEM;
         h->cb = cb;
         h->userdata = userdata;
         h->when = when_ns;
-        r = loop__timer_heap_push(&loop->timers, h, when_ns);
+        r = timer_heap_push(&loop->timers, h, when_ns);
         if (r < 0) {
                 loop__handle_drop(loop, h);
                 return r;
@@ -216,10 +301,14 @@ LOOP_EXPORT loop_handle_t *loop_handle_ref(loop_handle_t *h) {
 }
 
 LOOP_EXPORT loop_handle_t *loop_handle_unref(loop_handle_t *h) {
-        /* A handle the user releases last is no longer scheduled, so no
-         * loop refers to it and it is simply freed. */
-        if (h && __atomic_sub_fetch(&h->n_ref, 1, __ATOMIC_ACQ_REL) == 0)
-                free(h);
+        /* A handle the user releases last is no longer scheduled: no loop
+         * refers to it. */
+        if (h && __atomic_sub_fetch(&h->n_ref, 1, __ATOMIC_ACQ_REL) == 0) {
+                if (h->pooled)
+                        pool_give_back(h);
+                else
+                        free(h);
+        }
         return NULL;
 }
 

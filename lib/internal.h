@@ -15,7 +15,6 @@
 
 #include "loop.h"
 #include "macro.h"
-#include "timer_heap.h"
 
 enum {
         HANDLE_SOON,    /* call_soon / call_soon_threadsafe */
@@ -28,6 +27,7 @@ struct loop_handle {
         uint8_t kind;
         uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
         uint8_t exposed;        /* the user was given this handle */
+        uint8_t pooled;         /* memory from a loop's handle pool, not malloc() */
         uint32_t timer_id;      /* timers: id in the heap, TIMER_ID_NONE when not in it */
         /*
          * The loop, while the handle is scheduled (queued, in the heap or
@@ -47,11 +47,13 @@ struct loop_handle {
         int64_t when;           /* timers: deadline in ns */
         union {
                 int fd;                 /* I/O */
-                loop_handle_t *next_free; /* in the loop's handle cache */
+                loop_handle_t *next_free; /* in a handle pool's free list */
+                struct loop__handle_pool *pool; /* a pooled handle the loop let go of while a user held it */
         };
 };
 
 #include "ready_queue.h"
+#include "timer_heap.h"       /* after struct loop_handle: its inline push fills one in */
 
 struct loop__impl {
         /*
@@ -90,9 +92,8 @@ struct loop {
         struct ready_queue ready;
         struct timer_heap timers;
 
-        /* Handles the loop finished with, kept for reuse: scheduling a timer costs no malloc. */
-        loop_handle_t *handle_cache;
-        unsigned n_cached;
+        /* Where handles come from: scheduling a timer costs no malloc. */
+        struct loop__handle_pool *pool;
 
         /* call_soon_threadsafe: producers append under the lock, the loop swaps the buffers. */
         pthread_mutex_t ts_lock;
@@ -174,7 +175,8 @@ int loop__seconds_to_ns(double seconds, int64_t *ret);
 loop_handle_t *loop__handle_new(loop_t *loop, int kind);
 int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, void (*discard)(void *userdata));
 void loop__handle_drop(loop_t *loop, loop_handle_t *h);
-void loop__handle_cache_free(loop_t *loop);
+int loop__handle_pool_new(loop_t *loop);
+void loop__handle_pool_release(loop_t *loop);
 int loop__run_ready(loop_t *loop);
 void loop__expire_timers(loop_t *loop, int64_t now);
 const struct timer_slot *loop__first_timer(loop_t *loop);

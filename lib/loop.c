@@ -44,7 +44,13 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
                 .wake_write_fd = -1,
         };
         loop__timer_heap_init(&loop->timers);
-        return loop__threadsafe_init(loop);
+        int r = loop__handle_pool_new(loop);
+        if (r < 0)
+                return r;
+        r = loop__threadsafe_init(loop);
+        if (r < 0)
+                loop__handle_pool_release(loop);
+        return r;
 }
 
 LOOP_EXPORT int loop_new(loop_t **ret) {
@@ -69,7 +75,7 @@ LOOP_EXPORT loop_t *loop_ref(loop_t *loop) {
 static void loop_free(loop_t *loop) {
         loop_close(loop);
         loop__threadsafe_free(loop);
-        loop__handle_cache_free(loop);
+        loop__handle_pool_release(loop);
         free(loop);
 }
 

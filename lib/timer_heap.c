@@ -6,42 +6,19 @@
 #include "internal.h"
 #include "timer_heap.h"
 
-/*
- * Four children per node: half the depth of a binary heap. The root sits at
- * index HEAP0 = 3 and the array is 64-byte aligned, so the four 16-byte
- * children of any node fill exactly one cache line (libev's trick): one
- * miss per level while sifting down instead of two.
- */
-#define ARITY 4
-#define HEAP0 3u
+#define ARITY TIMER_HEAP_ARITY
+#define HEAP0 TIMER_HEAP0
 #define CACHELINE 64
 /* Purge cancelled timers once they are more than half the heap and at
  * least this many (asyncio: 100 and half). */
 #define PURGE_MIN 64u
 
-static inline uint32_t parent_of(uint32_t i) {
-        return i / ARITY + (HEAP0 - 1);
-}
+#define parent_of timer_heap_parent
+#define slot_before timer_slot_before
+#define sift_up timer_heap_sift_up
 
 static inline uint32_t first_child(uint32_t i) {
         return ARITY * (i - HEAP0) + HEAP0 + 1;
-}
-
-static inline bool slot_before(const struct timer_slot *a, const struct timer_slot *b) {
-        if (a->when != b->when)
-                return a->when < b->when;
-        return a->seq < b->seq;
-}
-
-static void sift_up(struct timer_heap *heap, uint32_t i, struct timer_slot s) {
-        while (i > HEAP0) {
-                uint32_t p = parent_of(i);
-                if (!slot_before(&s, &heap->slots[p]))
-                        break;
-                heap->slots[i] = heap->slots[p];
-                i = p;
-        }
-        heap->slots[i] = s;
 }
 
 static void sift_down(struct timer_heap *heap, uint32_t i, struct timer_slot s) {

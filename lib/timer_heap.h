@@ -50,6 +50,36 @@ struct timer_heap {
         uint32_t first_free_word;       /* no free id in the words before it */
 };
 
+/*
+ * Four children per node: half the depth of a binary heap. The root sits at
+ * index HEAP0 = 3 and the array is 64-byte aligned, so the four 16-byte
+ * children of any node fill exactly one cache line (libev's trick): one
+ * miss per level while sifting down instead of two.
+ */
+#define TIMER_HEAP_ARITY 4
+#define TIMER_HEAP0 3u
+
+static inline uint32_t timer_heap_parent(uint32_t i) {
+        return i / TIMER_HEAP_ARITY + (TIMER_HEAP0 - 1);
+}
+
+static inline bool timer_slot_before(const struct timer_slot *a, const struct timer_slot *b) {
+        if (a->when != b->when)
+                return a->when < b->when;
+        return a->seq < b->seq;
+}
+
+static inline void timer_heap_sift_up(struct timer_heap *heap, uint32_t i, struct timer_slot s) {
+        while (i > TIMER_HEAP0) {
+                uint32_t p = timer_heap_parent(i);
+                if (!timer_slot_before(&s, &heap->slots[p]))
+                        break;
+                heap->slots[i] = heap->slots[p];
+                i = p;
+        }
+        heap->slots[i] = s;
+}
+
 /* The loop's handle drop, called for each cancelled timer a purge removes. */
 typedef void (*timer_heap_drop_t)(void *ctx, loop_handle_t *h);
 
@@ -60,6 +90,26 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap);
  * called for every cancelled timer removed, this one included). */
 void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_heap_drop_t drop, void *ctx);
 void loop__timer_heap_free(struct timer_heap *heap);
+
+/*
+ * Scheduling inline: room in the arrays, a free id in the first word that
+ * may have one, sequence numbers left. Everything else (growing,
+ * renumbering) goes through loop__timer_heap_push().
+ */
+static inline int timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
+        uint32_t w = heap->first_free_word;
+
+        if (unlikely(heap->n == heap->cap || heap->next_seq >= heap->seq_limit || w >= heap->ids_cap / 64 ||
+                     heap->used[w] == UINT64_MAX))
+                return loop__timer_heap_push(heap, h, when);
+        uint32_t bit = (uint32_t) __builtin_ctzll(~heap->used[w]);
+        uint32_t id = w * 64 + bit;
+        heap->used[w] |= UINT64_C(1) << bit;
+        heap->by_id[id] = h;
+        h->timer_id = id;
+        timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++, (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = id });
+        return 0;
+}
 
 static inline const struct timer_slot *timer_heap_top(const struct timer_heap *heap) {
         return heap->n ? &heap->slots[3] : NULL;      /* HEAP0, see timer_heap.c */
