@@ -18,6 +18,9 @@
  *   pingpong  one loop per thread, loop_call_soon_threadsafe each way.
  *   echo      loop_add_reader on both sockets, one loop, one thread;
  *             -S NAME picks the selector (loop_selector_new(NAME)).
+ *             -q: futures instead: loop_sock_recv_into on both sockets and
+ *             loop_sock_sendall, each done callback starting the next
+ *             operation; with -S io_uring on loop_proactor_loop_new().
  *
  * Loops come from loop_new() (the default selector) unless -S is given.
  */
@@ -43,6 +46,12 @@ static loop_t *new_loop(void)
         static int noted;
         loop_t *l;
 
+        if (opts.selector && !strcmp(opts.selector, "io_uring")) {
+                LOOP_CHECK(loop_proactor_loop_new(&l));
+                if (!noted++)
+                        bench_info("libloop, io_uring proactor");
+                return l;
+        }
         if (opts.selector) {
                 loop_selector_t *sel;
 
@@ -411,16 +420,128 @@ static void ll_echo_teardown(struct echo *e)
         loop_remove_reader(loop, e->cfd);
 }
 
+/* The same exchange with futures (-q): the server echoes what one
+ * loop_sock_recv_into brought with loop_sock_sendall; the client counts a
+ * round trip once its receives add up to the message, then sends the
+ * next with loop_sock_sendall. Done callbacks start the next receive, so
+ * one is always pending on each socket. (The first message of a run is
+ * echo_start's plain write, as in the reader variant.) */
+static int fut_server_recv_done(loop_future_t *f, void *userdata);
+static int fut_client_recv_done(loop_future_t *f, void *userdata);
+static int fut_send_done(loop_future_t *f, void *userdata);
+static char fut_sbuf[ECHO_BUF], fut_cbuf[ECHO_BUF];
+
+static void fut_start(int fd, char *buf, loop_future_callback_t cb)
+{
+        loop_future_t *f;
+
+        LOOP_CHECK(loop_sock_recv_into(loop, fd, buf, ECHO_BUF, &f));
+        LOOP_CHECK(loop_future_add_done_callback(f, cb, NULL));
+        loop_future_unref(f);
+}
+
+static const struct loop_sock_result *fut_result(loop_future_t *f)
+{
+        void *res;
+        int r = loop_future_result(f, &res);
+
+        if (r < 0)
+                bench_die("echo future: %s", loop_strerror(r));
+        if (((const struct loop_sock_result *)res)->nbytes == 0)
+                bench_die("echo future: EOF");
+        return res;
+}
+
+static int fut_send_done(loop_future_t *f, void *userdata)
+{
+        void *res;
+        int r = loop_future_result(f, &res);
+
+        (void)userdata;
+        if (r < 0)
+                bench_die("echo sendall: %s", loop_strerror(r));
+        return 0;
+}
+
+static void fut_send(int fd, const void *p, size_t len)
+{
+        loop_future_t *f;
+
+        LOOP_CHECK(loop_sock_sendall(loop, fd, p, len, &f));
+        if (loop_future_done(f))
+                fut_send_done(f, NULL);
+        else
+                LOOP_CHECK(loop_future_add_done_callback(f, fut_send_done, NULL));
+        loop_future_unref(f);
+}
+
+static int fut_server_recv_done(loop_future_t *f, void *userdata)
+{
+        const struct loop_sock_result *res = fut_result(f);
+
+        (void)userdata;
+        fut_send(echo.sfd, res->data, res->nbytes);
+        fut_start(echo.sfd, fut_sbuf, fut_server_recv_done);
+        return 0;
+}
+
+static int fut_client_recv_done(loop_future_t *f, void *userdata)
+{
+        const struct loop_sock_result *res = fut_result(f);
+
+        (void)userdata;
+        echo.got += res->nbytes;
+        fut_start(echo.cfd, fut_cbuf, fut_client_recv_done);
+        if (echo.got < echo.size)
+                return 0;
+        if (echo.got > echo.size)
+                bench_die("echo: got %zu bytes back for a %zu-byte message",
+                          echo.got, echo.size);
+        echo.got = 0;
+        if (++echo.trips == echo.target)
+                return loop_stop(loop);
+        fut_send(echo.cfd, echo.msg, echo.size);
+        return 0;
+}
+
+static void ll_echo_fut_setup(struct echo *e)
+{
+        fut_start(e->sfd, fut_sbuf, fut_server_recv_done);
+        fut_start(e->cfd, fut_cbuf, fut_client_recv_done);
+}
+
+static void ll_echo_fut_teardown(struct echo *e)
+{
+        /* The pending receives are cancelled by loop_close(). */
+        (void)e;
+}
+
 static void bench_echo(void)
 {
         static const struct echo_ops ops = {
                 .setup = ll_echo_setup, .run = ll_echo_run,
                 .teardown = ll_echo_teardown,
         };
+        static const struct echo_ops fut_ops = {
+                .setup = ll_echo_fut_setup, .run = ll_echo_run,
+                .teardown = ll_echo_fut_teardown,
+        };
 
         loop = new_loop();
-        echo_bench(&opts, &ops, &echo);
+        if (opts.variant)
+                bench_note("futures: loop_sock_recv_into + loop_sock_sendall, done callbacks re-arm");
+        echo_bench(&opts, opts.variant ? &fut_ops : &ops, &echo);
         free_loop(loop);
+}
+
+/* "bench_libloop proactor" exits 0 when loop_proactor_loop_new() works here. */
+static void probe_proactor(void)
+{
+        loop_t *l;
+
+        if (loop_proactor_loop_new(&l) < 0)
+                exit(1);
+        free_loop(l);
 }
 
 /* "bench_libloop selectors" prints the compiled-in selector names. */
@@ -440,6 +561,7 @@ int main(int argc, char **argv)
                 { "pingpong", bench_pingpong },
                 { "echo", bench_echo },
                 { "selectors", list_selectors },
+                { "proactor", probe_proactor },
         };
 
         return bench_main(argc, argv, &opts, workloads, sizeof(workloads) / sizeof(workloads[0]));

@@ -46,6 +46,12 @@ const char *const *loop_selector_names(void);
 /* Loops */
 int loop_new(loop_t **ret);
 int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret);
+/*
+ * asyncio's ProactorEventLoop: a loop on a completion backend (io_uring).
+ * -EOPNOTSUPP when none is compiled in, or the kernel's error when it
+ * refuses (-ENOSYS, -EPERM: see loop_proactor_loop_new(3)).
+ */
+int loop_proactor_loop_new(loop_t **ret);
 loop_t *loop_ref(loop_t *loop);
 loop_t *loop_unref(loop_t *loop);
 loop_selector_t *loop_get_selector(loop_t *loop);

@@ -41,8 +41,10 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
         }
 
         int64_t now = loop__now();
-        fprintf(f, "loop %p selector=%s running=%u stopping=%d debug=%d ready=%zu timers=%u\n",
+        const char *proactor = loop__proactor_name(loop);
+        fprintf(f, "loop %p selector=%s%s%s running=%u stopping=%d debug=%d ready=%zu timers=%u\n",
                 (void *) loop, loop_selector_name(loop_get_selector(loop)) ?: "none",
+                proactor ? " proactor=" : "", proactor ?: "",
                 __atomic_load_n(&loop->running, __ATOMIC_RELAXED), loop->stopping, loop->debug,
                 loop->ready.count, timer_heap_live(&loop->timers));
 

@@ -55,6 +55,8 @@ struct loop_handle {
 #include "ready_queue.h"
 #include "timer_heap.h"       /* after struct loop_handle: its inline push fills one in */
 
+struct loop__sock_call;
+
 struct loop__impl {
         /*
          * Wait for I/O for at most timeout_ns (< 0: no limit, 0: do not
@@ -83,6 +85,52 @@ struct loop__impl {
          * must leave kernel state shared with the parent alone.
          */
         void (*close)(loop_t *loop);
+
+        /*
+         * loop_add_reader/loop_add_writer (event is LOOP_EVENT_READ or
+         * LOOP_EVENT_WRITE from selector.h): register cb for fd, replacing
+         * (and cancelling) a callback already registered for that fd and
+         * direction. The loop was checked with loop__usable() and cb is not
+         * NULL. A bad descriptor is the caller's error (-EBADF). The
+         * callback is a HANDLE_IO handle queued with ready_push() each
+         * iteration the descriptor is ready (level-triggered).
+         */
+        int (*add_io)(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata);
+
+        /* loop_remove_reader/loop_remove_writer: 1 if a callback was
+         * removed, 0 if there was none, or a negative errno. */
+        int (*remove_io)(loop_t *loop, int fd, uint32_t event);
+
+        /*
+         * Socket operations (sock.c) done natively by the loop kind, or
+         * NULL: sock.c then builds them on readers and writers. Called after
+         * sock.c checked the loop, the arguments and that fd is a
+         * non-blocking socket; same contract as the public calls (0 and a
+         * future in *ret, or a negative errno before any I/O). May return
+         * -EOPNOTSUPP for a kind it does not do: sock.c then does it.
+         */
+        int (*sock_call)(loop_t *loop, const struct loop__sock_call *call, loop_future_t **ret);
+};
+
+/* One socket operation as sock.c hands it to a loop kind (sock_call). */
+enum {
+        LOOP__SOCK_RECV,
+        LOOP__SOCK_RECV_INTO,
+        LOOP__SOCK_RECVFROM,
+        LOOP__SOCK_ACCEPT,
+        LOOP__SOCK_SENDALL,
+        LOOP__SOCK_SENDTO,
+        LOOP__SOCK_CONNECT,
+};
+
+struct loop__sock_call {
+        int kind;                       /* LOOP__SOCK_* */
+        int fd;
+        void *buf;                      /* recv_into: the caller's buffer */
+        const void *data;               /* sendall, sendto: the caller's bytes, valid during the call only */
+        size_t size;                    /* bytes wanted, or to send */
+        const struct sockaddr *addr;    /* sendto (may be NULL), connect */
+        socklen_t addrlen;
 };
 
 struct loop {
@@ -220,3 +268,13 @@ void loop__threadsafe_free(loop_t *loop);
 
 /* selector_loop.c */
 extern const struct loop__impl loop__selector_impl;
+
+/* proactor_loop.c: a proactor loop on the backend LIBLOOP_PROACTOR names
+ * (loop_new), -ENOENT for a name that is not compiled in. */
+int loop__proactor_loop_new_named(const char *name, loop_t **ret);
+/* The completion backend's name for a proactor loop, NULL for others (loop_dump). */
+const char *loop__proactor_name(loop_t *loop);
+
+/* sock.c: the results a future of a socket operation owns. */
+void loop__sock_result_free(void *result);
+void loop__sock_result_free_data(void *result);

@@ -55,9 +55,14 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
 
 LOOP_EXPORT int loop_new(loop_t **ret) {
         loop_selector_t *sel = NULL;
+        const char *proactor;
         int r;
 
         return_if_fail(ret, -EINVAL);
+        /* LIBLOOP_PROACTOR=io_uring: asyncio's ProactorEventLoop as the default. */
+        proactor = loop__getenv("LIBLOOP_PROACTOR");
+        if (proactor && *proactor)
+                return loop__proactor_loop_new_named(proactor, ret);
         r = loop_selector_new(NULL, &sel);
         if (r < 0)
                 return r;
@@ -110,6 +115,42 @@ LOOP_EXPORT int loop_close(loop_t *loop) {
         loop__discard_scheduled(loop);
         loop->impl->close(loop);
         return 0;
+}
+
+/* Readers and writers belong to the loop kind: both the selector loop and
+ * the proactor loop serve them. */
+LOOP_EXPORT int loop_add_reader(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return_if_fail(cb, -EINVAL);
+        return loop->impl->add_io(loop, fd, LOOP_EVENT_READ, cb, userdata);
+}
+
+LOOP_EXPORT int loop_add_writer(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return_if_fail(cb, -EINVAL);
+        return loop->impl->add_io(loop, fd, LOOP_EVENT_WRITE, cb, userdata);
+}
+
+LOOP_EXPORT int loop_remove_reader(loop_t *loop, int fd) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return loop->impl->remove_io(loop, fd, LOOP_EVENT_READ);
+}
+
+LOOP_EXPORT int loop_remove_writer(loop_t *loop, int fd) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return loop->impl->remove_io(loop, fd, LOOP_EVENT_WRITE);
 }
 
 LOOP_EXPORT int loop_is_closed(const loop_t *loop) {

@@ -222,6 +222,9 @@ static int selector_fileno(loop_t *loop) {
         return sl->sel->ops->fileno(sl->sel->state);
 }
 
+static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata);
+static int remove_io(loop_t *loop, int fd, uint32_t event);
+
 const struct loop__impl loop__selector_impl = {
         .poll = selector_poll,
         .count_fds = selector_count_fds,
@@ -229,6 +232,8 @@ const struct loop__impl loop__selector_impl = {
         .prepare = selector_prepare,
         .fileno = selector_fileno,
         .close = selector_close,
+        .add_io = add_io,
+        .remove_io = remove_io,
 };
 
 LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
@@ -272,12 +277,8 @@ LOOP_EXPORT loop_selector_t *loop_get_selector(loop_t *loop) {
 
 static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata) {
         struct selector_loop *sl = selector_loop(loop);
-        int r = loop__usable(loop);
+        int r;
 
-        if (r < 0)
-                return r;
-        return_if_fail(cb, -EINVAL);
-        return_if_fail(loop->impl == &loop__selector_impl, -EOPNOTSUPP);
         if (fd < 0)
                 return -EBADF;
         const struct loop_selector_ops *ops = sl->sel->ops;
@@ -325,11 +326,8 @@ static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, v
 
 static int remove_io(loop_t *loop, int fd, uint32_t event) {
         struct selector_loop *sl = selector_loop(loop);
-        int r = loop__usable(loop);
+        int r;
 
-        if (r < 0)
-                return r;
-        return_if_fail(loop->impl == &loop__selector_impl, -EOPNOTSUPP);
         if (fd < 0)
                 return -EBADF;
         if ((size_t) fd >= sl->n_fds)
@@ -354,20 +352,4 @@ static int remove_io(loop_t *loop, int fd, uint32_t event) {
                         fi->registered = w;
         }
         return 1;
-}
-
-LOOP_EXPORT int loop_add_reader(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata) {
-        return add_io(loop, fd, LOOP_EVENT_READ, cb, userdata);
-}
-
-LOOP_EXPORT int loop_add_writer(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata) {
-        return add_io(loop, fd, LOOP_EVENT_WRITE, cb, userdata);
-}
-
-LOOP_EXPORT int loop_remove_reader(loop_t *loop, int fd) {
-        return remove_io(loop, fd, LOOP_EVENT_READ);
-}
-
-LOOP_EXPORT int loop_remove_writer(loop_t *loop, int fd) {
-        return remove_io(loop, fd, LOOP_EVENT_WRITE);
 }

@@ -5,6 +5,11 @@
  * sock_recvfrom), built on readers and writers the way
  * BaseSelectorEventLoop builds them.
  *
+ * A loop kind that does them natively (the proactor loop, with io_uring's
+ * RECV, SEND, ACCEPT...) takes each call through loop->impl->sock_call
+ * once the arguments and the socket are checked here: see start() and
+ * proactor_loop.c. Everything below start() is the selector loop's way.
+ *
  * Each call first tries the system call at once, as asyncio does: data that
  * is already there, a connection already queued or room in the send buffer
  * completes the future before the call returns (its done callbacks still
@@ -72,13 +77,13 @@
 #endif
 
 enum {
-        OP_RECV,
-        OP_RECV_INTO,
-        OP_RECVFROM,
-        OP_ACCEPT,
-        OP_SENDALL,
-        OP_SENDTO,
-        OP_CONNECT,
+        OP_RECV = LOOP__SOCK_RECV,
+        OP_RECV_INTO = LOOP__SOCK_RECV_INTO,
+        OP_RECVFROM = LOOP__SOCK_RECVFROM,
+        OP_ACCEPT = LOOP__SOCK_ACCEPT,
+        OP_SENDALL = LOOP__SOCK_SENDALL,
+        OP_SENDTO = LOOP__SOCK_SENDTO,
+        OP_CONNECT = LOOP__SOCK_CONNECT,
 };
 
 struct loop__sockets;
@@ -148,12 +153,12 @@ static struct sock_op **slot_of(struct sock_op *op) {
 
 /* ---- results --------------------------------------------------------- */
 
-static void result_free(void *p) {
+void loop__sock_result_free(void *p) {
         free(p);
 }
 
 /* recv and recvfrom: the bytes belong to the future too. */
-static void result_free_data(void *p) {
+void loop__sock_result_free_data(void *p) {
         struct loop_sock_result *res = p;
 
         free(res->data);
@@ -359,7 +364,7 @@ static void op_finish(struct sock_op *op, int r) {
         /* Before anything can complete f: cancel must not come back here. */
         loop__future_on_cancel(f, NULL, NULL);
         if (r > 0) {
-                if (loop_future_set_result(f, op->res, owns_data(op) ? result_free_data : result_free) >= 0)
+                if (loop_future_set_result(f, op->res, owns_data(op) ? loop__sock_result_free_data : loop__sock_result_free) >= 0)
                         op->res = NULL;
         } else if (loop_future_set_error(f, r) < 0)
                 /* -ECANCELED from a system call: the future must not stay pending. */
@@ -450,9 +455,6 @@ static int submit(loop_t *loop, struct sock_op *op, loop_future_t **ret) {
         struct loop__sockets *t;
         int r;
 
-        r = check_socket(op->fd);
-        if (r < 0)
-                goto fail;
         r = table_get(loop, op->fd, &t);
         if (r < 0)
                 goto fail;
@@ -519,6 +521,53 @@ static struct sock_op *op_new(int kind, int fd) {
         return op;
 }
 
+/*
+ * Every public call ends here once its arguments are checked: the socket is
+ * checked, then a loop kind that does socket operations natively (the
+ * proactor loop) takes the call; otherwise it is built on readers and
+ * writers below.
+ */
+static int start(loop_t *loop, const struct loop__sock_call *call, loop_future_t **ret) {
+        struct sock_op *op;
+        int r;
+
+        r = check_socket(call->fd);
+        if (r < 0)
+                return r;
+        if (loop->impl->sock_call) {
+                r = loop->impl->sock_call(loop, call, ret);
+                if (r != -EOPNOTSUPP)
+                        return r;
+        }
+        op = op_new(call->kind, call->fd);
+        if (!op)
+                return -ENOMEM;
+        op->size = call->size;
+        switch (call->kind) {
+        case OP_RECV_INTO:
+                op->buf = call->buf;
+                break;
+        case OP_SENDALL:
+        case OP_SENDTO:
+                /* A copy: the caller's buffer is only read during the
+                 * call, so it may be a stack array or freed at once. */
+                if (call->size > 0) {
+                        op->buf = malloc(call->size);
+                        if (!op->buf) {
+                                free(op);
+                                return -ENOMEM;
+                        }
+                        memcpy(op->buf, call->data, call->size);
+                }
+                break;
+        }
+        if (call->addr) {
+                memcpy(&op->addr, call->addr, call->addrlen);
+                op->addrlen = call->addrlen;
+        }
+        return submit(loop, op, ret);
+}
+
 /* The checks before any allocation. */
 static int check_call(loop_t *loop, loop_future_t **ret) {
         int r = loop__usable(loop);
@@ -536,11 +585,7 @@ static int recv_common(loop_t *loop, int kind, int fd, size_t nbytes, loop_futur
 
         if (r < 0)
                 return r;
-        struct sock_op *op = op_new(kind, fd);
-        if (!op)
-                return -ENOMEM;
-        op->size = nbytes;
-        return submit(loop, op, ret);
+        return start(loop, &(struct loop__sock_call) { .kind = kind, .fd = fd, .size = nbytes }, ret);
 }
 
 LOOP_EXPORT int loop_sock_recv(loop_t *loop, int fd, size_t nbytes, loop_future_t **ret) {
@@ -557,12 +602,8 @@ LOOP_EXPORT int loop_sock_recv_into(loop_t *loop, int fd, void *buf, size_t nbyt
         if (r < 0)
                 return r;
         return_if_fail(buf || nbytes == 0, -EINVAL);
-        struct sock_op *op = op_new(OP_RECV_INTO, fd);
-        if (!op)
-                return -ENOMEM;
-        op->buf = buf;
-        op->size = nbytes;
-        return submit(loop, op, ret);
+        return start(loop, &(struct loop__sock_call) { .kind = OP_RECV_INTO, .fd = fd, .buf = buf, .size = nbytes },
+                     ret);
 }
 
 LOOP_EXPORT int loop_sock_accept(loop_t *loop, int fd, loop_future_t **ret) {
@@ -570,48 +611,21 @@ LOOP_EXPORT int loop_sock_accept(loop_t *loop, int fd, loop_future_t **ret) {
 
         if (r < 0)
                 return r;
-        struct sock_op *op = op_new(OP_ACCEPT, fd);
-        if (!op)
-                return -ENOMEM;
-        return submit(loop, op, ret);
-}
-
-/* sendall and sendto keep a copy of the bytes: the caller's buffer is only
- * read during the call, so it may be a stack array or freed at once. */
-static int send_op_new(int kind, int fd, const void *data, size_t size, struct sock_op **ret) {
-        struct sock_op *op = op_new(kind, fd);
-
-        if (!op)
-                return -ENOMEM;
-        if (size > 0) {
-                op->buf = malloc(size);
-                if (!op->buf) {
-                        free(op);
-                        return -ENOMEM;
-                }
-                memcpy(op->buf, data, size);
-        }
-        op->size = size;
-        *ret = op;
-        return 0;
+        return start(loop, &(struct loop__sock_call) { .kind = OP_ACCEPT, .fd = fd }, ret);
 }
 
 LOOP_EXPORT int loop_sock_sendall(loop_t *loop, int fd, const void *data, size_t size, loop_future_t **ret) {
-        struct sock_op *op;
         int r = check_call(loop, ret);
 
         if (r < 0)
                 return r;
         return_if_fail(data || size == 0, -EINVAL);
-        r = send_op_new(OP_SENDALL, fd, data, size, &op);
-        if (r < 0)
-                return r;
-        return submit(loop, op, ret);
+        return start(loop, &(struct loop__sock_call) { .kind = OP_SENDALL, .fd = fd, .data = data, .size = size },
+                     ret);
 }
 
 LOOP_EXPORT int loop_sock_sendto(loop_t *loop, int fd, const void *data, size_t size, const struct sockaddr *addr,
                                  socklen_t addrlen, loop_future_t **ret) {
-        struct sock_op *op;
         int r = check_call(loop, ret);
 
         if (r < 0)
@@ -620,13 +634,10 @@ LOOP_EXPORT int loop_sock_sendto(loop_t *loop, int fd, const void *data, size_t 
         /* No address is fine on a connected socket; a length without one is not. */
         return_if_fail(addr ? addrlen > 0 : addrlen == 0, -EINVAL);
         return_if_fail(addrlen <= sizeof(struct sockaddr_storage), -EINVAL);
-        r = send_op_new(OP_SENDTO, fd, data, size, &op);
-        if (r < 0)
-                return r;
-        if (addr)
-                memcpy(&op->addr, addr, addrlen);
-        op->addrlen = addrlen;
-        return submit(loop, op, ret);
+        return start(loop,
+                     &(struct loop__sock_call) { .kind = OP_SENDTO, .fd = fd, .data = data, .size = size,
+                                                 .addr = addr, .addrlen = addrlen },
+                     ret);
 }
 
 LOOP_EXPORT int loop_sock_connect(loop_t *loop, int fd, const struct sockaddr *addr, socklen_t addrlen,
@@ -637,10 +648,6 @@ LOOP_EXPORT int loop_sock_connect(loop_t *loop, int fd, const struct sockaddr *a
                 return r;
         return_if_fail(addr && addrlen > 0, -EINVAL);
         return_if_fail(addrlen <= sizeof(struct sockaddr_storage), -EINVAL);
-        struct sock_op *op = op_new(OP_CONNECT, fd);
-        if (!op)
-                return -ENOMEM;
-        memcpy(&op->addr, addr, addrlen);
-        op->addrlen = addrlen;
-        return submit(loop, op, ret);
+        return start(loop, &(struct loop__sock_call) { .kind = OP_CONNECT, .fd = fd, .addr = addr, .addrlen = addrlen },
+                     ret);
 }

@@ -838,9 +838,15 @@ START_TEST(test_selector_default_and_environment) {
         const char *const *names = loop_selector_names();
         const char *env = getenv("LIBLOOP_SELECTOR");
         char *saved = env ? strdup(env) : NULL;
+        const char *penv = getenv("LIBLOOP_PROACTOR");
+        char *psaved = penv ? strdup(penv) : NULL;
         loop_selector_t *sel = NULL;
         loop_t *loop = NULL;
         int i, r1, r2;
+
+        /* About LIBLOOP_SELECTOR: the io_uring pass's LIBLOOP_PROACTOR,
+         * which loop_new() honours first, is out of the way meanwhile. */
+        ck_assert_int_eq(unsetenv("LIBLOOP_PROACTOR"), 0);
 
         ck_assert_int_eq(loop_selector_new(NULL, &sel), 0);
         ck_assert_str_eq(loop_selector_name(sel), env && *env ? env : names[0]);
@@ -866,6 +872,7 @@ START_TEST(test_selector_default_and_environment) {
         r1 = loop_selector_new(NULL, &sel);
         r2 = loop_new(&loop);
         restore_env("LIBLOOP_SELECTOR", saved);
+        restore_env("LIBLOOP_PROACTOR", psaved);
         ck_assert_int_eq(r1, -ENOENT);
         ck_assert_int_eq(r2, -ENOENT);
         /* A name given explicitly is not overridden by the environment. */

@@ -54,6 +54,12 @@ START_TEST(test_selector_matches_environment) {
 
         ck_assert_ptr_ne(names, NULL);
         ck_assert_ptr_ne(names[0], NULL);
+        if (tu_is_proactor(loop)) {
+                /* LIBLOOP_PROACTOR wins over LIBLOOP_SELECTOR in loop_new(). */
+                ck_assert_ptr_eq(loop_get_selector(loop), NULL);
+                loop_unref(loop);
+                return;
+        }
         if (env && *env)
                 ck_assert_str_eq(tu_selector_name(loop), env);
         else

@@ -880,6 +880,15 @@ START_TEST(test_cancel_queued) {
          * cancels: an iteration first polls (queueing the reader after what
          * was ready), then runs the queue in order. The reader must not run.
          */
+        if (tu_is_proactor(loop)) {
+                /* Selector-specific: on a proactor loop the receive is done
+                 * by the kernel while the loop polls, before the queued
+                 * cancel runs, so the future completes with the data.
+                 * check_proactor's test_cancel_then_data covers the
+                 * proactor's side of this race. */
+                loop_unref(loop);
+                return;
+        }
         tu_socketpair(sv);
         ck_assert_int_eq(loop_sock_recv(loop, sv[0], 16, &f), 0);
         ck_assert_int_eq(write(sv[1], "queued", 6), 6);
