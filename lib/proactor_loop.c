@@ -76,6 +76,10 @@
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0
 #endif
+/* Every transfer is non-blocking by itself, whatever the socket's O_NONBLOCK
+ * says: a blocking socket cannot stall the loop. */
+#define RECV_FLAGS MSG_DONTWAIT
+#define SEND_FLAGS (MSG_NOSIGNAL | MSG_DONTWAIT)
 
 /* The compiled-in completion backends, best first: the only list of them. */
 static const struct loop_proactor_ops *const proactors[] = {
@@ -885,7 +889,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                                 return -ENOMEM;
                 }
                 do
-                        n = recv(fd, op->buf, op->size, 0);
+                        n = recv(fd, op->buf, op->size, RECV_FLAGS);
                 while (n < 0 && errno == EINTR);
                 if (n < 0)
                         return would_block(errno) ? 0 : -errno;
@@ -901,7 +905,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                         return -ENOMEM;
                 do {
                         op->res->addrlen = sizeof(op->res->addr);
-                        n = recvfrom(fd, op->buf, op->size, 0, (struct sockaddr *) &op->res->addr,
+                        n = recvfrom(fd, op->buf, op->size, RECV_FLAGS, (struct sockaddr *) &op->res->addr,
                                      &op->res->addrlen);
                 } while (n < 0 && errno == EINTR);
                 if (n < 0) {
@@ -931,7 +935,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                 n = 0;
                 if (call->size > 0) {
                         do
-                                n = send(fd, call->data, call->size, MSG_NOSIGNAL);
+                                n = send(fd, call->data, call->size, SEND_FLAGS);
                         while (n < 0 && errno == EINTR);
                         if (n < 0 && !would_block(errno))
                                 return -errno;
@@ -952,7 +956,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                 return 0;
         case LOOP__SOCK_SENDTO:
                 do
-                        n = sendto(fd, call->data, call->size, MSG_NOSIGNAL, call->addr, call->addrlen);
+                        n = sendto(fd, call->data, call->size, SEND_FLAGS, call->addr, call->addrlen);
                 while (n < 0 && errno == EINTR);
                 if (n >= 0) {
                         op->res->nbytes = (size_t) n;
@@ -1027,6 +1031,12 @@ static int proactor_sock_call(loop_t *loop, const struct loop__sock_call *call, 
 
         /* From the first system call on, every outcome goes through the future. */
         r = try_now(op, call);
+        if (r == -ENOTSOCK || r == -EBADF) {
+                /* Nothing happened: the caller's error (as in sock.c). */
+                loop_future_unref(op->future);
+                op->future = NULL;
+                goto fail;
+        }
         if (r == 0)
                 r = pop_queue(op);
         if (r != 0) {

@@ -75,6 +75,10 @@
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0
 #endif
+/* Every transfer is non-blocking by itself, whatever the socket's O_NONBLOCK
+ * says: a blocking socket cannot stall the loop. */
+#define RECV_FLAGS MSG_DONTWAIT
+#define SEND_FLAGS (MSG_NOSIGNAL | MSG_DONTWAIT)
 
 enum {
         OP_RECV = LOOP__SOCK_RECV,
@@ -184,9 +188,9 @@ static int try_recv(struct sock_op *op, bool from) {
         do {
                 if (from) {
                         res->addrlen = sizeof(res->addr);
-                        n = recvfrom(op->fd, buf, op->size, 0, (struct sockaddr *) &res->addr, &res->addrlen);
+                        n = recvfrom(op->fd, buf, op->size, RECV_FLAGS, (struct sockaddr *) &res->addr, &res->addrlen);
                 } else
-                        n = recv(op->fd, buf, op->size, 0);
+                        n = recv(op->fd, buf, op->size, RECV_FLAGS);
         } while (n < 0 && errno == EINTR);
         if (n < 0) {
                 int r = would_block(errno) ? 0 : -errno;
@@ -209,7 +213,7 @@ static int try_recv_into(struct sock_op *op) {
         ssize_t n;
 
         do
-                n = recv(op->fd, op->buf, op->size, 0);
+                n = recv(op->fd, op->buf, op->size, RECV_FLAGS);
         while (n < 0 && errno == EINTR);
         if (n < 0)
                 return would_block(errno) ? 0 : -errno;
@@ -256,7 +260,7 @@ static int try_sendall(struct sock_op *op) {
 
         if (op->sent < op->size) {
                 do
-                        n = send(op->fd, (const char *) op->buf + op->sent, op->size - op->sent, MSG_NOSIGNAL);
+                        n = send(op->fd, (const char *) op->buf + op->sent, op->size - op->sent, SEND_FLAGS);
                 while (n < 0 && errno == EINTR);
                 if (n < 0)
                         return would_block(errno) ? 0 : -errno;
@@ -273,7 +277,7 @@ static int try_sendto(struct sock_op *op) {
         ssize_t n;
 
         do
-                n = sendto(op->fd, op->buf, op->size, MSG_NOSIGNAL, to, op->addrlen);
+                n = sendto(op->fd, op->buf, op->size, SEND_FLAGS, to, op->addrlen);
         while (n < 0 && errno == EINTR);
         if (n < 0)
                 return would_block(errno) ? 0 : -errno;
@@ -487,6 +491,13 @@ static int submit(loop_t *loop, struct sock_op *op, loop_future_t **ret) {
                         r = -errno;
         } else
                 r = attempt(op);
+        if (r == -ENOTSOCK || r == -EBADF) {
+                /* Not a socket, not open: nothing happened, so it is the
+                 * caller's error, not the operation's outcome. */
+                loop_future_unref(op->future);
+                op->future = NULL;
+                goto fail;
+        }
         if (r == 0) {
                 r = op->writing ? loop_add_writer(loop, op->fd, on_ready, op)
                                 : loop_add_reader(loop, op->fd, on_ready, op);
@@ -531,7 +542,14 @@ static int start(loop_t *loop, const struct loop__sock_call *call, loop_future_t
         struct sock_op *op;
         int r;
 
-        r = check_socket(call->fd);
+        /* A transfer finds out for itself (ENOTSOCK, EBADF from its first
+         * try, before any future); accept and connect are checked first:
+         * on a blocking socket their first try would block. So would a
+         * sendall of nothing, which makes no system call at all. */
+        if (call->kind == OP_ACCEPT || call->kind == OP_CONNECT || (call->kind == OP_SENDALL && call->size == 0))
+                r = check_socket(call->fd);
+        else
+                r = call->fd < 0 ? -EBADF : 0;
         if (r < 0)
                 return r;
         if (loop->impl->sock_call) {

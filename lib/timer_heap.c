@@ -29,6 +29,16 @@ static void sift_down(struct timer_heap *heap, uint32_t i, struct timer_slot s) 
                 if (first >= end)
                         break;
                 uint32_t best;
+                /* The children's children are four lines in a row: ask for
+                 * them now, so the next level does not wait for memory
+                 * (a heap of a million timers does not fit in cache). */
+                if (first_child(first) < end) {
+                        const char *gc = (const char *) &heap->slots[first_child(first)];
+                        __builtin_prefetch(gc);
+                        __builtin_prefetch(gc + CACHELINE);
+                        __builtin_prefetch(gc + 2 * CACHELINE);
+                        __builtin_prefetch(gc + 3 * CACHELINE);
+                }
                 if (likely(first + ARITY <= end)) {
                         /* All four children: a tournament, two rounds. */
                         const struct timer_slot *c = &heap->slots[first];
@@ -182,6 +192,9 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap) {
         }
         free_id(heap, id);
         h->timer_id = TIMER_ID_NONE;
+        /* Expiring timers pop one after another: fetch the next one's handle pointer. */
+        if (heap->n > 0)
+                __builtin_prefetch(&heap->by_id[heap->slots[HEAP0].id]);
         return h;
 }
 

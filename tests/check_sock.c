@@ -673,19 +673,38 @@ static void check_all_calls(loop_t *loop, int fd, int err) {
 }
 
 START_TEST(test_blocking_socket) {
+        struct sockaddr_in to = loopback(9);
         loop_t *loop = tu_loop_new();
+        loop_future_t *f = NULL;
+        char buf[8];
         int sv[2];
 
-        /* asyncio refuses these in debug mode; we always do. */
         ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
-        ck_assert_int_eq(write(sv[1], "x", 1), 1);
-        check_all_calls(loop, sv[0], -EINVAL);
-        /* Nothing was read, nothing registered. */
+        /* accept and connect would block in their first try: refused, as
+         * asyncio's debug mode does, with nothing registered. */
+        ck_assert_int_eq(loop_sock_accept(loop, sv[0], &f), -EINVAL);
+        ck_assert_int_eq(loop_sock_connect(loop, sv[0], (struct sockaddr *) &to, sizeof(to), &f), -EINVAL);
+        ck_assert_int_eq(loop_sock_sendall(loop, sv[0], "", 0, &f), -EINVAL);
+        ck_assert_ptr_eq(f, NULL);
         assert_no_reader(loop, sv[0]);
         assert_no_writer(loop, sv[0]);
-        char c;
-        ck_assert_int_eq(recv(sv[0], &c, 1, MSG_DONTWAIT), 1);
-        ck_assert_int_eq(recv(sv[0], &c, 1, MSG_DONTWAIT), -1);
+
+        /* Transfers pass MSG_DONTWAIT: they work and never stall the loop. */
+        ck_assert_int_eq(loop_sock_recv_into(loop, sv[0], buf, sizeof(buf), &f), 0);
+        ck_assert_int_eq(loop_future_done(f), 0);       /* nothing there: pending, not blocked */
+        ck_assert_int_eq(write(sv[1], "xy", 2), 2);
+        wait_done(loop, f);
+        ck_assert_uint_eq(result_of(f)->nbytes, 2);
+        ck_assert_mem_eq(buf, "xy", 2);
+        f = loop_future_unref(f);
+
+        ck_assert_int_eq(loop_sock_sendall(loop, sv[0], "abc", 3, &f), 0);
+        wait_done(loop, f);
+        ck_assert_uint_eq(result_of(f)->nbytes, 3);
+        f = loop_future_unref(f);
+        ck_assert_int_eq(recv(sv[1], buf, sizeof(buf), MSG_DONTWAIT), 3);
+        ck_assert_mem_eq(buf, "abc", 3);
+
         tu_close_pair(sv);
         loop_unref(loop);
 }
