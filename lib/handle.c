@@ -127,6 +127,12 @@ void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
         if (likely(h->n_ref == 1))
                 /* The only reference: no other thread can be touching it. */
                 goto recycle;
+        if (h->kind == HANDLE_IO) {
+                /* Its other reference is the ready queue's, in this thread:
+                 * no atomic operation, and it stays the loop's. */
+                h->n_ref--;
+                return;
+        }
         h->loop = NULL;
         user_held = h->pooled && h->exposed;
         if (user_held) {
