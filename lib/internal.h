@@ -212,6 +212,10 @@ void loop__report(loop_t *loop, const char *message, int error, loop_handle_t *h
 const char *loop__getenv(const char *name);
 bool loop__getenv_bool(const char *name);
 
+/* fd_table.c: make room for fd in a table of elem_size entries indexed by
+ * fd, zero-filling what is new; -EBADF for a descriptor that is not open. */
+int loop__fd_table_reserve(void **table, size_t *n, size_t elem_size, int fd);
+
 /* current.c */
 bool loop__is_main_thread(void);
 

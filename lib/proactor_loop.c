@@ -189,24 +189,7 @@ static void on_complete(void *ctx, uint64_t user_data, int res, uint32_t flags);
 static int pl_wait(struct proactor_loop *pl, int64_t timeout_ns, loop_proactor_keep_t keep);
 
 static int ensure_fd(struct proactor_loop *pl, int fd) {
-        size_t n;
-
-        if ((size_t) fd < pl->n_fds)
-                return 0;
-        /* Only grow for a descriptor that exists: fd 1000000000 must not
-         * allocate gigabytes before failing. */
-        if (fcntl(fd, F_GETFD) < 0)
-                return -errno;
-        n = pl->n_fds ? pl->n_fds : 64;
-        while (n <= (size_t) fd)
-                n *= 2;
-        struct fdslot *fds = realloc(pl->fds, n * sizeof(*fds));
-        if (!fds)
-                return -ENOMEM;
-        memset(fds + pl->n_fds, 0, (n - pl->n_fds) * sizeof(*fds));
-        pl->fds = fds;
-        pl->n_fds = n;
-        return 0;
+        return loop__fd_table_reserve((void **) &pl->fds, &pl->n_fds, sizeof(*pl->fds), fd);
 }
 
 /* ---- readers and writers ------------------------------------------------- */

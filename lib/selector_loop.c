@@ -53,24 +53,7 @@ static inline uint32_t wanted(const struct fdinfo *fi) {
 }
 
 static int ensure_fd(struct selector_loop *sl, int fd) {
-        size_t n;
-
-        if ((size_t) fd < sl->n_fds)
-                return 0;
-        /* Only grow for a descriptor that exists: fd 1000000000 must not
-         * allocate gigabytes before failing. */
-        if (fcntl(fd, F_GETFD) < 0)
-                return -errno;
-        n = sl->n_fds ? sl->n_fds : 64;
-        while (n <= (size_t) fd)
-                n *= 2;
-        struct fdinfo *fds = realloc(sl->fds, n * sizeof(*fds));
-        if (!fds)
-                return -ENOMEM;
-        memset(fds + sl->n_fds, 0, (n - sl->n_fds) * sizeof(*fds));
-        sl->fds = fds;
-        sl->n_fds = n;
-        return 0;
+        return loop__fd_table_reserve((void **) &sl->fds, &sl->n_fds, sizeof(*sl->fds), fd);
 }
 
 static int queue_change(struct selector_loop *sl, int fd) {

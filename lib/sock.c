@@ -132,19 +132,9 @@ static int table_get(loop_t *loop, int fd, struct loop__sockets **ret) {
                 loop__add_close_hook(loop, &t->hook);
                 loop->sockets = t;
         }
-        if ((size_t) fd >= t->n_slots) {
-                /* fd was checked with fcntl(): it exists, so it is below
-                 * RLIMIT_NOFILE and the table stays as small as the fd space. */
-                size_t n = t->n_slots ? t->n_slots : 64;
-                while (n <= (size_t) fd)
-                        n *= 2;
-                struct sock_slot *slots = realloc(t->slots, n * sizeof(*slots));
-                if (!slots)
-                        return -ENOMEM;
-                memset(slots + t->n_slots, 0, (n - t->n_slots) * sizeof(*slots));
-                t->slots = slots;
-                t->n_slots = n;
-        }
+        int r = loop__fd_table_reserve((void **) &t->slots, &t->n_slots, sizeof(*t->slots), fd);
+        if (r < 0)
+                return r;
         *ret = t;
         return 0;
 }

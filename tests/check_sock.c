@@ -710,6 +710,22 @@ START_TEST(test_blocking_socket) {
 }
 END_TEST
 
+/* A descriptor that is not open, however large, is EBADF at once: the
+ * per-fd tables must not grow to its size first. */
+START_TEST(test_fd_not_open) {
+        loop_t *loop = tu_loop_new();
+
+        check_all_calls(loop, 1000000000, -EBADF);
+        check_all_calls(loop, INT32_MAX, -EBADF);
+        int p[2];
+        tu_pipe(p);
+        int closed = p[0];
+        tu_close_pair(p);
+        check_all_calls(loop, closed, -EBADF);
+        loop_unref(loop);
+}
+END_TEST
+
 START_TEST(test_not_socket) {
         loop_t *loop = tu_loop_new();
         int p[2];
@@ -1189,6 +1205,7 @@ static Suite *sock_suite(void) {
         tc = tu_tcase(s, "errors");
         tcase_add_test(tc, test_blocking_socket);
         tcase_add_test(tc, test_not_socket);
+        tcase_add_test(tc, test_fd_not_open);
         tcase_add_test(tc, test_bad_fd);
         tcase_add_test(tc, test_bad_args);
         tcase_add_test(tc, test_closed_loop);
