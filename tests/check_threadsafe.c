@@ -7,6 +7,7 @@
  * TSan-friendly: the loop's callbacks only touch state of the loop's thread,
  * threads report through atomics, and everything is joined before reading.
  */
+#include <math.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -564,6 +565,100 @@ START_TEST(test_ref_unref_threads) {
 }
 END_TEST
 
+/* ---- handles released in other threads, during and after the loop ------- */
+
+#define N_HANDLES 4096
+
+static int noop_cb(loop_t *loop, void *userdata) {
+        (void) loop;
+        (void) userdata;
+        return 0;
+}
+
+struct releaser {
+        loop_handle_t **handles;
+        size_t n;
+        atomic_int *go;
+};
+
+static void *releaser_main(void *arg) {
+        struct releaser *r = arg;
+
+        while (!atomic_load(r->go))
+                sched_yield();
+        for (size_t i = 0; i < r->n; i++) {
+                /* A detached handle still answers, wherever it is asked. */
+                ck_assert_int_ge(loop_handle_cancelled(r->handles[i]), 0);
+                r->handles[i] = loop_handle_unref(r->handles[i]);
+        }
+        return NULL;
+}
+
+/* Releases every handle in hs from N_THREADS threads at once while the
+ * calling thread runs body(loop) (if loop is not NULL). */
+static void release_in_threads(loop_handle_t **hs, size_t n, loop_t *loop, void (*body)(loop_t *loop)) {
+        struct releaser r[N_THREADS];
+        pthread_t t[N_THREADS];
+        atomic_int go;
+        size_t per = n / N_THREADS;
+
+        atomic_init(&go, 0);
+        for (int i = 0; i < N_THREADS; i++) {
+                r[i] = (struct releaser) {
+                        .handles = hs + (size_t) i * per,
+                        .n = i == N_THREADS - 1 ? n - (size_t) i * per : per,
+                        .go = &go,
+                };
+                ck_assert_int_eq(pthread_create(&t[i], NULL, releaser_main, &r[i]), 0);
+        }
+        atomic_store(&go, 1);
+        if (loop)
+                body(loop);
+        for (int i = 0; i < N_THREADS; i++)
+                ck_assert_int_eq(pthread_join(t[i], NULL), 0);
+        for (size_t i = 0; i < n; i++)
+                ck_assert_ptr_null(hs[i]);
+}
+
+/* The loop's thread keeps taking handles (from what the others give back)
+ * while they are being given back. */
+static void schedule_and_cancel(loop_t *loop) {
+        for (int i = 0; i < 20000; i++) {
+                loop_handle_t *h = NULL;
+                ck_assert_int_eq(loop_call_later_ns(loop, 3600 * TU_SEC, noop_cb, NULL, &h), 0);
+                ck_assert_int_eq(loop_handle_cancel(h), 0);
+                loop_handle_unref(h);
+                if (i % 1000 == 0)
+                        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        }
+}
+
+START_TEST(test_handles_released_in_threads) {
+        loop_t *loop = tu_loop_new();
+        loop_handle_t **hs = calloc(N_HANDLES, sizeof(*hs));
+
+        ck_assert_ptr_nonnull(hs);
+        /* Handles the loop lets go of (they ran) while the caller holds them. */
+        for (size_t i = 0; i < N_HANDLES; i++)
+                ck_assert_int_eq(loop_call_soon(loop, noop_cb, NULL, &hs[i]), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), N_HANDLES);
+        release_in_threads(hs, N_HANDLES, loop, schedule_and_cancel);
+
+        /* Handles that outlive their loop: closing drops the pending
+         * timers, freeing the loop leaves the handles to their holders. */
+        for (size_t i = 0; i < N_HANDLES; i++)
+                ck_assert_int_eq(loop_call_later_ns(loop, 3600 * TU_SEC, noop_cb, NULL, &hs[i]), 0);
+        for (size_t i = 0; i < N_HANDLES; i += 3)
+                ck_assert_int_eq(loop_handle_cancel(hs[i]), 0);
+        ck_assert_int_eq(loop_close(loop), 0);
+        ck_assert_ptr_null(loop_unref(loop));
+        for (size_t i = 0; i < N_HANDLES; i++)
+                ck_assert(isfinite(loop_handle_when(hs[i])));
+        release_in_threads(hs, N_HANDLES, NULL, NULL);
+        free(hs);
+}
+END_TEST
+
 static Suite *threadsafe_suite(void) {
         Suite *s = suite_create("threadsafe");
         TCase *tc;
@@ -587,6 +682,7 @@ static Suite *threadsafe_suite(void) {
         tcase_add_test(tc, test_cancel_from_other_thread);
         tcase_add_test(tc, test_cancel_race_while_running);
         tcase_add_test(tc, test_ref_unref_threads);
+        tcase_add_test(tc, test_handles_released_in_threads);
         return s;
 }
 
