@@ -22,19 +22,14 @@
  * reference to the pool and goes back through an atomic stack that the
  * loop's thread takes over when its own free list runs dry.
  */
-#define CHUNK_HANDLES 1024u
-
-struct pool_chunk {
-        struct pool_chunk *next;
-        loop_handle_t handles[] __attribute__((aligned(64)));
-};
+#define CHUNK_HANDLES TIMER_CHUNK_HANDLES       /* a pool index is also a timer id */
 
 struct loop__handle_pool {
         unsigned n_ref;                 /* atomic: the loop's, one per handle held past the loop */
         loop_handle_t *free;            /* the loop's thread only */
         loop_handle_t *remote;          /* atomic: released by users */
-        loop_handle_t *bump, *bump_end; /* never used yet, in the newest chunk */
-        struct pool_chunk *chunks;
+        uint32_t n_chunks, cap_chunks;
+        loop_handle_t **chunks;         /* chunk c holds pool indices c * CHUNK_HANDLES on */
 };
 
 int loop__handle_pool_new(loop_t *loop) {
@@ -45,14 +40,16 @@ int loop__handle_pool_new(loop_t *loop) {
         return 0;
 }
 
+loop_handle_t *const *const *loop__handle_pool_chunks(loop_t *loop) {
+        return (loop_handle_t *const *const *) &loop->pool->chunks;
+}
+
 static void pool_unref(struct loop__handle_pool *pool) {
         if (__atomic_sub_fetch(&pool->n_ref, 1, __ATOMIC_ACQ_REL) > 0)
                 return;
-        while (pool->chunks) {
-                struct pool_chunk *c = pool->chunks;
-                pool->chunks = c->next;
-                free(c);
-        }
+        for (uint32_t c = 0; c < pool->n_chunks; c++)
+                free(pool->chunks[c]);
+        free(pool->chunks);
         free(pool);
 }
 
@@ -62,6 +59,11 @@ void loop__handle_pool_release(loop_t *loop) {
         loop->pool = NULL;
 }
 
+/*
+ * The free list ran dry: take back what users released (one exchange), or
+ * carve a whole new chunk onto the free list, so that the fast paths find
+ * a handle there for the next thousand calls.
+ */
 static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_pool *pool) {
         loop_handle_t *h = __atomic_exchange_n(&pool->remote, NULL, __ATOMIC_ACQUIRE);
 
@@ -69,16 +71,28 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_
                 pool->free = h->next_free;
                 return h;
         }
-        if (pool->bump == pool->bump_end) {
-                struct pool_chunk *c = aligned_alloc(64, sizeof(*c) + CHUNK_HANDLES * sizeof(loop_handle_t));
-                if (!c)
+        if (pool->n_chunks == UINT32_MAX / CHUNK_HANDLES)
+                return NULL;    /* four billion handles */
+        if (pool->n_chunks == pool->cap_chunks) {
+                uint32_t cap = pool->cap_chunks ? pool->cap_chunks * 2 : 16;
+                loop_handle_t **chunks = realloc(pool->chunks, cap * sizeof(*chunks));
+                if (!chunks)
                         return NULL;
-                c->next = pool->chunks;
-                pool->chunks = c;
-                pool->bump = c->handles;
-                pool->bump_end = c->handles + CHUNK_HANDLES;
+                pool->chunks = chunks;
+                pool->cap_chunks = cap;
         }
-        return pool->bump++;
+        loop_handle_t *c = aligned_alloc(64, CHUNK_HANDLES * sizeof(loop_handle_t));
+        if (!c)
+                return NULL;
+        uint32_t base = pool->n_chunks * CHUNK_HANDLES;
+        pool->chunks[pool->n_chunks++] = c;
+        /* In address order, so a burst of timers gets neighbouring handles. */
+        for (uint32_t i = 0; i < CHUNK_HANDLES; i++) {
+                c[i].pool_index = base + i;
+                c[i].next_free = i + 1 < CHUNK_HANDLES ? &c[i + 1] : NULL;
+        }
+        pool->free = &c[1];
+        return &c[0];
 }
 
 static inline loop_handle_t *handle_alloc(loop_t *loop, int kind) {
@@ -93,7 +107,7 @@ static inline loop_handle_t *handle_alloc(loop_t *loop, int kind) {
                 .n_ref = 1,
                 .kind = (uint8_t) kind,
                 .pooled = 1,
-                .timer_id = TIMER_ID_NONE,
+                .pool_index = h->pool_index,
                 .loop = loop,
         };
         return h;
@@ -240,14 +254,12 @@ int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, vo
         return r;
 }
 
-LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t cb, void *userdata,
-                                loop_handle_t **ret) {
-        int r;
+static __attribute__((noinline)) int call_at_slow(loop_t *loop, int64_t when_ns, loop_callback_t cb,
+                                                  void *userdata, loop_handle_t **ret) {
+        int r = loop__usable(loop);
 
-        if (unlikely(!loop || !loop__open_here(loop))) {
-                r = loop__usable(loop);
-                return r < 0 ? r : -EINVAL;
-        }
+        if (r < 0)
+                return r;
         return_if_fail(cb, -EINVAL);
 
         loop_handle_t *h = handle_alloc(loop, HANDLE_TIMER);
@@ -256,7 +268,7 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
         h->cb = cb;
         h->userdata = userdata;
         h->when = when_ns;
-        r = timer_heap_push(&loop->timers, h, when_ns);
+        r = loop__timer_heap_push(&loop->timers, h, when_ns);
         if (r < 0) {
                 loop__handle_drop(loop, h);
                 return r;
@@ -266,6 +278,41 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
                 h->exposed = 1;
                 *ret = h;
         }
+        return 0;
+}
+
+/*
+ * The fast path calls nothing (anything unusual is a tail call to
+ * call_at_slow), so it needs no stack frame: a handle from the free list,
+ * room in the heap, the sift-up inline.
+ */
+LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t cb, void *userdata,
+                                loop_handle_t **ret) {
+        if (unlikely(!loop || !cb || !loop__open_here(loop)))
+                return call_at_slow(loop, when_ns, cb, userdata, ret);
+        struct timer_heap *heap = &loop->timers;
+        loop_handle_t *h = loop->pool->free;
+        if (unlikely(!h || heap->n == heap->cap || heap->next_seq >= heap->seq_limit ||
+                     h->pool_index >= heap->bits_cap))
+                return call_at_slow(loop, when_ns, cb, userdata, ret);
+
+        loop->pool->free = h->next_free;
+        *h = (loop_handle_t) {
+                .n_ref = ret ? 2 : 1,
+                .kind = HANDLE_TIMER,
+                .exposed = ret != NULL,
+                .pooled = 1,
+                .in_heap = 1,
+                .pool_index = h->pool_index,
+                .loop = loop,
+                .cb = cb,
+                .userdata = userdata,
+                .when = when_ns,
+        };
+        timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++,
+                           (struct timer_slot) { .when = when_ns, .seq = heap->next_seq++, .id = h->pool_index });
+        if (ret)
+                *ret = h;
         return 0;
 }
 
@@ -330,7 +377,7 @@ LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
         /* A pending timer is only marked: it leaves the heap when it gets
          * to the top or when cancelled ones are half the heap. A queued
          * call_soon is skipped when its turn comes. */
-        if (h->kind == HANDLE_TIMER && h->timer_id != TIMER_ID_NONE && h->loop)
+        if (h->kind == HANDLE_TIMER && h->in_heap && h->loop)
                 loop__timer_heap_cancel(&h->loop->timers, h, drop_unrun_cb, h->loop);
         return 0;
 }

@@ -28,7 +28,10 @@ struct loop_handle {
         uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
         uint8_t exposed;        /* the user was given this handle */
         uint8_t pooled;         /* memory from a loop's handle pool, not malloc() */
-        uint32_t timer_id;      /* timers: id in the heap, TIMER_ID_NONE when not in it */
+        uint8_t in_heap;        /* timers: in the loop's timer heap */
+        /* Pooled handles: the handle's place in its pool, for life. The
+         * timer heap names timers by it (see timer_heap.h). */
+        uint32_t pool_index;
         /*
          * The loop, while the handle is scheduled (queued, in the heap or
          * registered as a reader/writer); NULL once the loop is done with
@@ -228,6 +231,7 @@ loop_handle_t *loop__handle_new(loop_t *loop, int kind);
 int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, void (*discard)(void *userdata));
 void loop__handle_drop(loop_t *loop, loop_handle_t *h);
 int loop__handle_pool_new(loop_t *loop);
+loop_handle_t *const *const *loop__handle_pool_chunks(loop_t *loop);
 void loop__handle_pool_release(loop_t *loop);
 int loop__run_ready(loop_t *loop);
 void loop__expire_timers(loop_t *loop, int64_t now);

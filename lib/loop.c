@@ -43,10 +43,10 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
                 .wake_read_fd = -1,
                 .wake_write_fd = -1,
         };
-        loop__timer_heap_init(&loop->timers);
         int r = loop__handle_pool_new(loop);
         if (r < 0)
                 return r;
+        loop__timer_heap_init(&loop->timers, loop__handle_pool_chunks(loop));
         r = loop__threadsafe_init(loop);
         if (r < 0)
                 loop__handle_pool_release(loop);

@@ -59,7 +59,6 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                          * so the loop's thread sees it without a pass over
                          * the drained entries. */
                         .loop = loop,
-                        .timer_id = TIMER_ID_NONE,
                         .cb = cb,
                         .userdata = userdata,
                 };

@@ -59,16 +59,17 @@ static void sift_down(struct timer_heap *heap, uint32_t i, struct timer_slot s) 
         heap->slots[i] = s;
 }
 
-void loop__timer_heap_init(struct timer_heap *heap) {
+void loop__timer_heap_init(struct timer_heap *heap, loop_handle_t *const *const *chunks) {
         *heap = (struct timer_heap) {
                 .seq_limit = UINT32_MAX,
+                .chunks = chunks,
         };
 }
 
 static int grow_slots(struct timer_heap *heap) {
         uint32_t cap = heap->cap ? heap->cap * 2 : 64;
 
-        if (cap <= heap->cap || cap >= TIMER_ID_NONE / 2)
+        if (cap <= heap->cap || cap >= UINT32_MAX / 2)
                 return -ENOMEM;
         /* realloc() does not keep the alignment: copy by hand. */
         struct timer_slot *slots = aligned_alloc(CACHELINE, ((size_t) cap + HEAP0 + 1) * sizeof(*slots));
@@ -82,54 +83,23 @@ static int grow_slots(struct timer_heap *heap) {
         return 0;
 }
 
-static int grow_bits(uint64_t **bits, uint32_t old_cap, uint32_t cap) {
-        uint64_t *p = realloc(*bits, (size_t) cap / 64 * sizeof(*p));
+/* The cancelled bitmap covers every id up to the pool's size. */
+static int grow_bits(struct timer_heap *heap, uint32_t id) {
+        uint64_t cap = heap->bits_cap ? heap->bits_cap : 1024;
 
-        if (!p)
+        while (cap <= id)
+                cap *= 2;
+        if (cap > UINT32_MAX)
+                cap = (UINT64_C(1) << 32) - 64;
+        if (cap <= id)
                 return -ENOMEM;
-        memset(p + old_cap / 64, 0, (size_t) (cap - old_cap) / 64 * sizeof(*p));
-        *bits = p;
+        uint64_t *bits = realloc(heap->cancelled, (size_t) cap / 64 * sizeof(*bits));
+        if (!bits)
+                return -ENOMEM;
+        memset(bits + heap->bits_cap / 64, 0, (size_t) (cap - heap->bits_cap) / 64 * sizeof(*bits));
+        heap->cancelled = bits;
+        heap->bits_cap = (uint32_t) cap;
         return 0;
-}
-
-static int grow_ids(struct timer_heap *heap) {
-        uint32_t cap = heap->ids_cap ? heap->ids_cap * 2 : 64;
-
-        if (cap <= heap->ids_cap || cap >= TIMER_ID_NONE / 2)
-                return -ENOMEM;
-        loop_handle_t **by_id = realloc(heap->by_id, (size_t) cap * sizeof(*by_id));
-        if (!by_id)
-                return -ENOMEM;
-        heap->by_id = by_id;
-        /* A failure leaves the arrays larger than ids_cap says: harmless. */
-        if (grow_bits(&heap->used, heap->ids_cap, cap) < 0 || grow_bits(&heap->cancelled, heap->ids_cap, cap) < 0)
-                return -ENOMEM;
-        heap->ids_cap = cap;
-        return 0;
-}
-
-/* The lowest free id. */
-static int alloc_id(struct timer_heap *heap, uint32_t *ret) {
-        uint32_t w = heap->first_free_word, words = heap->ids_cap / 64;
-
-        while (w < words && heap->used[w] == UINT64_MAX)
-                w++;
-        heap->first_free_word = w;
-        if (w == words) {
-                int r = grow_ids(heap);
-                if (r < 0)
-                        return r;
-        }
-        uint32_t bit = (uint32_t) __builtin_ctzll(~heap->used[w]);
-        heap->used[w] |= UINT64_C(1) << bit;
-        *ret = w * 64 + bit;
-        return 0;
-}
-
-static inline void free_id(struct timer_heap *heap, uint32_t id) {
-        heap->used[id / 64] &= ~(UINT64_C(1) << (id % 64));
-        if (id / 64 < heap->first_free_word)
-                heap->first_free_word = id / 64;
 }
 
 static inline void clear_cancelled(struct timer_heap *heap, uint32_t id) {
@@ -167,14 +137,14 @@ int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t whe
 
         if (unlikely(heap->n == heap->cap) && (r = grow_slots(heap)) < 0)
                 return r;
+        if (unlikely(h->pool_index >= heap->bits_cap) && (r = grow_bits(heap, h->pool_index)) < 0)
+                return r;
         if (unlikely(heap->next_seq >= heap->seq_limit) && (r = renumber(heap)) < 0)
                 return r;
-        uint32_t id;
-        if ((r = alloc_id(heap, &id)) < 0)
-                return r;
-        heap->by_id[id] = h;
-        h->timer_id = id;
-        sift_up(heap, HEAP0 + heap->n++, (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = id });
+        /* Not through timer_heap_push(): with a tiny seq_limit (tests) the
+         * renumbered heap may still be over it. */
+        h->in_heap = 1;
+        sift_up(heap, HEAP0 + heap->n++, (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = h->pool_index });
         return 0;
 }
 
@@ -190,19 +160,18 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap) {
                 clear_cancelled(heap, id);
                 heap->n_cancelled--;
         }
-        free_id(heap, id);
-        h->timer_id = TIMER_ID_NONE;
-        /* Expiring timers pop one after another: fetch the next one's handle pointer. */
+        h->in_heap = 0;
+        /* Expiring timers pop one after another: fetch the next one's handle. */
         if (heap->n > 0)
-                __builtin_prefetch(&heap->by_id[heap->slots[HEAP0].id]);
+                __builtin_prefetch(timer_heap_handle(heap, heap->slots[HEAP0].id));
         return h;
 }
 
 /*
  * Drop every cancelled timer and rebuild the heap from what is left
- * (Floyd). The dropping goes by id, not by heap position: ids follow the
- * order timers were scheduled in, which is usually the order their handles
- * sit in memory, so the pass streams instead of missing on every handle.
+ * (Floyd). The dropping goes by id, not by heap position: an id is the
+ * handle's place in the pool, so the pass walks the handles in memory
+ * order instead of missing on every one.
  */
 static void purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx) {
         uint32_t kept = 0;
@@ -218,21 +187,20 @@ static void purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx) {
                 for (uint32_t i = parent_of(HEAP0 + kept - 1) + 1; i-- > HEAP0;)
                         sift_down(heap, i, heap->slots[i]);
 
-        for (uint32_t w = 0; w < heap->ids_cap / 64; w++)
+        for (uint32_t w = 0; w < heap->bits_cap / 64; w++)
                 while (heap->cancelled[w]) {
                         uint32_t id = w * 64 + (uint32_t) __builtin_ctzll(heap->cancelled[w]);
-                        loop_handle_t *h = heap->by_id[id];
+                        loop_handle_t *h = timer_heap_handle(heap, id);
                         clear_cancelled(heap, id);
-                        free_id(heap, id);
-                        h->timer_id = TIMER_ID_NONE;
+                        h->in_heap = 0;
                         drop(ctx, h);
                 }
 }
 
 void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_heap_drop_t drop, void *ctx) {
-        uint32_t id = h->timer_id;
+        uint32_t id = h->pool_index;
 
-        assert(id < heap->ids_cap && heap->by_id[id] == h);
+        assert(h->in_heap && id < heap->bits_cap && timer_heap_handle(heap, id) == h);
         if (timer_heap_is_cancelled(heap, id))
                 return;
         heap->cancelled[id / 64] |= UINT64_C(1) << (id % 64);
@@ -243,8 +211,6 @@ void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_he
 
 void loop__timer_heap_free(struct timer_heap *heap) {
         free(heap->slots);
-        free(heap->by_id);
-        free(heap->used);
         free(heap->cancelled);
-        loop__timer_heap_init(heap);
+        loop__timer_heap_init(heap, heap->chunks);
 }

@@ -8,12 +8,13 @@
  * a level costs one cache line and no miss on a handle (libev writes each
  * moved watcher's heap index; we do not keep one).
  *
- * The id is a small integer, stable while the timer is in the heap, that
- * indexes the handle and its "cancelled" bit. Cancelling only sets that
- * bit (asyncio's TimerHandle.cancel does the same with a flag): cancelled
- * timers leave the heap when they reach the top, or all at once when they
- * are more than half of it, so the heap never holds more than twice its
- * live timers.
+ * The id is the handle's index in the loop's handle pool (handle.c), fixed
+ * for the handle's life: it names the handle (chunk id / 1024, slot
+ * id % 1024) and its "cancelled" bit, with no table to keep. Cancelling
+ * only sets that bit (asyncio's TimerHandle.cancel does the same with a
+ * flag): cancelled timers leave the heap when they reach the top, or all at
+ * once when they are more than half of it, so the heap never holds more
+ * than twice its live timers.
  */
 
 #include <stdbool.h>
@@ -22,7 +23,9 @@
 
 #include "loop.h"
 
-#define TIMER_ID_NONE UINT32_MAX
+/* Handles per pool chunk: a timer id is chunk << TIMER_CHUNK_SHIFT | slot. */
+#define TIMER_CHUNK_SHIFT 10
+#define TIMER_CHUNK_HANDLES (1u << TIMER_CHUNK_SHIFT)
 
 struct timer_slot {
         int64_t when;
@@ -38,16 +41,10 @@ struct timer_heap {
         /* next_seq at which the live sequence numbers are renumbered from
          * 0 (they are compared as plain integers); UINT32_MAX but for tests. */
         uint32_t seq_limit;
-        /*
-         * By id: the handle. Ids are handed out lowest first (a bit per id
-         * says which are taken), so the ids of a burst of timers are
-         * consecutive and by_id is walked in order, not at random.
-         */
-        loop_handle_t **by_id;
-        uint64_t *used;                 /* bit per id */
+        /* The pool's chunk table: (*chunks)[c] is chunk c's first handle. */
+        loop_handle_t *const *const *chunks;
         uint64_t *cancelled;            /* bit per id */
-        uint32_t ids_cap;               /* a multiple of 64 */
-        uint32_t first_free_word;       /* no free id in the words before it */
+        uint32_t bits_cap;              /* ids the bitmap covers, a multiple of 64 */
 };
 
 /*
@@ -83,7 +80,7 @@ static inline void timer_heap_sift_up(struct timer_heap *heap, uint32_t i, struc
 /* The loop's handle drop, called for each cancelled timer a purge removes. */
 typedef void (*timer_heap_drop_t)(void *ctx, loop_handle_t *h);
 
-void loop__timer_heap_init(struct timer_heap *heap);
+void loop__timer_heap_init(struct timer_heap *heap, loop_handle_t *const *const *chunks);
 int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t when);
 loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap);
 /* Marks a timer that is in the heap as cancelled; may purge (drop is then
@@ -92,27 +89,21 @@ void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_he
 void loop__timer_heap_free(struct timer_heap *heap);
 
 /*
- * Scheduling inline: room in the arrays, a free id in the first word that
- * may have one, sequence numbers left. Everything else (growing,
- * renumbering) goes through loop__timer_heap_push().
+ * Scheduling inline: room in the heap and in the cancelled bitmap,
+ * sequence numbers left. Everything else (growing, renumbering) goes
+ * through loop__timer_heap_push(). h must be a pooled handle.
  */
 static inline int timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
-        uint32_t w = heap->first_free_word;
-
-        if (unlikely(heap->n == heap->cap || heap->next_seq >= heap->seq_limit || w >= heap->ids_cap / 64 ||
-                     heap->used[w] == UINT64_MAX))
+        if (unlikely(heap->n == heap->cap || heap->next_seq >= heap->seq_limit || h->pool_index >= heap->bits_cap))
                 return loop__timer_heap_push(heap, h, when);
-        uint32_t bit = (uint32_t) __builtin_ctzll(~heap->used[w]);
-        uint32_t id = w * 64 + bit;
-        heap->used[w] |= UINT64_C(1) << bit;
-        heap->by_id[id] = h;
-        h->timer_id = id;
-        timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++, (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = id });
+        h->in_heap = 1;
+        timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++,
+                           (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = h->pool_index });
         return 0;
 }
 
 static inline const struct timer_slot *timer_heap_top(const struct timer_heap *heap) {
-        return heap->n ? &heap->slots[3] : NULL;      /* HEAP0, see timer_heap.c */
+        return heap->n ? &heap->slots[TIMER_HEAP0] : NULL;
 }
 
 static inline bool timer_heap_is_cancelled(const struct timer_heap *heap, uint32_t id) {
@@ -120,7 +111,7 @@ static inline bool timer_heap_is_cancelled(const struct timer_heap *heap, uint32
 }
 
 static inline loop_handle_t *timer_heap_handle(const struct timer_heap *heap, uint32_t id) {
-        return heap->by_id[id];
+        return (*heap->chunks)[id >> TIMER_CHUNK_SHIFT] + (id & (TIMER_CHUNK_HANDLES - 1));
 }
 
 /* Live (not cancelled) timers. */

@@ -12,22 +12,59 @@
 #include "internal.h"
 #include "timer_heap.h"
 
-/* A timer of the model: its handle, deadline and scheduling order. */
+/* A timer of the model: its deadline and scheduling order. */
 struct entry {
-        loop_handle_t h;
         int64_t when;
         uint64_t order;
         bool in_heap, cancelled;
 };
 
+/*
+ * The handles live in chunks of TIMER_CHUNK_HANDLES, as in the loop's
+ * handle pool: a handle's pool index is its timer id, and entry i of the
+ * model goes with handle i.
+ */
 struct model {
         struct timer_heap heap;
         struct entry *e;
-        size_t n;
+        loop_handle_t **chunks;
+        size_t n, n_chunks;
         uint64_t next_order;
         size_t dropped;
         uint32_t rng;
 };
+
+static void model_init(struct model *m, size_t max_entries, uint32_t seed) {
+        *m = (struct model) { .rng = seed };
+        m->e = calloc(max_entries, sizeof(*m->e));
+        m->n_chunks = (max_entries + TIMER_CHUNK_HANDLES - 1) / TIMER_CHUNK_HANDLES;
+        m->chunks = calloc(m->n_chunks, sizeof(*m->chunks));
+        ck_assert_ptr_nonnull(m->e);
+        ck_assert_ptr_nonnull(m->chunks);
+        for (size_t c = 0; c < m->n_chunks; c++) {
+                m->chunks[c] = calloc(TIMER_CHUNK_HANDLES, sizeof(loop_handle_t));
+                ck_assert_ptr_nonnull(m->chunks[c]);
+                for (uint32_t i = 0; i < TIMER_CHUNK_HANDLES; i++)
+                        m->chunks[c][i].pool_index = (uint32_t) c * TIMER_CHUNK_HANDLES + i;
+        }
+        loop__timer_heap_init(&m->heap, (loop_handle_t *const *const *) &m->chunks);
+}
+
+static void model_free(struct model *m) {
+        loop__timer_heap_free(&m->heap);
+        for (size_t c = 0; c < m->n_chunks; c++)
+                free(m->chunks[c]);
+        free(m->chunks);
+        free(m->e);
+}
+
+static loop_handle_t *handle_of(struct model *m, size_t i) {
+        return &m->chunks[i / TIMER_CHUNK_HANDLES][i % TIMER_CHUNK_HANDLES];
+}
+
+static struct entry *entry_of(struct model *m, loop_handle_t *h) {
+        return &m->e[h->pool_index];
+}
 
 static uint32_t rnd(struct model *m) {
         m->rng = m->rng * 1664525u + 1013904223u;
@@ -36,10 +73,10 @@ static uint32_t rnd(struct model *m) {
 
 static void on_drop(void *ctx, loop_handle_t *h) {
         struct model *m = ctx;
-        struct entry *e = (struct entry *) h;
+        struct entry *e = entry_of(m, h);
 
         ck_assert(e->in_heap && e->cancelled);
-        ck_assert_uint_eq(h->timer_id, TIMER_ID_NONE);
+        ck_assert(!h->in_heap);
         e->in_heap = false;
         m->dropped++;
 }
@@ -57,20 +94,23 @@ static struct entry *model_min(struct model *m) {
 }
 
 static void push(struct model *m, int64_t when) {
-        struct entry *e = &m->e[m->n++];
+        size_t i = m->n++;
+        struct entry *e = &m->e[i];
+        loop_handle_t *h = handle_of(m, i);
 
         *e = (struct entry) { .when = when, .order = m->next_order++, .in_heap = true };
-        ck_assert_int_eq(loop__timer_heap_push(&m->heap, &e->h, when), 0);
-        ck_assert_uint_ne(e->h.timer_id, TIMER_ID_NONE);
+        /* The inline path when there is room, the out-of-line one when not. */
+        ck_assert_int_eq(timer_heap_push(&m->heap, h, when), 0);
+        ck_assert(h->in_heap);
 }
 
 static void pop_and_check(struct model *m) {
         struct entry *want = model_min(m);
         loop_handle_t *h = loop__timer_heap_pop(&m->heap);
 
-        ck_assert_ptr_eq(h, want ? &want->h : NULL);
+        ck_assert_ptr_eq(h, want ? handle_of(m, (size_t) (want - m->e)) : NULL);
         if (want) {
-                ck_assert_uint_eq(h->timer_id, TIMER_ID_NONE);
+                ck_assert(!h->in_heap);
                 want->in_heap = false;
         }
 }
@@ -80,7 +120,7 @@ static void cancel_random(struct model *m) {
                 struct entry *e = &m->e[rnd(m) % m->n];
                 if (e->in_heap && !e->cancelled) {
                         e->cancelled = true;
-                        loop__timer_heap_cancel(&m->heap, &e->h, on_drop, m);
+                        loop__timer_heap_cancel(&m->heap, handle_of(m, (size_t) (e - m->e)), on_drop, m);
                         return;
                 }
         }
@@ -101,11 +141,9 @@ static void check_counts(struct model *m) {
 }
 
 static void run_model(uint32_t seed, size_t steps, uint32_t seq_limit, int distinct_deadlines) {
-        struct model m = { .rng = seed };
+        struct model m;
 
-        m.e = calloc(steps, sizeof(*m.e));
-        ck_assert_ptr_nonnull(m.e);
-        loop__timer_heap_init(&m.heap);
+        model_init(&m, steps, seed);
         if (seq_limit)
                 m.heap.seq_limit = seq_limit;
         for (size_t i = 0; i < steps; i++) {
@@ -123,8 +161,7 @@ static void run_model(uint32_t seed, size_t steps, uint32_t seq_limit, int disti
         while (m.heap.n > 0)
                 pop_and_check(&m);
         ck_assert_ptr_null(loop__timer_heap_pop(&m.heap));
-        loop__timer_heap_free(&m.heap);
-        free(m.e);
+        model_free(&m);
 }
 
 START_TEST(test_model_many_ties) {
@@ -145,37 +182,34 @@ END_TEST
 
 /* Cancelling most of a large heap purges it, dropping each cancelled timer once. */
 START_TEST(test_purge) {
-        struct model m = { .rng = 7 };
+        struct model m;
         size_t n = 10000;
 
-        m.e = calloc(n + 1, sizeof(*m.e));     /* one more pushed after the purge */
-        ck_assert_ptr_nonnull(m.e);
-        loop__timer_heap_init(&m.heap);
+        model_init(&m, n + 1, 7);       /* one more pushed after the purge */
         for (size_t i = 0; i < n; i++)
                 push(&m, (int64_t) (rnd(&m) % 1000));
         for (size_t i = 0; i < n; i += 2) {
                 m.e[i].cancelled = true;
-                loop__timer_heap_cancel(&m.heap, &m.e[i].h, on_drop, &m);
+                loop__timer_heap_cancel(&m.heap, handle_of(&m, i), on_drop, &m);
         }
         /* Exactly half: not more than half yet, nothing purged. */
         ck_assert_uint_eq(m.dropped, 0);
         ck_assert_uint_eq(m.heap.n_cancelled, n / 2);
         m.e[1].cancelled = true;
-        loop__timer_heap_cancel(&m.heap, &m.e[1].h, on_drop, &m);
+        loop__timer_heap_cancel(&m.heap, handle_of(&m, 1), on_drop, &m);
         ck_assert_uint_eq(m.dropped, n / 2 + 1);
         ck_assert_uint_eq(m.heap.n, n / 2 - 1);
         ck_assert_uint_eq(m.heap.n_cancelled, 0);
         /* Cancelling twice counts once. */
         m.e[3].cancelled = true;
-        loop__timer_heap_cancel(&m.heap, &m.e[3].h, on_drop, &m);
-        loop__timer_heap_cancel(&m.heap, &m.e[3].h, on_drop, &m);
+        loop__timer_heap_cancel(&m.heap, handle_of(&m, 3), on_drop, &m);
+        loop__timer_heap_cancel(&m.heap, handle_of(&m, 3), on_drop, &m);
         ck_assert_uint_eq(m.heap.n_cancelled, 1);
-        /* The rest still comes out in order, ids reused after the purge. */
+        /* The rest still comes out in order. */
         push(&m, 5);
         while (m.heap.n > 0)
                 pop_and_check(&m);
-        loop__timer_heap_free(&m.heap);
-        free(m.e);
+        model_free(&m);
 }
 END_TEST
 
