@@ -138,7 +138,8 @@ void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
         struct loop__handle_pool *pool = loop->pool;
         bool user_held;
 
-        if (likely(h->n_ref == 1))
+        /* Atomic: a user may be dropping its reference in another thread. */
+        if (likely(__atomic_load_n(&h->n_ref, __ATOMIC_ACQUIRE) == 1))
                 /* The only reference: no other thread can be touching it. */
                 goto recycle;
         if (h->kind == HANDLE_IO) {
