@@ -293,8 +293,7 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
                 return call_at_slow(loop, when_ns, cb, userdata, ret);
         struct timer_heap *heap = &loop->timers;
         loop_handle_t *h = loop->pool->free;
-        if (unlikely(!h || heap->n == heap->cap || heap->next_seq >= heap->seq_limit ||
-                     h->pool_index >= heap->bits_cap))
+        if (unlikely(!h || !timer_heap_has_room(heap, h)))
                 return call_at_slow(loop, when_ns, cb, userdata, ret);
 
         loop->pool->free = h->next_free;
@@ -303,15 +302,13 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
                 .kind = HANDLE_TIMER,
                 .exposed = ret != NULL,
                 .pooled = 1,
-                .in_heap = 1,
                 .pool_index = h->pool_index,
                 .loop = loop,
                 .cb = cb,
                 .userdata = userdata,
                 .when = when_ns,
         };
-        timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++,
-                           (struct timer_slot) { .when = when_ns, .seq = heap->next_seq++, .id = h->pool_index });
+        timer_heap_insert(heap, h, when_ns);
         if (ret)
                 *ret = h;
         return 0;

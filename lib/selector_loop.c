@@ -19,7 +19,6 @@
  * fails with EEXIST, changing nothing, when the file is still the same).
  * Without that the new file would never be watched.
  */
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 

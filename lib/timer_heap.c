@@ -141,10 +141,9 @@ int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t whe
                 return r;
         if (unlikely(heap->next_seq >= heap->seq_limit) && (r = renumber(heap)) < 0)
                 return r;
-        /* Not through timer_heap_push(): with a tiny seq_limit (tests) the
-         * renumbered heap may still be over it. */
-        h->in_heap = 1;
-        sift_up(heap, HEAP0 + heap->n++, (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = h->pool_index });
+        /* With a tiny seq_limit (tests) the renumbered heap may still be
+         * over it: insert anyway, the numbers stay in order. */
+        timer_heap_insert(heap, h, when);
         return 0;
 }
 

@@ -89,17 +89,19 @@ void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_he
 void loop__timer_heap_free(struct timer_heap *heap);
 
 /*
- * Scheduling inline: room in the heap and in the cancelled bitmap,
- * sequence numbers left. Everything else (growing, renumbering) goes
- * through loop__timer_heap_push(). h must be a pooled handle.
+ * Scheduling inline (loop_call_at_ns): when timer_heap_has_room() says
+ * there is room in the heap and in the cancelled bitmap and sequence
+ * numbers are left, timer_heap_insert() needs nothing else. Otherwise
+ * loop__timer_heap_push() grows or renumbers first. h must be pooled.
  */
-static inline int timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
-        if (unlikely(heap->n == heap->cap || heap->next_seq >= heap->seq_limit || h->pool_index >= heap->bits_cap))
-                return loop__timer_heap_push(heap, h, when);
+static inline bool timer_heap_has_room(const struct timer_heap *heap, const loop_handle_t *h) {
+        return heap->n < heap->cap && heap->next_seq < heap->seq_limit && h->pool_index < heap->bits_cap;
+}
+
+static inline void timer_heap_insert(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
         h->in_heap = 1;
         timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++,
                            (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = h->pool_index });
-        return 0;
 }
 
 static inline const struct timer_slot *timer_heap_top(const struct timer_heap *heap) {

@@ -99,8 +99,7 @@ static void push(struct model *m, int64_t when) {
         loop_handle_t *h = handle_of(m, i);
 
         *e = (struct entry) { .when = when, .order = m->next_order++, .in_heap = true };
-        /* The inline path when there is room, the out-of-line one when not. */
-        ck_assert_int_eq(timer_heap_push(&m->heap, h, when), 0);
+        ck_assert_int_eq(loop__timer_heap_push(&m->heap, h, when), 0);
         ck_assert(h->in_heap);
 }
 
