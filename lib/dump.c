@@ -46,14 +46,12 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
                 (void *) loop, loop_selector_name(loop_get_selector(loop)) ?: "none",
                 proactor ? " proactor=" : "", proactor ?: "",
                 __atomic_load_n(&loop->running, __ATOMIC_RELAXED), loop->stopping, loop->debug,
-                loop->ready.count, timer_heap_live(&loop->timers));
+                ready_count(&loop->ready), timer_heap_live(&loop->timers));
 
-        for (size_t i = 0; i < loop->ready.count; i++) {
-                const struct ready_entry *e = &loop->ready.items[i];
-                const loop_handle_t *h = ready_entry_handle(e);
-                fprintf(f, "ready callback=%p userdata=%p cancelled=%d\n",
-                        h ? callback_address(h) : (void *) (uintptr_t) e->cb, h ? h->userdata : e->userdata,
-                        h ? __atomic_load_n(&h->cancelled, __ATOMIC_RELAXED) : 0);
+        for (const struct ready_entry *e = loop->ready.items; e != loop->ready.tail; e++) {
+                struct loop__entry_info info;
+                loop__entry_info(loop, e, &info);
+                fprintf(f, "ready callback=%p userdata=%p cancelled=%d\n", info.fn, info.userdata, info.cancelled);
         }
 
         /* The heap is in heap order; a reader wants deadline order. */

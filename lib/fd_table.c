@@ -10,7 +10,7 @@
 
 #include "internal.h"
 
-int loop__fd_table_reserve(void **table, size_t *n, size_t elem_size, int fd) {
+int loop__fd_table_grow(void **table, size_t *n, size_t elem_size, int fd) {
         size_t cap;
 
         if (fd < 0)

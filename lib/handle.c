@@ -181,15 +181,15 @@ static void drop_unrun(loop_t *loop, loop_handle_t *h) {
 }
 
 int loop__ready_grow(struct ready_queue *q) {
-        size_t cap = q->cap ? q->cap * 2 : 256;
+        size_t n = ready_count(q), old_cap = ready_cap(q);
+        size_t cap = old_cap ? old_cap * 2 : 256;
 
-        if (cap < q->cap || cap > SIZE_MAX / sizeof(*q->items))
+        if (cap < old_cap || cap > SIZE_MAX / sizeof(*q->items))
                 return -ENOMEM;
         struct ready_entry *items = realloc(q->items, cap * sizeof(*items));
         if (!items)
                 return -ENOMEM;
-        q->items = items;
-        q->cap = cap;
+        ready_set(q, items, n, cap);
         return 0;
 }
 
@@ -230,8 +230,8 @@ static __attribute__((noinline)) int call_soon_slow(loop_t *loop, loop_callback_
 LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata, loop_handle_t **ret) {
         if (likely(loop && cb && !ret && loop__open_here(loop))) {
                 struct ready_queue *q = &loop->ready;
-                if (likely(q->count < q->cap)) {
-                        q->items[q->count++] = (struct ready_entry) { .cb = cb, .userdata = userdata };
+                if (likely(q->tail != q->end)) {
+                        *q->tail++ = (struct ready_entry) { .cb = cb, .userdata = userdata };
                         return 0;
                 }
         }
@@ -440,14 +440,43 @@ static int invoke(loop_t *loop, const struct ready_entry *e, loop_handle_t *h) {
         return h->cb(loop, h->userdata);
 }
 
+void loop__entry_info(const loop_t *loop, const struct ready_entry *e, struct loop__entry_info *info) {
+        const loop_handle_t *h = ready_entry_handle(e);
+
+        if (h) {
+                *info = (struct loop__entry_info) {
+                        .fn = (void *) (uintptr_t) (h->kind == HANDLE_IO ? (uintptr_t) h->io_cb : (uintptr_t) h->cb),
+                        .userdata = h->userdata,
+                        .fd = h->kind == HANDLE_IO ? h->fd : -1,
+                        .cancelled = __atomic_load_n(&h->cancelled, __ATOMIC_RELAXED),
+                };
+                return;
+        }
+        if (loop->impl->describe && loop->impl->describe(loop, e, info))
+                return;
+        *info = (struct loop__entry_info) {
+                .fn = (void *) (uintptr_t) e->cb,
+                .userdata = e->userdata,
+                .fd = -1,
+        };
+}
+
+/* A callback without a handle returned an error: the exception handler
+ * hears of it, with the descriptor if it was a reader or writer. */
+static __attribute__((noinline)) void report_entry(loop_t *loop, const struct ready_entry *e, int r) {
+        struct loop__entry_info info;
+
+        loop__entry_info(loop, e, &info);
+        loop__report(loop, "Exception in callback", r, NULL, info.fd);
+}
+
 /* asyncio logs "Executing <Handle cb(args)> took 0.123 seconds"; the
  * closest C has is the function's address and its user data. */
-static void slow_callback_warning(const struct ready_entry *e, const loop_handle_t *h, int64_t took) {
-        void *fn = (void *) (uintptr_t) (h ? (h->kind == HANDLE_IO ? (uintptr_t) h->io_cb : (uintptr_t) h->cb)
-                                           : (uintptr_t) e->cb);
-        void *userdata = h ? h->userdata : e->userdata;
+static void slow_callback_warning(const loop_t *loop, const struct ready_entry *e, int64_t took) {
+        struct loop__entry_info info;
 
-        fprintf(stderr, "libloop: Executing callback %p (userdata %p) took %.3f seconds\n", fn, userdata,
+        loop__entry_info(loop, e, &info);
+        fprintf(stderr, "libloop: Executing callback %p (userdata %p) took %.3f seconds\n", info.fn, info.userdata,
                 (double) took / 1e9);
 }
 
@@ -469,12 +498,14 @@ static bool run_entry(loop_t *loop, const struct ready_entry *e) {
         if (unlikely(loop->debug)) {
                 int64_t took = loop__now() - start;
                 if (took > loop->slow_callback_ns)
-                        slow_callback_warning(e, h, took);
+                        slow_callback_warning(loop, e, took);
         }
-        if (unlikely(r < 0))
+        if (unlikely(r < 0) && !h)
+                report_entry(loop, e, r);
+        else if (unlikely(r < 0))
                 /* Only a handle the user was given means anything to them. */
-                loop__report(loop, "Exception in callback", r, h && h->exposed ? h : NULL,
-                             h && h->kind == HANDLE_IO ? h->fd : -1);
+                loop__report(loop, "Exception in callback", r, h->exposed ? h : NULL,
+                             h->kind == HANDLE_IO ? h->fd : -1);
         if (h) {
                 /* A reader or writer stays registered; everything else ran its course. */
                 if (h->kind != HANDLE_IO)
@@ -496,13 +527,11 @@ static bool run_entry(loop_t *loop, const struct ready_entry *e) {
 int loop__run_ready(loop_t *loop) {
         struct ready_queue *q = &loop->ready;
         struct ready_entry *batch = q->items;
-        size_t n = q->count, batch_cap = q->cap, ran = 0;
+        size_t n = ready_count(q), batch_cap = ready_cap(q), ran = 0;
 
         if (n == 0)
                 return 0;
-        q->items = q->spare;
-        q->cap = q->spare_cap;
-        q->count = 0;
+        ready_set(q, q->spare, 0, q->spare_cap);
         q->spare = NULL;
         q->spare_cap = 0;
 
@@ -511,23 +540,29 @@ int loop__run_ready(loop_t *loop) {
                         ran += run_entry(loop, &batch[i]);
         } else {
                 /* The common case, call_soon without a handle, inline: a
-                 * call and a sign test per callback. */
-                for (size_t i = 0; i < n; i++) {
-                        loop_callback_t cb = batch[i].cb;
+                 * call and a sign test per callback, and no counting (what
+                 * ran is what did not skip). */
+                const struct ready_entry *end = batch + n;
+                size_t skipped = 0;
+                for (const struct ready_entry *e = batch; e != end; e++) {
+                        loop_callback_t cb = e->cb;
                         if (likely(cb)) {
-                                int r = cb(loop, batch[i].userdata);
+                                int r = cb(loop, e->userdata);
                                 if (unlikely(r < 0))
-                                        loop__report(loop, "Exception in callback", r, NULL, -1);
-                                ran++;
+                                        report_entry(loop, e, r);
                                 continue;
                         }
                         /* Handles (timers, descriptors) are scattered in
                          * memory: fetch the ones coming up while this runs. */
-                        if (i + PREFETCH_AHEAD < n && !batch[i + PREFETCH_AHEAD].cb)
-                                __builtin_prefetch(batch[i + PREFETCH_AHEAD].userdata);
-                        ran += run_entry(loop, &batch[i]);
+                        if (end - e > PREFETCH_AHEAD && !e[PREFETCH_AHEAD].cb)
+                                __builtin_prefetch(e[PREFETCH_AHEAD].userdata);
+                        skipped += !run_entry(loop, e);
                 }
+                ran = n - skipped;
         }
+        /* Trampoline entries whose callback was removed since they were queued. */
+        ran -= loop->n_stale;
+        loop->n_stale = 0;
 
         /* Nothing else takes the spare while a batch runs (only the
          * wait, which is not reentrant, adopts arrays): hand it back. */
@@ -541,8 +576,8 @@ void loop__discard_scheduled(loop_t *loop) {
         struct ready_queue *q = &loop->ready;
         loop_handle_t *h;
 
-        for (size_t i = 0; i < q->count; i++)
-                if ((h = ready_entry_handle(&q->items[i])))
+        for (struct ready_entry *e = q->items; e != q->tail; e++)
+                if ((h = ready_entry_handle(e)))
                         drop_unrun(loop, h);
         while ((h = loop__timer_heap_pop(&loop->timers)))
                 drop_unrun(loop, h);

@@ -58,6 +58,17 @@ struct loop_handle {
 #include "ready_queue.h"
 #include "timer_heap.h"       /* after struct loop_handle: its inline push fills one in */
 
+/* What a ready entry will call: loop_dump and debug mode's slow callback
+ * warning show the user's function, not a trampoline. */
+struct loop__entry_info {
+        void *fn;
+        void *userdata;
+        int fd;                 /* -1: not a descriptor's callback */
+        bool cancelled;
+};
+
+void loop__entry_info(const loop_t *loop, const struct ready_entry *e, struct loop__entry_info *info);
+
 struct loop__sock_call;
 
 struct loop__impl {
@@ -95,8 +106,9 @@ struct loop__impl {
          * (and cancelling) a callback already registered for that fd and
          * direction. The loop was checked with loop__usable() and cb is not
          * NULL. A bad descriptor is the caller's error (-EBADF). The
-         * callback is a HANDLE_IO handle queued with ready_push() each
-         * iteration the descriptor is ready (level-triggered).
+         * callback is queued each iteration the descriptor is ready
+         * (level-triggered), as a HANDLE_IO handle or a trampoline entry
+         * (see describe).
          */
         int (*add_io)(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata);
 
@@ -113,6 +125,13 @@ struct loop__impl {
          * -EOPNOTSUPP for a kind it does not do: sock.c then does it.
          */
         int (*sock_call)(loop_t *loop, const struct loop__sock_call *call, loop_future_t **ret);
+
+        /*
+         * For a ready entry the loop kind queued with a callback of its own
+         * (a trampoline), fill *info with what it will call, and return
+         * true; false for any other entry. NULL if the kind queues none.
+         */
+        bool (*describe)(const loop_t *loop, const struct ready_entry *e, struct loop__entry_info *info);
 };
 
 /* One socket operation as sock.c hands it to a loop kind (sock_call). */
@@ -173,6 +192,7 @@ struct loop {
 
         /* Metrics (loop_get_metrics) */
         uint64_t n_iterations, n_callbacks, n_events;
+        uint64_t n_stale;               /* queued entries that found their callback gone (not run) */
         int64_t wait_ns, run_ns;
         int64_t run_started_ns, run_wait_ns;    /* at the start of the current run */
 
@@ -183,7 +203,7 @@ struct loop {
 };
 
 /* Bumped in every fork child: a loop created under another value was inherited. */
-extern uint64_t loop__fork_generation;
+extern LOOP_HIDDEN uint64_t loop__fork_generation;
 #define LOOP__CLOSED UINT64_MAX         /* never a fork generation */
 
 static inline bool loop__open_here(const loop_t *loop) {
@@ -195,8 +215,11 @@ static inline bool loop__inherited(const loop_t *loop) {
         return unlikely(loop->fork_generation != __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED));
 }
 
-/* The usual checks of a public call on a loop, as one error code or 0. */
+/* The usual checks of a public call on a loop, as one error code or 0.
+ * "Open and not inherited" is one compare; which error it is, is not hot. */
 static inline int loop__usable(const loop_t *loop) {
+        if (likely(loop && loop__open_here(loop)))
+                return 0;
         if (!loop)
                 return -EINVAL;
         if (loop__inherited(loop))
@@ -207,7 +230,7 @@ static inline int loop__usable(const loop_t *loop) {
 }
 
 /* loop.c */
-extern __thread loop_t *loop__running_loop;   /* the loop running in this thread */
+extern LOOP_HIDDEN __thread loop_t *loop__running_loop;   /* the loop running in this thread */
 int loop__init(loop_t *loop, const struct loop__impl *impl);
 void loop__report(loop_t *loop, const char *message, int error, loop_handle_t *handle, int fd);
 
@@ -216,8 +239,15 @@ const char *loop__getenv(const char *name);
 bool loop__getenv_bool(const char *name);
 
 /* fd_table.c: make room for fd in a table of elem_size entries indexed by
- * fd, zero-filling what is new; -EBADF for a descriptor that is not open. */
-int loop__fd_table_reserve(void **table, size_t *n, size_t elem_size, int fd);
+ * fd, zero-filling what is new; -EBADF for a descriptor that is not open.
+ * The check that it fits already is inline: it is on every add_reader. */
+int loop__fd_table_grow(void **table, size_t *n, size_t elem_size, int fd);
+
+static inline int loop__fd_table_reserve(void **table, size_t *n, size_t elem_size, int fd) {
+        if (likely(fd >= 0 && (size_t) fd < *n))
+                return 0;
+        return loop__fd_table_grow(table, n, elem_size, fd);
+}
 
 /* current.c */
 bool loop__is_main_thread(void);
@@ -275,7 +305,7 @@ void loop__threadsafe_close(loop_t *loop);
 void loop__threadsafe_free(loop_t *loop);
 
 /* selector_loop.c */
-extern const struct loop__impl loop__selector_impl;
+extern LOOP_HIDDEN const struct loop__impl loop__selector_impl;
 
 /* proactor_loop.c: a proactor loop on the backend LIBLOOP_PROACTOR names
  * (loop_new), -ENOENT for a name that is not compiled in. */

@@ -174,7 +174,7 @@ static int64_t wait_timeout(loop_t *loop, int64_t now, int64_t max_wait_ns) {
         const struct timer_slot *top;
         int64_t timeout = max_wait_ns;
 
-        if (loop->ready.count > 0 || loop->stopping)
+        if (ready_count(&loop->ready) > 0 || loop->stopping)
                 return 0;
         if ((top = loop__first_timer(loop))) {
                 /* Compared before subtracting: a deadline near INT64_MIN
@@ -195,7 +195,7 @@ static int64_t wait_timeout(loop_t *loop, int64_t now, int64_t max_wait_ns) {
  * all; a run of call_soon callbacks costs no clock_gettime.
  */
 static int iterate(loop_t *loop, int64_t max_wait_ns) {
-        bool busy = loop->ready.count > 0 || loop->stopping;
+        bool busy = ready_count(&loop->ready) > 0 || loop->stopping;
         int64_t before = 0, now = 0, timeout = 0;
         int r;
 
@@ -254,7 +254,7 @@ LOOP_EXPORT int loop_get_metrics(loop_t *loop, struct loop_metrics *metrics) {
                 .events = loop->n_events,
                 .wait_ns = loop->wait_ns,
                 .run_ns = run_ns,
-                .handles_ready = loop->ready.count,
+                .handles_ready = ready_count(&loop->ready),
                 .timers = timer_heap_live(&loop->timers),
                 .fds = loop->impl->count_fds(loop),
         };

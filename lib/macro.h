@@ -4,6 +4,9 @@
 #include <errno.h>
 
 #define LOOP_EXPORT __attribute__((visibility("default")))
+/* For extern declarations of the library's own data: -fvisibility=hidden
+ * covers definitions only, and without this every access goes through the GOT. */
+#define LOOP_HIDDEN __attribute__((visibility("hidden")))
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)

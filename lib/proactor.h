@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "macro.h"
+
 /* Completion flag: a multishot request stays armed; more completions of the
  * same user_data follow. Without it, the completion is the request's last. */
 #define LOOP_PROACTOR_MORE UINT32_C(1)
@@ -109,5 +111,5 @@ struct loop_proactor_ops {
 };
 
 #ifdef ENABLE_URING
-extern const struct loop_proactor_ops loop_proactor_uring;
+extern LOOP_HIDDEN const struct loop_proactor_ops loop_proactor_uring;
 #endif

@@ -19,9 +19,12 @@ struct ready_entry {
         void *userdata;
 };
 
+/* Pointers rather than a count and a capacity: the room test and the
+ * store then need no index arithmetic, which is most of call_soon. */
 struct ready_queue {
-        struct ready_entry *items;
-        size_t count, cap;
+        struct ready_entry *items;      /* the array being filled */
+        struct ready_entry *tail;       /* its first free entry */
+        struct ready_entry *end;        /* one past its last entry */
         /* The array the running batch came from, or the idle one. */
         struct ready_entry *spare;
         size_t spare_cap;
@@ -29,14 +32,29 @@ struct ready_queue {
 
 int loop__ready_grow(struct ready_queue *q);
 
+static inline size_t ready_count(const struct ready_queue *q) {
+        return (size_t) (q->tail - q->items);
+}
+
+static inline size_t ready_cap(const struct ready_queue *q) {
+        return (size_t) (q->end - q->items);
+}
+
+/* Make `items`, holding n entries out of cap, the array being filled. */
+static inline void ready_set(struct ready_queue *q, struct ready_entry *items, size_t n, size_t cap) {
+        q->items = items;
+        q->tail = items + n;
+        q->end = items + cap;
+}
+
 static inline int ready_push(struct ready_queue *q, loop_callback_t cb, void *userdata, loop_handle_t *h) {
-        if (unlikely(q->count == q->cap)) {
+        if (unlikely(q->tail == q->end)) {
                 int r = loop__ready_grow(q);
                 if (r < 0)
                         return r;
         }
-        q->items[q->count++] = h ? (struct ready_entry) { .userdata = h }
-                                 : (struct ready_entry) { .cb = cb, .userdata = userdata };
+        *q->tail++ = h ? (struct ready_entry) { .userdata = h }
+                       : (struct ready_entry) { .cb = cb, .userdata = userdata };
         return 0;
 }
 

@@ -15,6 +15,8 @@
 
 #include <stdint.h>
 
+#include "macro.h"
+
 #include "loop.h"
 
 #define LOOP_EVENT_READ  UINT32_C(1)
@@ -86,9 +88,9 @@ struct loop_selector {
 };
 
 /* The compiled-in backends, defined in their own files. */
-extern const struct loop_selector_ops loop_selector_epoll;
-extern const struct loop_selector_ops loop_selector_poll;
-extern const struct loop_selector_ops loop_selector_select;
+extern LOOP_HIDDEN const struct loop_selector_ops loop_selector_epoll;
+extern LOOP_HIDDEN const struct loop_selector_ops loop_selector_poll;
+extern LOOP_HIDDEN const struct loop_selector_ops loop_selector_select;
 
 /* Converts a timeout to milliseconds, rounding up so we never wake early and spin. */
 int loop__timeout_ms(int64_t timeout_ns);

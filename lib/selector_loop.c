@@ -18,6 +18,13 @@
  * backend is told to re-check it, which on epoll is one EPOLL_CTL_ADD (it
  * fails with EEXIST, changing nothing, when the file is still the same).
  * Without that the new file would never be watched.
+ *
+ * A ready descriptor's callback is queued as a plain ready entry: a
+ * trampoline (run_reader or run_writer) with the descriptor number as its
+ * argument, and a "pending" bit in the fdinfo. Removing or replacing the
+ * callback clears the bit, so the queued entry then does nothing (asyncio
+ * cancels the queued handle), without a handle per registration, a
+ * reference per event or a second lookup.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,10 +32,18 @@
 #include "internal.h"
 #include "selector.h"
 
+struct fdio {
+        loop_io_callback_t cb;  /* NULL: none */
+        void *userdata;
+};
+
+enum { IO_READ, IO_WRITE };     /* index into fdinfo.io */
+
 struct fdinfo {
-        loop_handle_t *reader;
-        loop_handle_t *writer;
+        struct fdio io[2];      /* the reader and the writer */
         uint32_t registered;    /* what the backend watches now */
+        uint8_t want;           /* LOOP_EVENT_*: what it should watch (a callback, or wake) */
+        uint8_t pending;        /* 1 << IO_*: its callback is in the ready queue */
         bool queued;            /* on the change queue */
         bool reset;             /* all callbacks were removed since the last flush */
         bool wake;              /* the loop's own wake-up descriptor */
@@ -47,43 +62,40 @@ static inline struct selector_loop *selector_loop(loop_t *loop) {
         return (struct selector_loop *) loop;
 }
 
-static inline uint32_t wanted(const struct fdinfo *fi) {
-        return (fi->reader || fi->wake ? LOOP_EVENT_READ : 0) | (fi->writer ? LOOP_EVENT_WRITE : 0);
+static inline unsigned io_index(uint32_t event) {
+        return event == LOOP_EVENT_READ ? IO_READ : IO_WRITE;
 }
 
 static int ensure_fd(struct selector_loop *sl, int fd) {
         return loop__fd_table_reserve((void **) &sl->fds, &sl->n_fds, sizeof(*sl->fds), fd);
 }
 
-static int queue_change(struct selector_loop *sl, int fd) {
-        struct fdinfo *fi = &sl->fds[fd];
+static __attribute__((noinline)) int grow_changes(struct selector_loop *sl) {
+        size_t cap = sl->cap_changes ? sl->cap_changes * 2 : 64;
+        int *changes = realloc(sl->changes, cap * sizeof(*changes));
 
+        if (!changes)
+                return -ENOMEM;
+        sl->changes = changes;
+        sl->cap_changes = cap;
+        return 0;
+}
+
+static inline int queue_change(struct selector_loop *sl, struct fdinfo *fi, int fd) {
         if (fi->queued)
                 return 0;
-        if (sl->n_changes == sl->cap_changes) {
-                size_t cap = sl->cap_changes ? sl->cap_changes * 2 : 64;
-                int *changes = realloc(sl->changes, cap * sizeof(*changes));
-                if (!changes)
-                        return -ENOMEM;
-                sl->changes = changes;
-                sl->cap_changes = cap;
-        }
+        if (unlikely(sl->n_changes == sl->cap_changes) && grow_changes(sl) < 0)
+                return -ENOMEM;
         sl->changes[sl->n_changes++] = fd;
         fi->queued = true;
         return 0;
 }
 
-static void drop_callbacks(struct selector_loop *sl, struct fdinfo *fi) {
-        loop_handle_t **slots[] = { &fi->reader, &fi->writer };
-
-        for (size_t i = 0; i < ELEMENTSOF(slots); i++) {
-                loop_handle_t *h = *slots[i];
-                if (!h)
-                        continue;
-                *slots[i] = NULL;
-                __atomic_store_n(&h->cancelled, 1, __ATOMIC_RELEASE);
-                loop__handle_drop(&sl->base, h);
-        }
+/* Forget both callbacks; a queued one will not run. */
+static void drop_callbacks(struct fdinfo *fi) {
+        fi->io[IO_READ] = fi->io[IO_WRITE] = (struct fdio) {};
+        fi->want = fi->wake ? LOOP_EVENT_READ : 0;
+        fi->pending = 0;
 }
 
 /* Apply the queued changes: once per iteration, right before waiting. */
@@ -93,7 +105,7 @@ static void flush_changes(struct selector_loop *sl) {
         for (size_t i = 0; i < sl->n_changes; i++) {
                 int fd = sl->changes[i];
                 struct fdinfo *fi = &sl->fds[fd];
-                uint32_t w = wanted(fi);
+                uint32_t w = fi->want;
                 bool reset = fi->reset && w != 0;
 
                 fi->queued = false;
@@ -107,7 +119,7 @@ static void flush_changes(struct selector_loop *sl) {
                          * add was deferred, so the exception handler hears it. */
                         fi->registered = 0;
                         loop__report(&sl->base, "Cannot watch file descriptor", r, NULL, fd);
-                        drop_callbacks(sl, fi);
+                        drop_callbacks(fi);
                         continue;
                 }
                 fi->registered = w;
@@ -115,30 +127,98 @@ static void flush_changes(struct selector_loop *sl) {
         sl->n_changes = 0;
 }
 
+/* Run the callback a ready descriptor queued, unless it was removed or
+ * replaced since. The descriptor rides in the userdata word. An error the
+ * callback returns is reported by the run loop, which finds the
+ * descriptor again through selector_describe(). */
+static inline int run_io(loop_t *loop, void *userdata, unsigned which) {
+        struct selector_loop *sl = selector_loop(loop);
+        int fd = (int) (intptr_t) userdata;
+        struct fdinfo *fi = &sl->fds[fd];       /* looked up now: the table may have moved */
+
+        if (unlikely(!(fi->pending & (1u << which)))) {
+                loop->n_stale++;
+                return 0;
+        }
+        fi->pending &= ~(1u << which);
+        return fi->io[which].cb(loop, fd, fi->io[which].userdata);
+}
+
+static int run_reader(loop_t *loop, void *userdata) {
+        return run_io(loop, userdata, IO_READ);
+}
+
+static int run_writer(loop_t *loop, void *userdata) {
+        return run_io(loop, userdata, IO_WRITE);
+}
+
+static const loop_callback_t trampolines[2] = { run_reader, run_writer };
+
+static inline void queue_io(struct selector_loop *sl, struct fdinfo *fi, int fd, unsigned which) {
+        if (unlikely(ready_push(&sl->base.ready, trampolines[which], (void *) (intptr_t) fd, NULL) < 0)) {
+                loop__report(&sl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, fd);
+                return;
+        }
+        fi->pending |= 1u << which;
+}
+
+static void queue_ready(struct selector_loop *sl, struct fdinfo *fi, int fd, uint32_t events) {
+        if ((events & LOOP_EVENT_READ) && fi->io[IO_READ].cb)
+                queue_io(sl, fi, fd, IO_READ);
+        if ((events & LOOP_EVENT_WRITE) && fi->io[IO_WRITE].cb)
+                queue_io(sl, fi, fd, IO_WRITE);
+}
+
+static __attribute__((noinline)) void on_ready_slow(struct selector_loop *sl, int fd, uint32_t events) {
+        struct fdinfo *fi = &sl->fds[fd];
+
+        if (fi->wake)
+                loop__threadsafe_drain(&sl->base);
+        else
+                queue_ready(sl, fi, fd, events);
+}
+
 static void on_ready(void *ctx, int fd, uint32_t events) {
         struct selector_loop *sl = ctx;
-        loop_handle_t *hs[2];
-        size_t n = 0;
+        struct ready_queue *q = &sl->base.ready;
 
-        if (fd < 0 || (size_t) fd >= sl->n_fds)
+        /* Unsigned: a negative fd fails the same test. */
+        if (unlikely((size_t) fd >= sl->n_fds))
                 return;
+        /* The common case calls nothing (no registers to save): room for
+         * both entries, and not the wake-up descriptor. */
         struct fdinfo *fi = &sl->fds[fd];
-        if (fi->wake) {
-                loop__threadsafe_drain(&sl->base);
-                return;
+        if (unlikely(fi->wake || q->end - q->tail < 2))
+                return on_ready_slow(sl, fd, events);
+        if ((events & LOOP_EVENT_READ) && fi->io[IO_READ].cb) {
+                *q->tail++ = (struct ready_entry) { .cb = run_reader, .userdata = (void *) (intptr_t) fd };
+                fi->pending |= 1u << IO_READ;
         }
-        if ((events & LOOP_EVENT_READ) && fi->reader)
-                hs[n++] = fi->reader;
-        if ((events & LOOP_EVENT_WRITE) && fi->writer)
-                hs[n++] = fi->writer;
-        for (size_t i = 0; i < n; i++) {
-                /* I/O handles never leave the loop's thread: a plain increment will do. */
-                hs[i]->n_ref++;
-                if (ready_push(&sl->base.ready, NULL, NULL, hs[i]) < 0) {
-                        hs[i]->n_ref--;
-                        loop__report(&sl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, fd);
-                }
+        if ((events & LOOP_EVENT_WRITE) && fi->io[IO_WRITE].cb) {
+                *q->tail++ = (struct ready_entry) { .cb = run_writer, .userdata = (void *) (intptr_t) fd };
+                fi->pending |= 1u << IO_WRITE;
         }
+}
+
+static bool selector_describe(const loop_t *loop, const struct ready_entry *e, struct loop__entry_info *info) {
+        const struct selector_loop *sl = (const struct selector_loop *) loop;
+        unsigned which;
+
+        if (e->cb == run_reader)
+                which = IO_READ;
+        else if (e->cb == run_writer)
+                which = IO_WRITE;
+        else
+                return false;
+        int fd = (int) (intptr_t) e->userdata;
+        const struct fdinfo *fi = &sl->fds[fd];
+        *info = (struct loop__entry_info) {
+                .fn = (void *) (uintptr_t) fi->io[which].cb,
+                .userdata = fi->io[which].userdata,
+                .fd = fd,
+                .cancelled = !(fi->pending & (1u << which)),
+        };
+        return true;
 }
 
 static int selector_poll(loop_t *loop, int64_t timeout_ns) {
@@ -151,8 +231,6 @@ static int selector_poll(loop_t *loop, int64_t timeout_ns) {
 static void selector_close(loop_t *loop) {
         struct selector_loop *sl = selector_loop(loop);
 
-        for (size_t fd = 0; fd < sl->n_fds; fd++)
-                drop_callbacks(sl, &sl->fds[fd]);
         free(sl->fds);
         free(sl->changes);
         sl->fds = NULL;
@@ -169,7 +247,7 @@ static uint64_t selector_count_fds(loop_t *loop) {
         uint64_t n = 0;
 
         for (size_t fd = 0; fd < sl->n_fds; fd++)
-                n += sl->fds[fd].reader || sl->fds[fd].writer;
+                n += sl->fds[fd].io[IO_READ].cb || sl->fds[fd].io[IO_WRITE].cb;
         return n;
 }
 
@@ -178,16 +256,15 @@ static void selector_dump(loop_t *loop, FILE *f) {
 
         for (size_t fd = 0; fd < sl->n_fds; fd++) {
                 const struct fdinfo *fi = &sl->fds[fd];
-                if (!fi->reader && !fi->writer)
+                const struct fdio *rd = &fi->io[IO_READ], *wr = &fi->io[IO_WRITE];
+                if (!rd->cb && !wr->cb)
                         continue;
                 fprintf(f, "fd %zu registered=%s%s", fd, fi->registered & LOOP_EVENT_READ ? "r" : "",
                         fi->registered & LOOP_EVENT_WRITE ? "w" : "");
-                if (fi->reader)
-                        fprintf(f, " reader=%p reader_userdata=%p", (void *) (uintptr_t) fi->reader->io_cb,
-                                fi->reader->userdata);
-                if (fi->writer)
-                        fprintf(f, " writer=%p writer_userdata=%p", (void *) (uintptr_t) fi->writer->io_cb,
-                                fi->writer->userdata);
+                if (rd->cb)
+                        fprintf(f, " reader=%p reader_userdata=%p", (void *) (uintptr_t) rd->cb, rd->userdata);
+                if (wr->cb)
+                        fprintf(f, " writer=%p writer_userdata=%p", (void *) (uintptr_t) wr->cb, wr->userdata);
                 fputc('\n', f);
         }
 }
@@ -216,6 +293,7 @@ const struct loop__impl loop__selector_impl = {
         .close = selector_close,
         .add_io = add_io,
         .remove_io = remove_io,
+        .describe = selector_describe,
 };
 
 LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
@@ -246,6 +324,7 @@ LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
                 return r;
         }
         sl->fds[wfd].wake = true;
+        sl->fds[wfd].want = LOOP_EVENT_READ;
         sl->fds[wfd].registered = LOOP_EVENT_READ;
         *ret = &sl->base;
         return 0;
@@ -259,11 +338,11 @@ LOOP_EXPORT loop_selector_t *loop_get_selector(loop_t *loop) {
 
 static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata) {
         struct selector_loop *sl = selector_loop(loop);
+        const struct loop_selector_ops *ops = sl->sel->ops;
         int r;
 
         if (fd < 0)
                 return -EBADF;
-        const struct loop_selector_ops *ops = sl->sel->ops;
         if (ops->check_fd) {
                 r = ops->check_fd(sl->sel->state, fd);
                 if (r < 0)
@@ -276,33 +355,26 @@ static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, v
         struct fdinfo *fi = &sl->fds[fd];
         if (fi->wake)
                 return -EBUSY;
-        loop_handle_t **slot = event == LOOP_EVENT_READ ? &fi->reader : &fi->writer;
+        uint32_t want = fi->want | event;
 
         if (fi->registered == 0) {
                 /* First registration: now, so a bad descriptor is the caller's error. */
-                r = ops->modify(sl->sel->state, fd, 0, wanted(fi) | event, 0);
+                r = ops->modify(sl->sel->state, fd, 0, want, 0);
                 if (r < 0)
                         return r;
-                fi->registered = wanted(fi) | event;
-        } else if ((wanted(fi) | event) != fi->registered || fi->reset) {
-                r = queue_change(sl, fd);
+                fi->registered = want;
+        } else if (want != fi->registered || fi->reset) {
+                r = queue_change(sl, fi, fd);
                 if (r < 0)
                         return r;
         }
 
-        loop_handle_t *h = loop__handle_new(loop, HANDLE_IO);
-        if (!h)
-                return -ENOMEM;
-        h->io_cb = cb;
-        h->userdata = userdata;
-        h->fd = fd;
         /* Replacing a callback, as asyncio does: the old one is cancelled,
          * so it does not run even if it was already queued. */
-        if (*slot) {
-                __atomic_store_n(&(*slot)->cancelled, 1, __ATOMIC_RELEASE);
-                loop__handle_drop(loop, *slot);
-        }
-        *slot = h;
+        unsigned which = io_index(event);
+        fi->io[which] = (struct fdio) { .cb = cb, .userdata = userdata };
+        fi->want = want;
+        fi->pending &= ~(1u << which);
         return 0;
 }
 
@@ -316,20 +388,19 @@ static int remove_io(loop_t *loop, int fd, uint32_t event) {
                 return 0;
 
         struct fdinfo *fi = &sl->fds[fd];
-        loop_handle_t **slot = event == LOOP_EVENT_READ ? &fi->reader : &fi->writer;
-        loop_handle_t *h = *slot;
-        if (!h)
+        if (!(fi->want & event) || fi->wake)
                 return 0;
-        *slot = NULL;
-        __atomic_store_n(&h->cancelled, 1, __ATOMIC_RELEASE);
-        loop__handle_drop(loop, h);
+        unsigned which = io_index(event);
+        fi->io[which] = (struct fdio) {};
+        fi->want &= ~event;
+        fi->pending &= ~(1u << which);
 
-        if (wanted(fi) == 0)
+        if (fi->want == 0)
                 fi->reset = true;
-        r = queue_change(sl, fd);
+        r = queue_change(sl, fi, fd);
         if (r < 0) {
                 /* No room to defer the change: apply it now instead. */
-                uint32_t w = wanted(fi);
+                uint32_t w = fi->want;
                 if (w != fi->registered && sl->sel->ops->modify(sl->sel->state, fd, fi->registered, w, 0) >= 0)
                         fi->registered = w;
         }

@@ -116,12 +116,10 @@ void loop__threadsafe_drain(loop_t *loop) {
         /* Usually nothing else is queued: adopt the batch as the ready
          * array instead of copying it, and keep the old one as the next
          * post buffer. */
-        if (loop->ready.count == 0 && n > 0) {
+        if (ready_count(&loop->ready) == 0 && n > 0) {
                 struct ready_entry *old = loop->ready.items;
-                size_t old_cap = loop->ready.cap;
-                loop->ready.items = items;
-                loop->ready.cap = cap;
-                loop->ready.count = n;
+                size_t old_cap = ready_cap(&loop->ready);
+                ready_set(&loop->ready, items, n, cap);
                 loop->ts_spare = old;
                 loop->ts_spare_cap = old_cap;
                 return;

@@ -676,6 +676,12 @@ START_TEST(test_slow_callback_warning_timer_and_io) {
         ck_assert_int_eq(fired, 1);
         ck_assert_int_eq(nread, 1);
         ck_assert_msg(count_substr(out, "took") == 2, "timer + reader: got: %s", out);
+        /* Each line names the user's function, not the library's. */
+        char want[64];
+        snprintf(want, sizeof(want), "callback %p (userdata %p)", (void *) (uintptr_t) sleepy_io_cb, (void *) &nread);
+        ck_assert_msg(strstr(out, want), "want \"%s\", got: %s", want, out);
+        snprintf(want, sizeof(want), "callback %p (userdata %p)", (void *) (uintptr_t) sleepy_cb, NULL);
+        ck_assert_msg(strstr(out, want), "want \"%s\", got: %s", want, out);
         ck_assert_int_eq(loop_remove_reader(loop, sv[0]), 1);
         loop_unref(loop);
         tu_close_pair(sv);

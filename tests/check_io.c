@@ -6,6 +6,8 @@
  */
 #include <sys/select.h>
 
+#include <stdbool.h>
+
 #include "testutil.h"
 
 /* ---- a recording I/O callback --------------------------------------- */
@@ -214,6 +216,64 @@ START_TEST(test_replace_writer) {
 END_TEST
 
 /* ---- registration changes within an iteration --------------------------- */
+
+struct swap {
+        int fd;
+        struct io_rec *rec;     /* NULL: remove only */
+        bool remove_first;
+};
+
+static int swap_reader_cb(loop_t *loop, void *userdata) {
+        struct swap *sw = userdata;
+
+        if (sw->remove_first)
+                ck_assert_int_eq(loop_remove_reader(loop, sw->fd), 1);
+        if (sw->rec)
+                ck_assert_int_eq(loop_add_reader(loop, sw->fd, rec_cb, sw->rec), 0);
+        return 0;
+}
+
+/*
+ * The descriptor is ready and its reader queued behind a callback that
+ * replaces it (or removes and re-adds it, or removes it): the queued
+ * reader does not run, is not counted, and the new one runs from the next
+ * iteration on (asyncio cancels the old handle).
+ */
+START_TEST(test_changed_while_queued) {
+        static const struct { bool remove_first, readd; } cases[] = {
+                { false, true }, { true, true }, { true, false },
+        };
+
+        for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+                loop_t *loop = tu_loop_new();
+                struct io_rec r1 = {.fd = -1}, r2 = {.fd = -1};
+                struct swap sw = {.rec = cases[i].readd ? &r2 : NULL, .remove_first = cases[i].remove_first};
+                int sv[2];
+
+                tu_socketpair(sv);
+                sw.fd = sv[0];
+                ck_assert_int_eq(loop_add_reader(loop, sv[0], rec_cb, &r1), 0);
+                tu_write_byte(sv[1]);
+                /* Registered and seen ready: run once with nothing else to do. */
+                ck_assert_int_eq(loop_call_soon(loop, swap_reader_cb, &sw, NULL), 0);
+                ck_assert_int_eq(loop_run_once(loop, 2 * TU_SEC), 1);
+                ck_assert_int_eq(r1.count, 0);
+                ck_assert_int_eq(r2.count, 0);
+                if (cases[i].readd) {
+                        ck_assert_int_eq(loop_run_once(loop, 2 * TU_SEC), 1);
+                        ck_assert_int_eq(r2.count, 1);
+                        ck_assert_int_eq(loop_remove_reader(loop, sv[0]), 1);
+                } else {
+                        ck_assert_int_eq(loop_run_once(loop, 0), 0);
+                        ck_assert_int_eq(loop_remove_reader(loop, sv[0]), 0);
+                }
+                ck_assert_int_eq(r1.count, 0);
+                loop_unref(loop);
+                tu_close_pair(sv);
+        }
+}
+END_TEST
+
 
 struct mutual {
         int fd[2]; /* the two watched fds */
@@ -899,6 +959,7 @@ static Suite *io_suite(void) {
         tcase_add_test(tc, test_removed_reader_never_runs);
         tcase_add_test(tc, test_removed_by_earlier_callback);
         tcase_add_test(tc, test_remove_then_add);
+        tcase_add_test(tc, test_changed_while_queued);
         tcase_add_loop_test(tc, test_fd_reuse_reader, 0, 4);
         tcase_add_loop_test(tc, test_fd_reuse_writer, 0, 4);
 
