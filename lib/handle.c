@@ -472,17 +472,15 @@ static __attribute__((noinline)) void report_entry(loop_t *loop, const struct re
 
 /* asyncio logs "Executing <Handle cb(args)> took 0.123 seconds"; the
  * closest C has is the function's address and its user data. */
-static void slow_callback_warning(const loop_t *loop, const struct ready_entry *e, int64_t took) {
-        struct loop__entry_info info;
-
-        loop__entry_info(loop, e, &info);
-        fprintf(stderr, "libloop: Executing callback %p (userdata %p) took %.3f seconds\n", info.fn, info.userdata,
-                (double) took / 1e9);
+static void slow_callback_warning(const struct loop__entry_info *info, int64_t took) {
+        fprintf(stderr, "libloop: Executing callback %p (userdata %p) took %.3f seconds\n", info->fn,
+                info->userdata, (double) took / 1e9);
 }
 
 /* Returns whether a callback ran (a cancelled handle's does not). */
 static bool run_entry(loop_t *loop, const struct ready_entry *e) {
         loop_handle_t *h = ready_entry_handle(e);
+        struct loop__entry_info info;
         int64_t start = 0;
         int r;
 
@@ -490,15 +488,18 @@ static bool run_entry(loop_t *loop, const struct ready_entry *e) {
                 drop_unrun(loop, h);
                 return false;
         }
-        if (unlikely(loop->debug))
+        if (unlikely(loop->debug)) {
+                /* Before the call: a reader that removes itself is still named. */
+                loop__entry_info(loop, e, &info);
                 start = loop__now();
+        }
 
         r = invoke(loop, e, h);
 
         if (unlikely(loop->debug)) {
                 int64_t took = loop__now() - start;
                 if (took > loop->slow_callback_ns)
-                        slow_callback_warning(loop, e, took);
+                        slow_callback_warning(&info, took);
         }
         if (unlikely(r < 0) && !h)
                 report_entry(loop, e, r);

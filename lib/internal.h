@@ -19,7 +19,7 @@
 enum {
         HANDLE_SOON,    /* call_soon / call_soon_threadsafe */
         HANDLE_TIMER,   /* call_later / call_at */
-        HANDLE_IO,      /* a reader or writer; never given to the user */
+        HANDLE_IO,      /* a proactor loop's reader or writer; never given to the user */
 };
 
 struct loop_handle {

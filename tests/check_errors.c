@@ -655,6 +655,12 @@ static int sleepy_io_cb(loop_t *loop, int fd, void *userdata) {
         return sleepy_cb(loop, NULL);
 }
 
+/* Removes itself, as a reader does at end of file. */
+static int sleepy_last_io_cb(loop_t *loop, int fd, void *userdata) {
+        ck_assert_int_eq(loop_remove_reader(loop, fd), 1);
+        return sleepy_io_cb(loop, fd, userdata);
+}
+
 /* Timer and I/O callbacks are timed too. */
 START_TEST(test_slow_callback_warning_timer_and_io) {
         loop_t *loop = tu_loop_new();
@@ -682,6 +688,19 @@ START_TEST(test_slow_callback_warning_timer_and_io) {
         ck_assert_msg(strstr(out, want), "want \"%s\", got: %s", want, out);
         snprintf(want, sizeof(want), "callback %p (userdata %p)", (void *) (uintptr_t) sleepy_cb, NULL);
         ck_assert_msg(strstr(out, want), "want \"%s\", got: %s", want, out);
+
+        /* Also a reader that removed itself while it ran. */
+        ck_assert_int_eq(loop_add_reader(loop, sv[0], sleepy_last_io_cb, &nread), 0);
+        tu_write_byte(sv[1]);
+        tu_capture_start(&cap);
+        ran = loop_run_once(loop, 2 * TU_SEC);
+        tu_capture_stop(&cap, out, sizeof(out));
+        ck_assert_int_eq(ran, 1);
+        ck_assert_int_eq(nread, 2);
+        snprintf(want, sizeof(want), "callback %p (userdata %p)", (void *) (uintptr_t) sleepy_last_io_cb,
+                 (void *) &nread);
+        ck_assert_msg(strstr(out, want), "want \"%s\", got: %s", want, out);
+        ck_assert_int_eq(loop_add_reader(loop, sv[0], sleepy_io_cb, &nread), 0);
         ck_assert_int_eq(loop_remove_reader(loop, sv[0]), 1);
         loop_unref(loop);
         tu_close_pair(sv);
