@@ -165,13 +165,12 @@ struct loop {
         /* Where handles come from: scheduling a timer costs no malloc. */
         struct loop__handle_pool *pool;
 
-        /* call_soon_threadsafe: producers append under the lock, the loop swaps the buffers. */
+        /* call_soon_threadsafe (threadsafe.c): producers claim slots of the
+         * ring; when it is full they append to ts_items under ts_lock. */
+        struct loop__ts_ring *ts_ring;
         pthread_mutex_t ts_lock;
         struct ready_entry *ts_items;
         size_t ts_n, ts_cap;
-        struct ready_entry *ts_spare;
-        size_t ts_spare_cap;
-        bool ts_wake_pending;           /* under ts_lock: a wake-up write is in flight */
         int wake_read_fd, wake_write_fd;  /* the same eventfd on Linux, a pipe elsewhere */
 
         unsigned running;               /* atomic: 1 while some thread runs the loop */

@@ -2,23 +2,108 @@
 /*
  * call_soon_threadsafe: the only way in from other threads.
  *
- * Producers append to a buffer under a mutex; the loop swaps the buffer for
- * an empty one and queues everything it took. Every call gets its own slot,
- * so calls never coalesce (uv_async_send's do); only the wake-up does: a
- * flag under the same lock says a wake-up is already on its way, so a flood
- * of posts costs one eventfd write, not one per post. The wake-up write is
- * non-blocking: a full pipe already means "wake up", so the caller never
- * waits on the loop.
+ * A post is one compare-and-swap: producers claim the next slot of a ring
+ * by advancing a tail word that also holds the flags, write the callback
+ * into the slot and publish it by storing the slot's position + 1 in its
+ * sequence word (unique per lap, so the loop never has to reset it: the
+ * loop only reads slots, and hands them back by advancing one head word
+ * per batch). Every call gets its own slot, so calls never coalesce
+ * (uv_async_send's do); only the wake-up does. The WAKE flag in the tail
+ * word says a wake-up is on its way: the producer whose claim set it
+ * writes the wake-up descriptor after publishing, everybody else writes
+ * nothing, so a flood costs one write per loop wake-up, not one per post.
+ * The write is non-blocking: a full pipe already means "wake up".
+ *
+ * Deciding who wakes in the same atomic step as the claim is what keeps a
+ * fence out of the post: the loop clears WAKE (one atomic step, which also
+ * reads how far producers have claimed), then takes every slot claimed
+ * before that. A slot claimed but not yet published belongs to a producer
+ * that will not write again, so the loop waits for it briefly and, if it
+ * is still not there, wakes itself for another try.
+ *
+ * When the ring is full a producer sets OVERFLOW and appends under a mutex
+ * instead, and so does every producer after it until the loop has taken
+ * the whole ring and then the overflow: a thread's posts keep their order.
+ * CLOSED, set by loop_close() under the same mutex, turns posts away with
+ * -ESHUTDOWN: a post either fails, or got in before the close (and is then
+ * dropped with the loop, never run).
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
-int loop__threadsafe_init(loop_t *loop) {
-        int r = loop__wakeup_new(&loop->wake_read_fd, &loop->wake_write_fd);
+/* The tail word: the claim position above the flags. */
+#define TS_WAKE         UINT64_C(1)
+#define TS_OVERFLOW     UINT64_C(2)
+#define TS_CLOSED       UINT64_C(4)
+#define TS_POS_SHIFT    3
 
-        if (r < 0)
+/* 1024 slots of 24 bytes: a burst between two wake-ups rarely needs more. */
+#define TS_RING_SLOTS   1024u
+
+/* How long the loop waits for a claimed slot to be published before it
+ * wakes itself up to look again (a producer between its two steps). */
+#define TS_PUBLISH_SPINS 256
+
+struct loop__ts_slot {
+        uint64_t seq;           /* atomic: position + 1 once published for that position */
+        loop_callback_t cb;     /* a struct ready_entry's two words */
+        void *userdata;
+};
+
+/*
+ * Its own allocation, cache-line aligned: the tail word, which producers
+ * hammer, shares a line with nothing the loop's thread uses per callback.
+ * The loop never writes a slot: it publishes how far it has taken (head)
+ * once per drain, and a slot's sequence number is unique per lap, so a
+ * slot's line only travels producer -> loop.
+ */
+struct loop__ts_ring {
+        _Alignas(64) uint64_t tail;     /* atomic: claim position << TS_POS_SHIFT | TS_* flags */
+        _Alignas(64) uint64_t head;     /* atomic: every position below it is taken */
+        struct loop__ts_slot slots[TS_RING_SLOTS] __attribute__((aligned(64)));
+};
+
+/* How far ahead of its slot a producer takes ownership of the ring's
+ * memory, in slots: a few cache lines. */
+#define TS_PREFETCH_AHEAD 16
+
+/*
+ * Ask for the line with intent to write. The loop read it last (a lap
+ * ago), so without this the producer's store waits for the line to come
+ * back, and its next compare-and-swap waits for that store. prefetchw is
+ * a no-op on x86-64 processors that lack it.
+ */
+static inline void prefetch_for_write(const void *p) {
+#if defined(__x86_64__)
+        __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *) p));
+#else
+        __builtin_prefetch(p, 1);
+#endif
+}
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#elif defined(__aarch64__)
+        __asm__ __volatile__("yield");
+#endif
+}
+
+int loop__threadsafe_init(loop_t *loop) {
+        /* The size is a multiple of 64: the struct's alignment. */
+        loop->ts_ring = aligned_alloc(64, sizeof(struct loop__ts_ring));
+        if (!loop->ts_ring)
+                return -ENOMEM;
+        /* seq 0 is "published" for no position (position + 1 >= 1). */
+        memset(loop->ts_ring, 0, sizeof(*loop->ts_ring));
+        int r = loop__wakeup_new(&loop->wake_read_fd, &loop->wake_write_fd);
+        if (r < 0) {
+                free(loop->ts_ring);
+                loop->ts_ring = NULL;
                 return r;
+        }
         pthread_mutex_init(&loop->ts_lock, NULL);
         return 0;
 }
@@ -28,19 +113,86 @@ void loop__threadsafe_free(loop_t *loop) {
          * destroying it would be undefined, and leaking it is harmless. */
         if (!loop__inherited(loop))
                 pthread_mutex_destroy(&loop->ts_lock);
+        /* Posts the loop never took. Every poster has returned (a poster
+         * holds a reference), so every claimed slot is published. */
+        uint64_t end = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE) >> TS_POS_SHIFT;
+        for (uint64_t pos = loop->ts_ring->head; pos != end; pos++) {
+                struct loop__ts_slot *s = &loop->ts_ring->slots[pos % TS_RING_SLOTS];
+                if (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == pos + 1 && !s->cb)
+                        loop_handle_unref(s->userdata);
+        }
         for (size_t i = 0; i < loop->ts_n; i++)
                 loop_handle_unref(ready_entry_handle(&loop->ts_items[i]));
+        free(loop->ts_ring);
         free(loop->ts_items);
-        free(loop->ts_spare);
         loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
         loop->wake_read_fd = loop->wake_write_fd = -1;
+}
+
+/* The ring was full (or another producer found it so): append under the
+ * lock until the loop has caught up. Returns 1 if this post must wake the
+ * loop, 0 if not, or a negative errno. */
+static int post_overflow(loop_t *loop, struct ready_entry e) {
+        int r;
+
+        pthread_mutex_lock(&loop->ts_lock);
+        uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE);
+        if (t & TS_CLOSED) {
+                r = -ESHUTDOWN;
+                goto unlock;
+        }
+        if (loop->ts_n == loop->ts_cap) {
+                size_t cap = loop->ts_cap ? loop->ts_cap * 2 : 1024;
+                struct ready_entry *items = realloc(loop->ts_items, cap * sizeof(*items));
+                if (!items) {
+                        r = -ENOMEM;
+                        goto unlock;
+                }
+                loop->ts_items = items;
+                loop->ts_cap = cap;
+        }
+        loop->ts_items[loop->ts_n++] = e;
+        /* From now on no producer claims a ring slot (the CAS sees the flag). */
+        t = __atomic_fetch_or(&loop->ts_ring->tail, TS_OVERFLOW | TS_WAKE, __ATOMIC_ACQ_REL);
+        r = !(t & TS_WAKE);
+unlock:
+        pthread_mutex_unlock(&loop->ts_lock);
+        return r;
+}
+
+/* Returns 1 if this post must wake the loop, 0 if not, or a negative errno. */
+static int post(loop_t *loop, struct ready_entry e) {
+        uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_RELAXED);
+        uint64_t pos;
+        struct loop__ts_slot *s;
+
+        for (;;) {
+                if (t & (TS_CLOSED | TS_OVERFLOW))
+                        return post_overflow(loop, e);
+                pos = t >> TS_POS_SHIFT;
+                /* Acquire: the loop's reads of the slot's last lap are done. */
+                if (pos - __atomic_load_n(&loop->ts_ring->head, __ATOMIC_ACQUIRE) >= TS_RING_SLOTS) {
+                        uint64_t now = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_RELAXED);
+                        if (now == t)
+                                return post_overflow(loop, e);  /* full */
+                        t = now;
+                        continue;
+                }
+                if (__atomic_compare_exchange_n(&loop->ts_ring->tail, &t, ((pos + 1) << TS_POS_SHIFT) | TS_WAKE, true,
+                                                __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+                        break;
+        }
+        s = &loop->ts_ring->slots[pos % TS_RING_SLOTS];
+        prefetch_for_write(&loop->ts_ring->slots[(pos + TS_PREFETCH_AHEAD) % TS_RING_SLOTS]);
+        s->cb = e.cb;
+        s->userdata = e.userdata;
+        __atomic_store_n(&s->seq, pos + 1, __ATOMIC_RELEASE);
+        return !(t & TS_WAKE);
 }
 
 LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void *userdata,
                                           loop_handle_t **ret) {
         loop_handle_t *h = NULL;
-        bool need_wake = false;
-        int r = 0;
 
         return_if_fail(loop && cb, -EINVAL);
         if (loop__inherited(loop))
@@ -55,93 +207,108 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                         .n_ref = 2,     /* the queue's and the caller's */
                         .kind = HANDLE_SOON,
                         .exposed = 1,
-                        /* Set before the handle is published under ts_lock,
-                         * so the loop's thread sees it without a pass over
-                         * the drained entries. */
+                        /* Set before the handle is published, so the loop's
+                         * thread sees it without a pass over the taken
+                         * entries. */
                         .loop = loop,
                         .cb = cb,
                         .userdata = userdata,
                 };
         }
 
-        pthread_mutex_lock(&loop->ts_lock);
-        /* Checked under the lock: loop_close() takes it to mark the loop closed. */
-        if (__atomic_load_n(&loop->closed, __ATOMIC_ACQUIRE)) {
-                r = -ESHUTDOWN;
-                goto unlock;
-        }
-        if (loop->ts_n == loop->ts_cap) {
-                size_t cap = loop->ts_cap ? loop->ts_cap * 2 : 64;
-                struct ready_entry *items = realloc(loop->ts_items, cap * sizeof(*items));
-                if (!items) {
-                        r = -ENOMEM;
-                        goto unlock;
-                }
-                loop->ts_items = items;
-                loop->ts_cap = cap;
-        }
-        loop->ts_items[loop->ts_n++] = h ? (struct ready_entry) { .userdata = h }
-                                         : (struct ready_entry) { .cb = cb, .userdata = userdata };
-        if (!loop->ts_wake_pending)
-                need_wake = loop->ts_wake_pending = true;
-unlock:
-        pthread_mutex_unlock(&loop->ts_lock);
-
+        int r = post(loop, h ? (struct ready_entry) { .userdata = h }
+                             : (struct ready_entry) { .cb = cb, .userdata = userdata });
         if (r < 0) {
                 free(h);
                 return r;
         }
-        if (need_wake)
+        if (r > 0)
                 loop__wakeup_write(loop->wake_write_fd);
         if (ret)
                 *ret = h;
         return 0;
 }
 
-/* Called in the loop's thread when the wake-up descriptor is readable. */
-void loop__threadsafe_drain(loop_t *loop) {
-        /* Read the wake-up first, then take the buffer: a post that lands
-         * after the swap sees the flag clear and wakes us again. */
-        loop__wakeup_drain(loop->wake_read_fd);
+static void queue_taken(loop_t *loop, loop_callback_t cb, void *userdata) {
+        loop_handle_t *h = cb ? NULL : userdata;
 
-        pthread_mutex_lock(&loop->ts_lock);
-        struct ready_entry *items = loop->ts_items;
-        size_t n = loop->ts_n, cap = loop->ts_cap;
-        loop->ts_items = loop->ts_spare;
-        loop->ts_cap = loop->ts_spare_cap;
-        loop->ts_n = 0;
-        loop->ts_wake_pending = false;
-        pthread_mutex_unlock(&loop->ts_lock);
-
-        /* Usually nothing else is queued: adopt the batch as the ready
-         * array instead of copying it, and keep the old one as the next
-         * post buffer. */
-        if (ready_count(&loop->ready) == 0 && n > 0) {
-                struct ready_entry *old = loop->ready.items;
-                size_t old_cap = ready_cap(&loop->ready);
-                ready_set(&loop->ready, items, n, cap);
-                loop->ts_spare = old;
-                loop->ts_spare_cap = old_cap;
-                return;
-        }
-        for (size_t i = 0; i < n; i++) {
-                struct ready_entry *e = &items[i];
-                loop_handle_t *h = ready_entry_handle(e);
-                if (ready_push(&loop->ready, e->cb, e->userdata, h) < 0) {
-                        loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM, h, -1);
-                        if (h) {
-                                h->loop = NULL;
-                                loop__handle_drop(loop, h);
-                        }
+        if (ready_push(&loop->ready, cb, userdata, h) < 0) {
+                loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM, h, -1);
+                if (h) {
+                        h->loop = NULL;
+                        loop__handle_drop(loop, h);
                 }
         }
-        loop->ts_spare = items;
-        loop->ts_spare_cap = cap;
+}
+
+/* Take the ring's slots up to end. False if one is claimed but still not
+ * published: its producer will not wake us, so the caller must. */
+static bool take_ring(loop_t *loop, uint64_t end) {
+        /* Only this thread writes head: a plain read of it is current. */
+        for (uint64_t pos = __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED); pos != end; pos++) {
+                struct loop__ts_slot *s = &loop->ts_ring->slots[pos % TS_RING_SLOTS];
+                int spins = 0;
+
+                while (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) != pos + 1) {
+                        if (++spins > TS_PUBLISH_SPINS) {
+                                __atomic_store_n(&loop->ts_ring->head, pos, __ATOMIC_RELEASE);
+                                return false;
+                        }
+                        cpu_relax();
+                }
+                queue_taken(loop, s->cb, s->userdata);
+                /* Hand slots back now and then, not only at the end: a long
+                 * batch should not send producers to the overflow. */
+                if ((pos + 1) % (TS_RING_SLOTS / 4) == 0)
+                        __atomic_store_n(&loop->ts_ring->head, pos + 1, __ATOMIC_RELEASE);
+        }
+        /* Release: our reads of the slots are done before producers reuse them. */
+        __atomic_store_n(&loop->ts_ring->head, end, __ATOMIC_RELEASE);
+        return true;
+}
+
+/* Called in the loop's thread when the wake-up descriptor is readable. */
+void loop__threadsafe_drain(loop_t *loop) {
+        /* Read the wake-up first, then clear WAKE: a post claimed after
+         * that sees the flag clear and wakes us again. */
+        loop__wakeup_drain(loop->wake_read_fd);
+        uint64_t t = __atomic_fetch_and(&loop->ts_ring->tail, ~TS_WAKE, __ATOMIC_ACQ_REL);
+
+        if (!take_ring(loop, t >> TS_POS_SHIFT))
+                goto retry;
+        if (!(t & TS_OVERFLOW))
+                return;
+
+        pthread_mutex_lock(&loop->ts_lock);
+        /* OVERFLOW stops claims, so this end is final; the overflow comes
+         * after every slot before it. */
+        t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE);
+        if (!take_ring(loop, t >> TS_POS_SHIFT)) {
+                pthread_mutex_unlock(&loop->ts_lock);
+                goto retry;
+        }
+        struct ready_entry *items = loop->ts_items;
+        size_t n = loop->ts_n;
+        loop->ts_items = NULL;
+        loop->ts_n = loop->ts_cap = 0;
+        __atomic_fetch_and(&loop->ts_ring->tail, ~TS_OVERFLOW, __ATOMIC_ACQ_REL);
+        pthread_mutex_unlock(&loop->ts_lock);
+
+        for (size_t i = 0; i < n; i++)
+                queue_taken(loop, items[i].cb, items[i].userdata);
+        free(items);
+        return;
+
+retry:
+        /* A producer between its claim and its publish (preempted, most
+         * likely): look again on the next iteration instead of waiting. */
+        loop__wakeup_write(loop->wake_write_fd);
 }
 
 /* loop_close(): no new posts are taken after this; those already taken are dropped. */
 void loop__threadsafe_close(loop_t *loop) {
         pthread_mutex_lock(&loop->ts_lock);
+        __atomic_fetch_or(&loop->ts_ring->tail, TS_CLOSED, __ATOMIC_ACQ_REL);
         __atomic_store_n(&loop->closed, true, __ATOMIC_RELEASE);
         pthread_mutex_unlock(&loop->ts_lock);
 }

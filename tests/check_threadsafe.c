@@ -390,6 +390,145 @@ START_TEST(test_closed_loop) {
 }
 END_TEST
 
+/*
+ * The loop falls behind now and then (a slow callback), so the posts of 4
+ * threads fill the queue's ring and go to its overflow, and back: still
+ * exactly once and FIFO per thread.
+ */
+static int slow_tally_cb(loop_t *loop, void *userdata) {
+        if (tally.total % 4096 == 0)
+                tu_sleep_ns(2 * TU_MSEC);
+        return tally_cb(loop, userdata);
+}
+
+static void *slow_poster_main(void *arg) {
+        struct poster *p = arg;
+
+        while (!atomic_load(p->go))
+                sched_yield();
+        for (int i = 0; i < p->calls; i++) {
+                int r = loop_call_soon_threadsafe(p->loop, slow_tally_cb, ENCODE(p->id, i), NULL);
+                if (r < 0) {
+                        atomic_fetch_add(&p->failures, 1);
+                        atomic_store(&p->first_error, r);
+                }
+                if (i % 1000 == 999)
+                        sched_yield();  /* bursts, so the ring empties between some of them */
+        }
+        return NULL;
+}
+
+START_TEST(test_overflow_while_running) {
+        loop_t *loop = tu_loop_new();
+        struct poster p[N_THREADS];
+        atomic_int go;
+        int guard = 0;
+        loop_handle_t *gh = NULL;
+        const int calls = 3 * N_CALLS;
+
+        atomic_init(&go, 0);
+        tally_reset(N_THREADS * calls);
+        for (int t = 0; t < N_THREADS; t++) {
+                p[t] = (struct poster) { .loop = loop, .id = t, .calls = calls, .go = &go };
+                atomic_init(&p[t].failures, 0);
+                atomic_init(&p[t].first_error, 0);
+                ck_assert_int_eq(pthread_create(&p[t].thread, NULL, slow_poster_main, &p[t]), 0);
+        }
+        ck_assert_int_eq(loop_call_later(loop, 60.0, tu_stop_cb, &guard, &gh), 0);
+        atomic_store(&go, 1);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        join_posters(p, N_THREADS);
+        ck_assert_int_eq(guard, 0);
+        ck_assert_int_eq(tally.total, N_THREADS * calls);
+        ck_assert_int_eq(tally.out_of_order, 0);
+        for (int t = 0; t < N_THREADS; t++)
+                ck_assert_int_eq(tally.count[t], calls);
+        ck_assert_int_eq(loop_run_once(loop, 0), 0);
+        loop_handle_cancel(gh);
+        loop_handle_unref(gh);
+        loop_unref(loop);
+}
+END_TEST
+
+/*
+ * Threads post (with handles) while the loop runs and is then closed: every
+ * post either fails with -ESHUTDOWN or was taken before the close, nothing
+ * runs after it, and nothing leaks (ASan and valgrind check the last part).
+ */
+static int close_ran;   /* the loop's thread's */
+
+struct close_poster {
+        pthread_t thread;
+        loop_t *loop;
+        atomic_int *go;
+        atomic_int posted;      /* successful posts so far, for the main thread */
+        int ok, shut, other;
+};
+
+static void *close_poster_main(void *arg) {
+        struct close_poster *cp = arg;
+
+        while (!atomic_load(cp->go))
+                sched_yield();
+        for (;;) {
+                loop_handle_t *h = NULL;
+                int r = loop_call_soon_threadsafe(cp->loop, tu_count_cb, &close_ran, cp->ok % 2 ? &h : NULL);
+                if (r == -ESHUTDOWN) {
+                        cp->shut++;
+                        break;
+                }
+                if (r < 0) {
+                        cp->other++;
+                        break;
+                }
+                cp->ok++;
+                atomic_store(&cp->posted, cp->ok);
+                loop_handle_unref(h);
+                /* A burst, then one post a millisecond until the close:
+                 * nothing holds a flood back, and under valgrind the loop
+                 * gets little of the machine. */
+                if (cp->ok >= 5000)
+                        tu_sleep_ns(TU_MSEC);
+        }
+        return NULL;
+}
+
+START_TEST(test_close_while_posting) {
+        loop_t *loop = tu_loop_new();
+        struct close_poster cp[N_THREADS];
+        atomic_int go;
+
+        atomic_init(&go, 0);
+        for (int t = 0; t < N_THREADS; t++) {
+                cp[t] = (struct close_poster) { .loop = loop, .go = &go };
+                atomic_init(&cp[t].posted, 0);
+                ck_assert_int_eq(pthread_create(&cp[t].thread, NULL, close_poster_main, &cp[t]), 0);
+        }
+        close_ran = 0;
+        atomic_store(&go, 1);
+        /* Run until every thread got posts in (then a little more), so the
+         * close lands in the middle of all of them. */
+        int64_t deadline = tu_now_ns() + 20 * TU_SEC;
+        for (int t = 0; t < N_THREADS; t++)
+                while (atomic_load(&cp[t].posted) == 0 && tu_now_ns() < deadline)
+                        ck_assert_int_ge(loop_run_once(loop, TU_MSEC), 0);
+        for (int i = 0; i < 10; i++)
+                ck_assert_int_ge(loop_run_once(loop, TU_MSEC), 0);
+        ck_assert_int_gt(close_ran, 0);
+        ck_assert_int_eq(loop_close(loop), 0);
+        int ran_before_close = close_ran;
+        for (int t = 0; t < N_THREADS; t++) {
+                ck_assert_int_eq(pthread_join(cp[t].thread, NULL), 0);
+                ck_assert_int_eq(cp[t].shut, 1);
+                ck_assert_int_eq(cp[t].other, 0);
+                ck_assert_int_gt(cp[t].ok, 0);
+        }
+        ck_assert_int_eq(loop_run_once(loop, 0), -ESHUTDOWN);
+        ck_assert_int_eq(close_ran, ran_before_close);
+        loop_unref(loop);
+}
+END_TEST
+
 START_TEST(test_cancel_before_run) {
         loop_t *loop = tu_loop_new();
         loop_handle_t *h1 = NULL, *h2 = NULL;
@@ -668,6 +807,8 @@ static Suite *threadsafe_suite(void) {
         tcase_add_test(tc, test_many_threads_before_run);
         tcase_add_test(tc, test_flood_while_running);
         tcase_add_test(tc, test_flood_run_once_blocking);
+        tcase_add_test(tc, test_overflow_while_running);
+        tcase_add_test(tc, test_close_while_posting);
 
         tc = tu_tcase(s, "wakeup");
         tcase_add_test(tc, test_wakes_sleeping_loop);
