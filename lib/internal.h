@@ -300,6 +300,7 @@ void loop__wakeup_close(int read_fd, int write_fd);
 /* threadsafe.c */
 int loop__threadsafe_init(loop_t *loop);
 void loop__threadsafe_drain(loop_t *loop);
+void loop__threadsafe_poll(loop_t *loop);
 void loop__threadsafe_close(loop_t *loop);
 void loop__threadsafe_free(loop_t *loop);
 

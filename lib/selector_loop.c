@@ -56,6 +56,8 @@ struct selector_loop {
         size_t n_fds;
         int *changes;
         size_t n_changes, cap_changes;
+        size_t n_watched;       /* descriptors the backend watches, the wake-up one aside */
+        bool embedded;          /* loop_fileno() was asked: an outer loop waits on the backend */
 };
 
 static inline struct selector_loop *selector_loop(loop_t *loop) {
@@ -64,6 +66,13 @@ static inline struct selector_loop *selector_loop(loop_t *loop) {
 
 static inline unsigned io_index(uint32_t event) {
         return event == LOOP_EVENT_READ ? IO_READ : IO_WRITE;
+}
+
+/* Every change of what the backend watches goes through here, so that
+ * n_watched stays exact. */
+static inline void set_registered(struct selector_loop *sl, struct fdinfo *fi, uint32_t events) {
+        sl->n_watched += (events != 0) - (fi->registered != 0);
+        fi->registered = events;
 }
 
 static int ensure_fd(struct selector_loop *sl, int fd) {
@@ -117,12 +126,12 @@ static void flush_changes(struct selector_loop *sl) {
                         /* The descriptor went bad behind our back (closed while
                          * watched): asyncio would raise in add_reader; here the
                          * add was deferred, so the exception handler hears it. */
-                        fi->registered = 0;
+                        set_registered(sl, fi, 0);
                         loop__report(&sl->base, "Cannot watch file descriptor", r, NULL, fd);
                         drop_callbacks(fi);
                         continue;
                 }
-                fi->registered = w;
+                set_registered(sl, fi, w);
         }
         sl->n_changes = 0;
 }
@@ -225,6 +234,19 @@ static int selector_poll(loop_t *loop, int64_t timeout_ns) {
         struct selector_loop *sl = selector_loop(loop);
 
         flush_changes(sl);
+        /*
+         * A loop that must not wait and watches nothing but its wake-up
+         * descriptor has nothing to ask the kernel: what a wait would
+         * report, the call_soon_threadsafe ring says directly. A run of
+         * call_soon callbacks then costs no system call per iteration.
+         * Not when embedded: a wake-up written after this check would keep
+         * the outer loop's poll on loop_fileno() readable, and only a wait
+         * reads it.
+         */
+        if (timeout_ns == 0 && sl->n_watched == 0 && !sl->embedded) {
+                loop__threadsafe_poll(loop);
+                return 0;
+        }
         return sl->sel->ops->select(sl->sel->state, timeout_ns, on_ready, sl);
 }
 
@@ -278,6 +300,7 @@ static int selector_fileno(loop_t *loop) {
 
         if (!sl->sel->ops->fileno)
                 return -EOPNOTSUPP;
+        sl->embedded = true;
         return sl->sel->ops->fileno(sl->sel->state);
 }
 
@@ -362,7 +385,7 @@ static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, v
                 r = ops->modify(sl->sel->state, fd, 0, want, 0);
                 if (r < 0)
                         return r;
-                fi->registered = want;
+                set_registered(sl, fi, want);
         } else if (want != fi->registered || fi->reset) {
                 r = queue_change(sl, fi, fd);
                 if (r < 0)
@@ -402,7 +425,7 @@ static int remove_io(loop_t *loop, int fd, uint32_t event) {
                 /* No room to defer the change: apply it now instead. */
                 uint32_t w = fi->want;
                 if (w != fi->registered && sl->sel->ops->modify(sl->sel->state, fd, fi->registered, w, 0) >= 0)
-                        fi->registered = w;
+                        set_registered(sl, fi, w);
         }
         return 1;
 }

@@ -267,11 +267,10 @@ static bool take_ring(loop_t *loop, uint64_t end) {
         return true;
 }
 
-/* Called in the loop's thread when the wake-up descriptor is readable. */
-void loop__threadsafe_drain(loop_t *loop) {
-        /* Read the wake-up first, then clear WAKE: a post claimed after
-         * that sees the flag clear and wakes us again. */
-        loop__wakeup_drain(loop->wake_read_fd);
+/* Take what was posted: clear WAKE (a post claimed after that sees the
+ * flag clear and wakes us again), then take the ring up to where it was
+ * claimed, then the overflow. */
+static void take_posted(loop_t *loop) {
         uint64_t t = __atomic_fetch_and(&loop->ts_ring->tail, ~TS_WAKE, __ATOMIC_ACQ_REL);
 
         if (!take_ring(loop, t >> TS_POS_SHIFT))
@@ -303,6 +302,30 @@ retry:
         /* A producer between its claim and its publish (preempted, most
          * likely): look again on the next iteration instead of waiting. */
         loop__wakeup_write(loop->wake_write_fd);
+}
+
+/* Called in the loop's thread when the wake-up descriptor is readable. */
+void loop__threadsafe_drain(loop_t *loop) {
+        /* Read the wake-up first: one written after this is for a post
+         * that take_posted() may miss, and wakes us again. */
+        loop__wakeup_drain(loop->wake_read_fd);
+        take_posted(loop);
+}
+
+/*
+ * Called in the loop's thread instead of a wait that must not block
+ * (selector_poll with nothing else watched): one load when nothing was
+ * posted. When something was, the wake-up descriptor is read as a wait
+ * would have: left readable, it would keep an embedding program's outer
+ * poll on loop_fileno() waking up for nothing.
+ */
+void loop__threadsafe_poll(loop_t *loop) {
+        uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE);
+
+        if (!(t & (TS_WAKE | TS_OVERFLOW)) &&
+            t >> TS_POS_SHIFT == __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED))
+                return;         /* nothing posted */
+        loop__threadsafe_drain(loop);
 }
 
 /* loop_close(): no new posts are taken after this; those already taken are dropped. */
