@@ -297,17 +297,19 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
                 return call_at_slow(loop, when_ns, cb, userdata, ret);
 
         loop->pool->free = h->next_free;
-        *h = (loop_handle_t) {
-                .n_ref = ret ? 2 : 1,
-                .kind = HANDLE_TIMER,
-                .exposed = ret != NULL,
-                .pooled = 1,
-                .pool_index = h->pool_index,
-                .loop = loop,
-                .cb = cb,
-                .userdata = userdata,
-                .when = when_ns,
-        };
+        /* Field by field, not a compound literal: that zeroes all 64 bytes
+         * and then writes most of them again. Every field a timer reads is
+         * set; the union after `when` is only used once the loop lets go. */
+        h->n_ref = ret ? 2 : 1;
+        h->kind = HANDLE_TIMER;
+        h->cancelled = 0;
+        h->exposed = ret != NULL;
+        h->pooled = 1;
+        h->loop = loop;
+        h->cb = cb;
+        h->userdata = userdata;
+        h->discard = NULL;
+        h->when = when_ns;
         timer_heap_insert(heap, h, when_ns);
         if (ret)
                 *ret = h;

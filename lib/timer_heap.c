@@ -141,8 +141,13 @@ int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t whe
                 return r;
         if (unlikely(heap->next_seq >= heap->seq_limit) && (r = renumber(heap)) < 0)
                 return r;
+        uint32_t seq_room = heap->next_seq < heap->seq_limit ? heap->seq_limit - heap->next_seq : 0;
+        heap->room = heap->cap - heap->n < seq_room ? heap->cap - heap->n : seq_room;
         /* With a tiny seq_limit (tests) the renumbered heap may still be
-         * over it: insert anyway, the numbers stay in order. */
+         * over it: insert anyway, the numbers stay in order (and the next
+         * insert comes here again). */
+        if (heap->room == 0)
+                heap->room = 1;
         timer_heap_insert(heap, h, when);
         return 0;
 }

@@ -41,6 +41,10 @@ struct timer_heap {
         /* next_seq at which the live sequence numbers are renumbered from
          * 0 (they are compared as plain integers); UINT32_MAX but for tests. */
         uint32_t seq_limit;
+        /* Inserts that need no growing and no renumbering: at most
+         * min(cap - n, seq_limit - next_seq). Insert counts it down, the
+         * slow push works it out again; pops leave it low, which is safe. */
+        uint32_t room;
         /* The pool's chunk table: (*chunks)[c] is chunk c's first handle. */
         loop_handle_t *const *const *chunks;
         uint64_t *cancelled;            /* bit per id */
@@ -95,10 +99,11 @@ void loop__timer_heap_free(struct timer_heap *heap);
  * loop__timer_heap_push() grows or renumbers first. h must be pooled.
  */
 static inline bool timer_heap_has_room(const struct timer_heap *heap, const loop_handle_t *h) {
-        return heap->n < heap->cap && heap->next_seq < heap->seq_limit && h->pool_index < heap->bits_cap;
+        return heap->room != 0 && h->pool_index < heap->bits_cap;
 }
 
 static inline void timer_heap_insert(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
+        heap->room--;
         h->in_heap = 1;
         timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++,
                            (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = h->pool_index });
