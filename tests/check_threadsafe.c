@@ -57,6 +57,8 @@ struct poster {
         atomic_int *go; /* start line, so the threads overlap */
         atomic_int failures;
         atomic_int first_error;
+        loop_callback_t cb;     /* NULL: tally_cb */
+        int burst;              /* yield the processor after every burst posts (0: never) */
 };
 
 static void *poster_main(void *arg) {
@@ -66,20 +68,25 @@ static void *poster_main(void *arg) {
         while (!atomic_load(p->go))
                 sched_yield();
         for (i = 0; i < p->calls; i++) {
-                int r = loop_call_soon_threadsafe(p->loop, tally_cb, ENCODE(p->id, i), NULL);
+                int r = loop_call_soon_threadsafe(p->loop, p->cb ? p->cb : tally_cb, ENCODE(p->id, i), NULL);
 
                 if (r < 0) {
                         atomic_fetch_add(&p->failures, 1);
                         atomic_store(&p->first_error, r);
                 }
+                if (p->burst && i % p->burst == p->burst - 1)
+                        sched_yield();
         }
         return NULL;
 }
 
-static void start_posters(struct poster *p, int n, loop_t *loop, int calls, atomic_int *go) {
+static void start_posters_with(struct poster *p, int n, loop_t *loop, int calls, atomic_int *go,
+                               loop_callback_t cb, int burst) {
         int t;
 
         for (t = 0; t < n; t++) {
+                p[t].cb = cb;
+                p[t].burst = burst;
                 p[t].loop = loop;
                 p[t].id = t;
                 p[t].calls = calls;
@@ -88,6 +95,10 @@ static void start_posters(struct poster *p, int n, loop_t *loop, int calls, atom
                 atomic_init(&p[t].first_error, 0);
                 ck_assert_int_eq(pthread_create(&p[t].thread, NULL, poster_main, &p[t]), 0);
         }
+}
+
+static void start_posters(struct poster *p, int n, loop_t *loop, int calls, atomic_int *go) {
+        start_posters_with(p, n, loop, calls, go, NULL, 0);
 }
 
 static void join_posters(struct poster *p, int n) {
@@ -105,8 +116,11 @@ static void tally_reset(int want) {
         tally.want = want;
 }
 
-/* 4 threads x 10,000 calls while the loop runs: each runs exactly once, FIFO per thread. */
-START_TEST(test_many_threads_exactly_once) {
+/*
+ * N_THREADS threads x calls posts while the loop runs: each runs exactly
+ * once, FIFO per thread. cb and burst as in struct poster.
+ */
+static void posters_while_running(int calls, loop_callback_t cb, int burst) {
         loop_t *loop = tu_loop_new();
         struct poster p[N_THREADS];
         atomic_int go;
@@ -114,23 +128,28 @@ START_TEST(test_many_threads_exactly_once) {
         loop_handle_t *gh = NULL;
 
         atomic_init(&go, 0);
-        tally_reset(N_THREADS * N_CALLS);
-        start_posters(p, N_THREADS, loop, N_CALLS, &go);
-        ck_assert_int_eq(loop_call_later(loop, 25.0, tu_stop_cb, &guard, &gh), 0);
+        tally_reset(N_THREADS * calls);
+        start_posters_with(p, N_THREADS, loop, calls, &go, cb, burst);
+        ck_assert_int_eq(loop_call_later(loop, 60.0, tu_stop_cb, &guard, &gh), 0);
         atomic_store(&go, 1);
         ck_assert_int_eq(loop_run_forever(loop), 0);
         join_posters(p, N_THREADS);
         ck_assert_int_eq(guard, 0);
-        ck_assert_int_eq(tally.total, N_THREADS * N_CALLS);
+        ck_assert_int_eq(tally.total, N_THREADS * calls);
         ck_assert_int_eq(tally.out_of_order, 0);
         for (t = 0; t < N_THREADS; t++)
-                ck_assert_int_eq(tally.count[t], N_CALLS);
+                ck_assert_int_eq(tally.count[t], calls);
         /* Nothing is left over. */
         ck_assert_int_eq(loop_run_once(loop, 0), 0);
-        ck_assert_int_eq(tally.total, N_THREADS * N_CALLS);
+        ck_assert_int_eq(tally.total, N_THREADS * calls);
         ck_assert_int_eq(loop_handle_cancel(gh), 0);
         loop_handle_unref(gh);
         loop_unref(loop);
+}
+
+/* 4 threads x 10,000 calls while the loop runs. */
+START_TEST(test_many_threads_exactly_once) {
+        posters_while_running(N_CALLS, NULL, 0);
 }
 END_TEST
 
@@ -401,52 +420,9 @@ static int slow_tally_cb(loop_t *loop, void *userdata) {
         return tally_cb(loop, userdata);
 }
 
-static void *slow_poster_main(void *arg) {
-        struct poster *p = arg;
-
-        while (!atomic_load(p->go))
-                sched_yield();
-        for (int i = 0; i < p->calls; i++) {
-                int r = loop_call_soon_threadsafe(p->loop, slow_tally_cb, ENCODE(p->id, i), NULL);
-                if (r < 0) {
-                        atomic_fetch_add(&p->failures, 1);
-                        atomic_store(&p->first_error, r);
-                }
-                if (i % 1000 == 999)
-                        sched_yield();  /* bursts, so the ring empties between some of them */
-        }
-        return NULL;
-}
-
 START_TEST(test_overflow_while_running) {
-        loop_t *loop = tu_loop_new();
-        struct poster p[N_THREADS];
-        atomic_int go;
-        int guard = 0;
-        loop_handle_t *gh = NULL;
-        const int calls = 3 * N_CALLS;
-
-        atomic_init(&go, 0);
-        tally_reset(N_THREADS * calls);
-        for (int t = 0; t < N_THREADS; t++) {
-                p[t] = (struct poster) { .loop = loop, .id = t, .calls = calls, .go = &go };
-                atomic_init(&p[t].failures, 0);
-                atomic_init(&p[t].first_error, 0);
-                ck_assert_int_eq(pthread_create(&p[t].thread, NULL, slow_poster_main, &p[t]), 0);
-        }
-        ck_assert_int_eq(loop_call_later(loop, 60.0, tu_stop_cb, &guard, &gh), 0);
-        atomic_store(&go, 1);
-        ck_assert_int_eq(loop_run_forever(loop), 0);
-        join_posters(p, N_THREADS);
-        ck_assert_int_eq(guard, 0);
-        ck_assert_int_eq(tally.total, N_THREADS * calls);
-        ck_assert_int_eq(tally.out_of_order, 0);
-        for (int t = 0; t < N_THREADS; t++)
-                ck_assert_int_eq(tally.count[t], calls);
-        ck_assert_int_eq(loop_run_once(loop, 0), 0);
-        loop_handle_cancel(gh);
-        loop_handle_unref(gh);
-        loop_unref(loop);
+        /* Bursts of 1000, so the ring empties between some of them. */
+        posters_while_running(3 * N_CALLS, slow_tally_cb, 1000);
 }
 END_TEST
 
