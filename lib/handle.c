@@ -567,8 +567,7 @@ int loop__run_ready(loop_t *loop) {
         ran -= loop->n_stale;
         loop->n_stale = 0;
 
-        /* Nothing else takes the spare while a batch runs (only the
-         * wait, which is not reentrant, adopts arrays): hand it back. */
+        /* Nothing else takes the spare while a batch runs: hand it back. */
         q->spare = batch;
         q->spare_cap = batch_cap;
         return ran > INT32_MAX ? INT32_MAX : (int) ran;

@@ -23,8 +23,8 @@
  * trampoline (run_reader or run_writer) with the descriptor number as its
  * argument, and a "pending" bit in the fdinfo. Removing or replacing the
  * callback clears the bit, so the queued entry then does nothing (asyncio
- * cancels the queued handle), without a handle per registration, a
- * reference per event or a second lookup.
+ * cancels the queued handle), without a handle per registration or a
+ * reference count per event.
  */
 #include <stdlib.h>
 #include <string.h>
