@@ -72,16 +72,33 @@ struct loop__ts_ring {
 /*
  * Ask for the line with intent to write. The loop read it last (a lap
  * ago), so without this the producer's store waits for the line to come
- * back, and its next compare-and-swap waits for that store. prefetchw is
- * a no-op on x86-64 processors that lack it.
+ * back, and its next compare-and-swap waits for that store. On x86-64 the
+ * compiler emits PREFETCHW only when told the processor has it (-mprfchw),
+ * so it is asked at start-up instead (CPUID 0x80000001, ECX bit 8); a plain
+ * prefetch is the fallback.
  */
-static inline void prefetch_for_write(const void *p) {
 #if defined(__x86_64__)
-        __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *) p));
-#else
-        __builtin_prefetch(p, 1);
-#endif
+#include <cpuid.h>
+
+static bool have_prefetchw;     /* written once, before main() */
+
+__attribute__((constructor)) static void detect_prefetchw(void) {
+        unsigned a, b, c, d;
+
+        have_prefetchw = __get_cpuid(0x80000001, &a, &b, &c, &d) && (c & (1u << 8));
 }
+
+static inline void prefetch_for_write(const void *p) {
+        if (have_prefetchw)
+                __asm__ __volatile__("prefetchw %0" : : "m"(*(const char *) p));
+        else
+                __builtin_prefetch(p, 1);
+}
+#else
+static inline void prefetch_for_write(const void *p) {
+        __builtin_prefetch(p, 1);
+}
+#endif
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
