@@ -13,10 +13,9 @@
 int loop__fd_table_grow(void **table, size_t *n, size_t elem_size, int fd) {
         size_t cap;
 
+        /* loop__fd_table_reserve() checked that it does not fit already. */
         if (fd < 0)
                 return -EBADF;
-        if ((size_t) fd < *n)
-                return 0;
         /* Only grow for a descriptor that exists: it is below RLIMIT_NOFILE,
          * so fd 1000000000 fails with EBADF instead of allocating gigabytes. */
         if (fcntl(fd, F_GETFD) < 0)

@@ -463,13 +463,15 @@ void loop__entry_info(const loop_t *loop, const struct ready_entry *e, struct lo
         };
 }
 
-/* A callback without a handle returned an error: the exception handler
- * hears of it, with the descriptor if it was a reader or writer. */
+/* A callback returned an error: the exception handler hears of it, with
+ * the descriptor if it was a reader or writer. */
 static __attribute__((noinline)) void report_entry(loop_t *loop, const struct ready_entry *e, int r) {
+        loop_handle_t *h = ready_entry_handle(e);
         struct loop__entry_info info;
 
         loop__entry_info(loop, e, &info);
-        loop__report(loop, "Exception in callback", r, NULL, info.fd);
+        /* Only a handle the user was given means anything to them. */
+        loop__report(loop, "Exception in callback", r, h && h->exposed ? h : NULL, info.fd);
 }
 
 /* asyncio logs "Executing <Handle cb(args)> took 0.123 seconds"; the
@@ -503,12 +505,8 @@ static bool run_entry(loop_t *loop, const struct ready_entry *e) {
                 if (took > loop->slow_callback_ns)
                         slow_callback_warning(&info, took);
         }
-        if (unlikely(r < 0) && !h)
+        if (unlikely(r < 0))
                 report_entry(loop, e, r);
-        else if (unlikely(r < 0))
-                /* Only a handle the user was given means anything to them. */
-                loop__report(loop, "Exception in callback", r, h->exposed ? h : NULL,
-                             h->kind == HANDLE_IO ? h->fd : -1);
         if (h) {
                 /* A reader or writer stays registered; everything else ran its course. */
                 if (h->kind != HANDLE_IO)

@@ -161,30 +161,17 @@ static int run_writer(loop_t *loop, void *userdata) {
         return run_io(loop, userdata, IO_WRITE);
 }
 
-static const loop_callback_t trampolines[2] = { run_reader, run_writer };
+static void on_ready(void *ctx, int fd, uint32_t events);
 
-static inline void queue_io(struct selector_loop *sl, struct fdinfo *fi, int fd, unsigned which) {
-        if (unlikely(ready_push(&sl->base.ready, trampolines[which], (void *) (intptr_t) fd, NULL) < 0)) {
-                loop__report(&sl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, fd);
-                return;
-        }
-        fi->pending |= 1u << which;
-}
-
-static void queue_ready(struct selector_loop *sl, struct fdinfo *fi, int fd, uint32_t events) {
-        if ((events & LOOP_EVENT_READ) && fi->io[IO_READ].cb)
-                queue_io(sl, fi, fd, IO_READ);
-        if ((events & LOOP_EVENT_WRITE) && fi->io[IO_WRITE].cb)
-                queue_io(sl, fi, fd, IO_WRITE);
-}
-
+/* The wake-up descriptor, or no room for two entries: grow the queue, then
+ * queue as usual (a grown queue has room for at least 256 more). */
 static __attribute__((noinline)) void on_ready_slow(struct selector_loop *sl, int fd, uint32_t events) {
-        struct fdinfo *fi = &sl->fds[fd];
-
-        if (fi->wake)
+        if (sl->fds[fd].wake)
                 loop__threadsafe_drain(&sl->base);
+        else if (loop__ready_grow(&sl->base.ready) < 0)
+                loop__report(&sl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, fd);
         else
-                queue_ready(sl, fi, fd, events);
+                on_ready(sl, fd, events);
 }
 
 static void on_ready(void *ctx, int fd, uint32_t events) {
