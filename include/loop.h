@@ -95,6 +95,10 @@ int loop_add_reader(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata)
 int loop_remove_reader(loop_t *loop, int fd);
 int loop_add_writer(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata);
 int loop_remove_writer(loop_t *loop, int fd);
+int loop_pause_reader(loop_t *loop, int fd);
+int loop_resume_reader(loop_t *loop, int fd);
+int loop_pause_writer(loop_t *loop, int fd);
+int loop_resume_writer(loop_t *loop, int fd);
 
 /* Error handling */
 struct loop_exception_context {

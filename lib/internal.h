@@ -117,6 +117,16 @@ struct loop__impl {
         int (*remove_io)(loop_t *loop, int fd, uint32_t event);
 
         /*
+         * loop_pause_reader/loop_resume_reader and the writer pair: stop
+         * or start watching for fd's callback of that direction, keeping
+         * it. -ENOENT if there is none; 0 if it already was so. A paused
+         * callback does not run, even if already queued. Resuming may
+         * fail like add_io (the descriptor is checked again only if the
+         * loop has to ask the kernel to watch it).
+         */
+        int (*pause_io)(loop_t *loop, int fd, uint32_t event, bool pause);
+
+        /*
          * Socket operations (sock.c) done natively by the loop kind, or
          * NULL: sock.c then builds them on readers and writers. Called after
          * sock.c checked the loop, the arguments and that fd is a

@@ -153,6 +153,30 @@ LOOP_EXPORT int loop_remove_writer(loop_t *loop, int fd) {
         return loop->impl->remove_io(loop, fd, LOOP_EVENT_WRITE);
 }
 
+static int pause_io(loop_t *loop, int fd, uint32_t event, bool pause) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return loop->impl->pause_io(loop, fd, event, pause);
+}
+
+LOOP_EXPORT int loop_pause_reader(loop_t *loop, int fd) {
+        return pause_io(loop, fd, LOOP_EVENT_READ, true);
+}
+
+LOOP_EXPORT int loop_resume_reader(loop_t *loop, int fd) {
+        return pause_io(loop, fd, LOOP_EVENT_READ, false);
+}
+
+LOOP_EXPORT int loop_pause_writer(loop_t *loop, int fd) {
+        return pause_io(loop, fd, LOOP_EVENT_WRITE, true);
+}
+
+LOOP_EXPORT int loop_resume_writer(loop_t *loop, int fd) {
+        return pause_io(loop, fd, LOOP_EVENT_WRITE, false);
+}
+
 LOOP_EXPORT int loop_is_closed(const loop_t *loop) {
         return_if_fail(loop, -EINVAL);
         return loop->closed;

@@ -150,6 +150,10 @@ struct stash {
 
 struct fdslot {
         struct poll_req *io[2];         /* reader, writer */
+        struct {                        /* a paused reader, writer (then io[d] is NULL) */
+                loop_io_callback_t cb;
+                void *userdata;
+        } paused[2];
         struct pop *op[2];              /* receiving (recv*, accept), sending (send*, connect) */
         struct stash *stash;
         bool wake;
@@ -406,6 +410,7 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
                 return r;
         }
         s->io[d] = req;
+        s->paused[d].cb = NULL;         /* a paused callback is replaced by an active one */
         return 0;
 }
 
@@ -415,12 +420,52 @@ static int proactor_remove_io(loop_t *loop, int fd, uint32_t event) {
 
         if (fd < 0)
                 return -EBADF;
-        if ((size_t) fd >= pl->n_fds || !pl->fds[fd].io[d])
+        if ((size_t) fd >= pl->n_fds)
                 return 0;
-        struct poll_req *req = pl->fds[fd].io[d];
-        pl->fds[fd].io[d] = NULL;
+        struct fdslot *s = &pl->fds[fd];
+        if (s->paused[d].cb) {
+                s->paused[d].cb = NULL;
+                return 1;
+        }
+        if (!s->io[d])
+                return 0;
+        struct poll_req *req = s->io[d];
+        s->io[d] = NULL;
         req_remove(req);
         return 1;
+}
+
+/* A multishot poll left armed on a paused descriptor would complete
+ * again and again while it stays ready, so pausing cancels the request
+ * and keeps only the callback; resuming adds it again. */
+static int proactor_pause_io(loop_t *loop, int fd, uint32_t event, bool pause) {
+        struct proactor_loop *pl = proactor_loop(loop);
+        int d = event == LOOP_EVENT_READ ? 0 : 1;
+        int r;
+
+        if (fd < 0)
+                return -EBADF;
+        if ((size_t) fd >= pl->n_fds)
+                return -ENOENT;
+        struct fdslot *s = &pl->fds[fd];
+        bool paused = s->paused[d].cb != NULL;
+        if (!paused && !s->io[d])
+                return -ENOENT;
+        if (paused == pause)
+                return 0;               /* already so */
+        if (pause) {
+                loop_handle_t *h = s->io[d]->h;
+                loop_io_callback_t cb = h->io_cb;
+                void *userdata = h->userdata;
+                (void) proactor_remove_io(loop, fd, event);
+                s->paused[d].cb = cb;
+                s->paused[d].userdata = userdata;
+                return 0;
+        }
+        /* add_io clears the paused slot once it succeeds; on failure the
+         * callback stays paused. */
+        r = proactor_add_io(loop, fd, event, s->paused[d].cb, s->paused[d].userdata);
+        return r < 0 ? r : 0;
 }
 
 /* ---- socket operations ------------------------------------------------------- */
@@ -1113,7 +1158,8 @@ static uint64_t proactor_count_fds(loop_t *loop) {
         uint64_t n = 0;
 
         for (size_t fd = 0; fd < pl->n_fds; fd++)
-                n += pl->fds[fd].io[0] || pl->fds[fd].io[1];
+                n += pl->fds[fd].io[0] || pl->fds[fd].io[1] || pl->fds[fd].paused[0].cb ||
+                     pl->fds[fd].paused[1].cb;
         return n;
 }
 
@@ -1122,17 +1168,20 @@ static void proactor_dump(loop_t *loop, FILE *f) {
 
         for (size_t fd = 0; fd < pl->n_fds; fd++) {
                 const struct fdslot *s = &pl->fds[fd];
-                if (!s->io[0] && !s->io[1] && !s->op[0] && !s->op[1])
+                if (!s->io[0] && !s->io[1] && !s->op[0] && !s->op[1] && !s->paused[0].cb && !s->paused[1].cb)
                         continue;
                 /* "registered": what the kernel has a poll request for. */
                 fprintf(f, "fd %zu registered=%s%s", fd, s->io[0] && s->io[0]->armed ? "r" : "",
                         s->io[1] && s->io[1]->armed ? "w" : "");
-                if (s->io[0])
-                        fprintf(f, " reader=%p reader_userdata=%p", (void *) (uintptr_t) s->io[0]->h->io_cb,
-                                s->io[0]->h->userdata);
-                if (s->io[1])
-                        fprintf(f, " writer=%p writer_userdata=%p", (void *) (uintptr_t) s->io[1]->h->io_cb,
-                                s->io[1]->h->userdata);
+                for (int d = 0; d < 2; d++) {
+                        static const char *const name[2] = { "reader", "writer" };
+                        if (s->io[d])
+                                fprintf(f, " %s=%p %s_userdata=%p", name[d], (void *) (uintptr_t) s->io[d]->h->io_cb,
+                                        name[d], s->io[d]->h->userdata);
+                        else if (s->paused[d].cb)
+                                fprintf(f, " %s=%p %s_userdata=%p %s_paused", name[d],
+                                        (void *) (uintptr_t) s->paused[d].cb, name[d], s->paused[d].userdata, name[d]);
+                }
                 if (s->op[0])
                         fprintf(f, " receiving=%p", (void *) s->op[0]->future);
                 if (s->op[1])
@@ -1300,6 +1349,7 @@ static const struct loop__impl proactor_impl = {
         .close = proactor_close,
         .add_io = proactor_add_io,
         .remove_io = proactor_remove_io,
+        .pause_io = proactor_pause_io,
         .sock_call = proactor_sock_call,
 };
 

@@ -19,6 +19,13 @@
  * fails with EEXIST, changing nothing, when the file is still the same).
  * Without that the new file would never be watched.
  *
+ * A paused callback (loop_pause_reader) keeps its slot in fdinfo.io but
+ * leaves fdinfo.want, so the backend stops watching for it at the next
+ * flush. Pausing is not a removal: it never marks the descriptor reset,
+ * because the caller promises that the file stays the same until it
+ * resumes. Pausing and resuming in one iteration therefore cancel out in
+ * the change queue and cost no system call on any backend.
+ *
  * A ready descriptor's callback is queued as a plain ready entry: a
  * trampoline (run_reader or run_writer) with the descriptor number as its
  * argument, and a "pending" bit in the fdinfo. Removing or replacing the
@@ -40,9 +47,9 @@ struct fdio {
 enum { IO_READ, IO_WRITE };     /* index into fdinfo.io */
 
 struct fdinfo {
-        struct fdio io[2];      /* the reader and the writer */
+        struct fdio io[2];      /* the reader and the writer, active or paused */
         uint32_t registered;    /* what the backend watches now */
-        uint8_t want;           /* LOOP_EVENT_*: what it should watch (a callback, or wake) */
+        uint8_t want;           /* LOOP_EVENT_*: what it should watch (an active callback, or wake) */
         uint8_t pending;        /* 1 << IO_*: its callback is in the ready queue */
         bool queued;            /* on the change queue */
         bool reset;             /* all callbacks were removed since the last flush */
@@ -186,11 +193,14 @@ static void on_ready(void *ctx, int fd, uint32_t events) {
         struct fdinfo *fi = &sl->fds[fd];
         if (unlikely(fi->wake || q->end - q->tail < 2))
                 return on_ready_slow(sl, fd, events);
-        if ((events & LOOP_EVENT_READ) && fi->io[IO_READ].cb) {
+        /* want, not io[].cb: a paused callback keeps its slot, and until
+         * the next flush the backend may still report its events. */
+        events &= fi->want;
+        if (events & LOOP_EVENT_READ) {
                 *q->tail++ = (struct ready_entry) { .cb = run_reader, .userdata = (void *) (intptr_t) fd };
                 fi->pending |= 1u << IO_READ;
         }
-        if ((events & LOOP_EVENT_WRITE) && fi->io[IO_WRITE].cb) {
+        if (events & LOOP_EVENT_WRITE) {
                 *q->tail++ = (struct ready_entry) { .cb = run_writer, .userdata = (void *) (intptr_t) fd };
                 fi->pending |= 1u << IO_WRITE;
         }
@@ -271,9 +281,11 @@ static void selector_dump(loop_t *loop, FILE *f) {
                 fprintf(f, "fd %zu registered=%s%s", fd, fi->registered & LOOP_EVENT_READ ? "r" : "",
                         fi->registered & LOOP_EVENT_WRITE ? "w" : "");
                 if (rd->cb)
-                        fprintf(f, " reader=%p reader_userdata=%p", (void *) (uintptr_t) rd->cb, rd->userdata);
+                        fprintf(f, " reader=%p reader_userdata=%p%s", (void *) (uintptr_t) rd->cb, rd->userdata,
+                                fi->want & LOOP_EVENT_READ ? "" : " reader_paused");
                 if (wr->cb)
-                        fprintf(f, " writer=%p writer_userdata=%p", (void *) (uintptr_t) wr->cb, wr->userdata);
+                        fprintf(f, " writer=%p writer_userdata=%p%s", (void *) (uintptr_t) wr->cb, wr->userdata,
+                                fi->want & LOOP_EVENT_WRITE ? "" : " writer_paused");
                 fputc('\n', f);
         }
 }
@@ -293,6 +305,7 @@ static int selector_fileno(loop_t *loop) {
 
 static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata);
 static int remove_io(loop_t *loop, int fd, uint32_t event);
+static int pause_io(loop_t *loop, int fd, uint32_t event, bool pause);
 
 const struct loop__impl loop__selector_impl = {
         .poll = selector_poll,
@@ -303,6 +316,7 @@ const struct loop__impl loop__selector_impl = {
         .close = selector_close,
         .add_io = add_io,
         .remove_io = remove_io,
+        .pause_io = pause_io,
         .describe = selector_describe,
 };
 
@@ -346,6 +360,37 @@ LOOP_EXPORT loop_selector_t *loop_get_selector(loop_t *loop) {
         return selector_loop(loop)->sel;
 }
 
+/* Make the backend watch want for fd, where fd had a callback's events
+ * added: at once if the backend watches nothing for it yet, so a bad
+ * descriptor is the caller's error; else at the next flush. */
+static int watch(struct selector_loop *sl, struct fdinfo *fi, int fd, uint32_t want) {
+        int r;
+
+        if (fi->registered == 0) {
+                r = sl->sel->ops->modify(sl->sel->state, fd, 0, want, 0);
+                if (r < 0)
+                        return r;
+                set_registered(sl, fi, want);
+        } else if (want != fi->registered || fi->reset) {
+                r = queue_change(sl, fi, fd);
+                if (r < 0)
+                        return r;
+        }
+        fi->want = want;
+        return 0;
+}
+
+/* fd's events were taken out of fi->want: tell the backend at the next
+ * flush or, with no room to defer the change, now. Either way no
+ * callback that left want runs again (on_ready looks at want). */
+static void unwatch(struct selector_loop *sl, struct fdinfo *fi, int fd) {
+        if (queue_change(sl, fi, fd) < 0) {
+                uint32_t w = fi->want;
+                if (w != fi->registered && sl->sel->ops->modify(sl->sel->state, fd, fi->registered, w, 0) >= 0)
+                        set_registered(sl, fi, w);
+        }
+}
+
 static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata) {
         struct selector_loop *sl = selector_loop(loop);
         const struct loop_selector_ops *ops = sl->sel->ops;
@@ -365,32 +410,22 @@ static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, v
         struct fdinfo *fi = &sl->fds[fd];
         if (fi->wake)
                 return -EBUSY;
-        uint32_t want = fi->want | event;
-
-        if (fi->registered == 0) {
-                /* First registration: now, so a bad descriptor is the caller's error. */
-                r = ops->modify(sl->sel->state, fd, 0, want, 0);
-                if (r < 0)
-                        return r;
-                set_registered(sl, fi, want);
-        } else if (want != fi->registered || fi->reset) {
-                r = queue_change(sl, fi, fd);
-                if (r < 0)
-                        return r;
-        }
+        /* A paused callback is replaced, and the new one is active. */
+        r = watch(sl, fi, fd, fi->want | event);
+        if (r < 0)
+                return r;
 
         /* Replacing a callback, as asyncio does: the old one is cancelled,
          * so it does not run even if it was already queued. */
         unsigned which = io_index(event);
         fi->io[which] = (struct fdio) { .cb = cb, .userdata = userdata };
-        fi->want = want;
         fi->pending &= ~(1u << which);
         return 0;
 }
 
 static int remove_io(loop_t *loop, int fd, uint32_t event) {
         struct selector_loop *sl = selector_loop(loop);
-        int r;
+        unsigned which = io_index(event);
 
         if (fd < 0)
                 return -EBADF;
@@ -398,21 +433,40 @@ static int remove_io(loop_t *loop, int fd, uint32_t event) {
                 return 0;
 
         struct fdinfo *fi = &sl->fds[fd];
-        if (!(fi->want & event) || fi->wake)
+        if (!fi->io[which].cb)          /* none, active or paused (never on the wake-up fd) */
                 return 0;
-        unsigned which = io_index(event);
         fi->io[which] = (struct fdio) {};
         fi->want &= ~event;
         fi->pending &= ~(1u << which);
-
-        if (fi->want == 0)
+        /* Only a descriptor nobody holds a callback on may be closed and
+         * reused: a paused one is still the caller's. */
+        if (!fi->io[IO_READ].cb && !fi->io[IO_WRITE].cb)
                 fi->reset = true;
-        r = queue_change(sl, fi, fd);
-        if (r < 0) {
-                /* No room to defer the change: apply it now instead. */
-                uint32_t w = fi->want;
-                if (w != fi->registered && sl->sel->ops->modify(sl->sel->state, fd, fi->registered, w, 0) >= 0)
-                        set_registered(sl, fi, w);
-        }
+        unwatch(sl, fi, fd);
         return 1;
+}
+
+static int pause_io(loop_t *loop, int fd, uint32_t event, bool pause) {
+        struct selector_loop *sl = selector_loop(loop);
+        unsigned which = io_index(event);
+
+        if (fd < 0)
+                return -EBADF;
+        if ((size_t) fd >= sl->n_fds || !sl->fds[fd].io[which].cb)
+                return -ENOENT;
+
+        struct fdinfo *fi = &sl->fds[fd];
+        if (!!(fi->want & event) != pause)
+                return 0;               /* already so */
+        if (!pause)
+                /* No reset check, unlike add_io: the file is the same one
+                 * (loop_resume_reader's contract), so a pause undone
+                 * before the next flush leaves nothing to change. */
+                return watch(sl, fi, fd, fi->want | event);
+        fi->want &= ~event;
+        /* asyncio's pause_reading removes the reader: a run already queued
+         * is cancelled. */
+        fi->pending &= ~(1u << which);
+        unwatch(sl, fi, fd);
+        return 0;
 }
