@@ -3,7 +3,8 @@
  * bench_libloop: the workloads on libloop. See bench.h.
  *
  *   pipe      loop_add_reader per read end; re-setup = loop_remove_reader +
- *             loop_add_reader for every pair.
+ *             loop_add_reader for every pair; -q: loop_pause_reader +
+ *             loop_resume_reader instead (the same file, no reuse check).
  *   timers    loop_call_later_ns with a handle (needed to cancel);
  *             -q: loop_call_at_ns(base + delay) with base = loop_time_ns()
  *             read once per batch, the way libev's ev_timer_start counts
@@ -99,6 +100,15 @@ static BENCH_NOINLINE void ll_ring_resetup(struct ring *r)
         }
 }
 
+/* -q: the same files all along, said with pause/resume: no reuse check. */
+static BENCH_NOINLINE void ll_ring_resetup_pause(struct ring *r)
+{
+        for (long i = 0; i < r->n; i++) {
+                loop_pause_reader(loop, r->fds[2 * i]);
+                loop_resume_reader(loop, r->fds[2 * i]);
+        }
+}
+
 static BENCH_NOINLINE void ll_ring_flush(struct ring *r)
 {
         (void)r;
@@ -116,11 +126,17 @@ static void bench_pipe(void)
         static const struct ring_ops ops = {
                 .setup = ll_ring_setup, .resetup = ll_ring_resetup,
                 .flush = ll_ring_flush, .run = ll_ring_run,
+        }, pause_ops = {
+                .setup = ll_ring_setup, .resetup = ll_ring_resetup_pause,
+                .flush = ll_ring_flush, .run = ll_ring_run,
         };
 
         loop = new_loop();
-        bench_note("re-setup: loop_remove_reader + loop_add_reader per pair");
-        ring_bench(&opts, &ops, &ring);
+        if (opts.variant)
+                bench_note("re-setup: loop_pause_reader + loop_resume_reader per pair");
+        else
+                bench_note("re-setup: loop_remove_reader + loop_add_reader per pair");
+        ring_bench(&opts, opts.variant ? &pause_ops : &ops, &ring);
         for (long i = 0; i < ring.n; i++)
                 loop_remove_reader(loop, ring.fds[2 * i]);
         free_loop(loop);
