@@ -11,6 +11,10 @@
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 
+/* For a helper shared by a hot path and a cold one, which gcc would
+ * otherwise keep out of line. */
+#define LOOP_ALWAYS_INLINE inline __attribute__((always_inline))
+
 #define ELEMENTSOF(a) (sizeof(a) / sizeof((a)[0]))
 
 /*

@@ -363,7 +363,7 @@ LOOP_EXPORT loop_selector_t *loop_get_selector(loop_t *loop) {
 /* Make the backend watch want for fd, where fd had a callback's events
  * added: at once if the backend watches nothing for it yet, so a bad
  * descriptor is the caller's error; else at the next flush. */
-static int watch(struct selector_loop *sl, struct fdinfo *fi, int fd, uint32_t want) {
+static LOOP_ALWAYS_INLINE int watch(struct selector_loop *sl, struct fdinfo *fi, int fd, uint32_t want) {
         int r;
 
         if (fi->registered == 0) {
@@ -383,7 +383,7 @@ static int watch(struct selector_loop *sl, struct fdinfo *fi, int fd, uint32_t w
 /* fd's events were taken out of fi->want: tell the backend at the next
  * flush or, with no room to defer the change, now. Either way no
  * callback that left want runs again (on_ready looks at want). */
-static void unwatch(struct selector_loop *sl, struct fdinfo *fi, int fd) {
+static LOOP_ALWAYS_INLINE void unwatch(struct selector_loop *sl, struct fdinfo *fi, int fd) {
         if (queue_change(sl, fi, fd) < 0) {
                 uint32_t w = fi->want;
                 if (w != fi->registered && sl->sel->ops->modify(sl->sel->state, fd, fi->registered, w, 0) >= 0)
