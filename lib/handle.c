@@ -228,14 +228,16 @@ static __attribute__((noinline)) int call_soon_slow(loop_t *loop, loop_callback_
  * frame and no saved registers.
  */
 LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata, loop_handle_t **ret) {
-        if (likely(loop && cb && !ret && loop__open_here(loop))) {
-                struct ready_queue *q = &loop->ready;
-                if (likely(q->tail != q->end)) {
-                        *q->tail++ = (struct ready_entry) { .cb = cb, .userdata = userdata };
-                        return 0;
-                }
-        }
-        return call_soon_slow(loop, cb, userdata, ret);
+        /* One branch per test, each after a load: tests of registers
+         * next to each other, gcc computes with setcc and tests together,
+         * which is one instruction more each. */
+        if (unlikely(!loop) || unlikely(!loop__open_here(loop)) || unlikely(!cb))
+                return call_soon_slow(loop, cb, userdata, ret);
+        struct ready_queue *q = &loop->ready;
+        if (unlikely(q->tail == q->end) || unlikely(ret))
+                return call_soon_slow(loop, cb, userdata, ret);
+        *q->tail++ = (struct ready_entry) { .cb = cb, .userdata = userdata };
+        return 0;
 }
 
 int loop__call_soon_discard(loop_t *loop, loop_callback_t cb, void *userdata, void (*discard)(void *userdata)) {
@@ -516,9 +518,13 @@ static bool run_entry(loop_t *loop, const struct ready_entry *e) {
         return true;
 }
 
-/* How far ahead of the running entry to prefetch handles: far enough to
- * hide a miss to memory behind the callbacks in between. */
-#define PREFETCH_AHEAD 8
+int loop__run_handle_entry(loop_t *loop, void *h) {
+        struct ready_entry e = { .cb = loop__run_handle_entry, .userdata = h };
+
+        if (!run_entry(loop, &e))
+                loop->n_stale++;
+        return 0;
+}
 
 /*
  * Run exactly the callbacks that are ready now; ones they add wait for the
@@ -540,28 +546,18 @@ int loop__run_ready(loop_t *loop) {
                 for (size_t i = 0; i < n; i++)
                         ran += run_entry(loop, &batch[i]);
         } else {
-                /* The common case, call_soon without a handle, inline: a
-                 * call and a sign test per callback, and no counting (what
-                 * ran is what did not skip). */
+                /* A call and a sign test per entry: handles and descriptors
+                 * go through their entry's function, and what did not run
+                 * counts itself in n_stale. */
                 const struct ready_entry *end = batch + n;
-                size_t skipped = 0;
                 for (const struct ready_entry *e = batch; e != end; e++) {
-                        loop_callback_t cb = e->cb;
-                        if (likely(cb)) {
-                                int r = cb(loop, e->userdata);
-                                if (unlikely(r < 0))
-                                        report_entry(loop, e, r);
-                                continue;
-                        }
-                        /* Handles (timers, descriptors) are scattered in
-                         * memory: fetch the ones coming up while this runs. */
-                        if (end - e > PREFETCH_AHEAD && !e[PREFETCH_AHEAD].cb)
-                                __builtin_prefetch(e[PREFETCH_AHEAD].userdata);
-                        skipped += !run_entry(loop, e);
+                        int r = e->cb(loop, e->userdata);
+                        if (unlikely(r < 0))
+                                report_entry(loop, e, r);
                 }
-                ran = n - skipped;
+                ran = n;
         }
-        /* Trampoline entries whose callback was removed since they were queued. */
+        /* Entries whose callback was removed or whose handle was cancelled. */
         ran -= loop->n_stale;
         loop->n_stale = 0;
 

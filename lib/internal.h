@@ -201,7 +201,7 @@ struct loop {
 
         /* Metrics (loop_get_metrics) */
         uint64_t n_iterations, n_callbacks, n_events;
-        uint64_t n_stale;               /* queued entries that found their callback gone (not run) */
+        uint64_t n_stale;               /* entries of this batch that did not run: callback gone, handle cancelled */
         int64_t wait_ns, run_ns;
         int64_t run_started_ns, run_wait_ns;    /* at the start of the current run */
 

@@ -7,17 +7,23 @@
  * whole array as its batch and gives the loop the other one to fill, so
  * running a batch writes nothing per callback and the callbacks it runs
  * can queue more (for the next pass, as asyncio's _run_once) without
- * touching the batch. An entry is two words; a handle rides in the
- * userdata word with cb == NULL.
+ * touching the batch. An entry is two words, a function and its
+ * argument; a handle rides in the userdata word with
+ * loop__run_handle_entry as its function, so the run loop calls every
+ * entry alike and tests nothing before the call.
  */
 
 #include <stdlib.h>
 #include <string.h>
 
 struct ready_entry {
-        loop_callback_t cb;     /* NULL: userdata is a loop_handle_t * */
+        loop_callback_t cb;     /* loop__run_handle_entry: userdata is a loop_handle_t * */
         void *userdata;
 };
+
+/* Run a queued handle (handle.c). Reports a failing callback itself and
+ * returns 0, so the run loop reports nothing twice. */
+int loop__run_handle_entry(loop_t *loop, void *h);
 
 /* Pointers rather than a count and a capacity: the room test and the
  * store then need no index arithmetic, which is most of call_soon. */
@@ -53,11 +59,11 @@ static inline int ready_push(struct ready_queue *q, loop_callback_t cb, void *us
                 if (r < 0)
                         return r;
         }
-        *q->tail++ = h ? (struct ready_entry) { .userdata = h }
+        *q->tail++ = h ? (struct ready_entry) { .cb = loop__run_handle_entry, .userdata = h }
                        : (struct ready_entry) { .cb = cb, .userdata = userdata };
         return 0;
 }
 
 static inline loop_handle_t *ready_entry_handle(const struct ready_entry *e) {
-        return e->cb ? NULL : (loop_handle_t *) e->userdata;
+        return e->cb == loop__run_handle_entry ? (loop_handle_t *) e->userdata : NULL;
 }

@@ -138,8 +138,10 @@ void loop__threadsafe_free(loop_t *loop) {
                 if (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == pos + 1 && !s->cb)
                         loop_handle_unref(s->userdata);
         }
+        /* Posted entries, like the ring's slots, mark a handle with cb == NULL. */
         for (size_t i = 0; i < loop->ts_n; i++)
-                loop_handle_unref(ready_entry_handle(&loop->ts_items[i]));
+                if (!loop->ts_items[i].cb)
+                        loop_handle_unref(loop->ts_items[i].userdata);
         free(loop->ts_ring);
         free(loop->ts_items);
         loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
