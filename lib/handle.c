@@ -244,9 +244,9 @@ static __attribute__((noinline)) int call_soon_slow(loop_t *loop, loop_callback_
  * frame and no saved registers.
  */
 LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata, loop_handle_t **ret) {
-        /* One branch per test, each after a load: tests of registers
-         * next to each other, gcc computes with setcc and tests together,
-         * which is one instruction more each. */
+        /* One branch per test, with a load between tests of registers:
+         * gcc turns adjacent register tests into setcc and one combined
+         * test, an instruction more each. */
         if (unlikely(!loop) || unlikely(!loop__open_here(loop)) || unlikely(!cb))
                 return call_soon_slow(loop, cb, userdata, ret);
         struct ready_queue *q = &loop->ready;
@@ -393,8 +393,8 @@ LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
         if (h->kind == HANDLE_TIMER) {
                 /* A timer is cancelled in its loop's thread (the man page
                  * says so; its heap is not locked either), the only one
-                 * that reads the flag: no locked instruction, which was a
-                 * third of a cancel's time. A pending timer is only
+                 * that reads the flag: no locked instruction, which was an
+                 * eighth of a cancel's time. A pending timer is only
                  * marked: it leaves the heap when it gets to the top or
                  * when cancelled ones are half the heap. */
                 if (__atomic_load_n(&h->cancelled, __ATOMIC_RELAXED))

@@ -103,12 +103,20 @@ static pid_t fork_exit(int code) {
         return pid;
 }
 
-/* A child that exits with code once *wfd is closed (it reads stdin to EOF). */
+/*
+ * A child that exits with code once *wfd is closed (it reads stdin to EOF).
+ * Returns once the child has exec'd (a close-on-exec pipe reaches EOF): a
+ * signal sent before that would meet Check's SIGTERM handler, which kills
+ * the whole process group, this test program with it. Under valgrind the
+ * exec can take longer than any fixed wait.
+ */
 static pid_t fork_blocked(int code, int *wfd) {
-        int p[2];
+        int p[2], ex[2];
         pid_t pid;
+        char c;
 
         ck_assert_int_eq(pipe(p), 0);
+        ck_assert_int_eq(pipe2(ex, O_CLOEXEC), 0);
         pid = fork();
         ck_assert_int_ge(pid, 0);
         if (pid == 0) {
@@ -116,8 +124,15 @@ static pid_t fork_blocked(int code, int *wfd) {
                         _exit(127);
                 close(p[0]);
                 close(p[1]);
+                close(ex[0]);
                 exec_shell("cat >/dev/null; exit $1", code);
         }
+        ck_assert_int_eq(close(ex[1]), 0);
+        ssize_t n;
+        while ((n = read(ex[0], &c, 1)) < 0 && errno == EINTR)
+                ;
+        ck_assert_int_eq(n, 0);
+        ck_assert_int_eq(close(ex[0]), 0);
         ck_assert_int_eq(close(p[0]), 0);
         ck_assert_int_eq(fcntl(p[1], F_SETFD, FD_CLOEXEC), 0);
         *wfd = p[1];
