@@ -135,13 +135,11 @@ void loop__threadsafe_free(loop_t *loop) {
         uint64_t end = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE) >> TS_POS_SHIFT;
         for (uint64_t pos = loop->ts_ring->head; pos != end; pos++) {
                 struct loop__ts_slot *s = &loop->ts_ring->slots[pos % TS_RING_SLOTS];
-                if (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == pos + 1 && !s->cb)
+                if (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) == pos + 1 && s->cb == loop__run_handle_entry)
                         loop_handle_unref(s->userdata);
         }
-        /* Posted entries, like the ring's slots, mark a handle with cb == NULL. */
         for (size_t i = 0; i < loop->ts_n; i++)
-                if (!loop->ts_items[i].cb)
-                        loop_handle_unref(loop->ts_items[i].userdata);
+                loop_handle_unref(ready_entry_handle(&loop->ts_items[i]));
         free(loop->ts_ring);
         free(loop->ts_items);
         loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
@@ -235,7 +233,8 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                 };
         }
 
-        int r = post(loop, h ? (struct ready_entry) { .userdata = h }
+        /* Already in the ready queue's form, so the loop queues it as is. */
+        int r = post(loop, h ? (struct ready_entry) { .cb = loop__run_handle_entry, .userdata = h }
                              : (struct ready_entry) { .cb = cb, .userdata = userdata });
         if (r < 0) {
                 free(h);
@@ -248,10 +247,9 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
         return 0;
 }
 
-static void queue_taken(loop_t *loop, loop_callback_t cb, void *userdata) {
-        loop_handle_t *h = cb ? NULL : userdata;
-
-        if (ready_push(&loop->ready, cb, userdata, h) < 0) {
+static void queue_taken(loop_t *loop, struct ready_entry e) {
+        if (ready_push(&loop->ready, e.cb, e.userdata, NULL) < 0) {
+                loop_handle_t *h = ready_entry_handle(&e);
                 loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM, h, -1);
                 if (h) {
                         h->loop = NULL;
@@ -275,7 +273,7 @@ static bool take_ring(loop_t *loop, uint64_t end) {
                         }
                         cpu_relax();
                 }
-                queue_taken(loop, s->cb, s->userdata);
+                queue_taken(loop, (struct ready_entry) { .cb = s->cb, .userdata = s->userdata });
                 /* Hand slots back now and then, not only at the end: a long
                  * batch should not send producers to the overflow. */
                 if ((pos + 1) % (TS_RING_SLOTS / 4) == 0)
@@ -313,7 +311,7 @@ static void take_posted(loop_t *loop) {
         pthread_mutex_unlock(&loop->ts_lock);
 
         for (size_t i = 0; i < n; i++)
-                queue_taken(loop, items[i].cb, items[i].userdata);
+                queue_taken(loop, items[i]);
         free(items);
         return;
 
