@@ -16,13 +16,7 @@
  *
  *   bench/tlb-cost [ITERATIONS]        (default 20000 per measurement)
  */
-#include <errno.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
+#include "bench.h"
 
 #define PAGE 4096
 #define MAX_PAGES 32
@@ -30,24 +24,6 @@
 
 static const int page_counts[] = { 0, 4, 8, 16, MAX_PAGES };
 #define N_COUNTS (int) (sizeof(page_counts) / sizeof(page_counts[0]))
-
-static long long now_ns(void) {
-        struct timespec t;
-
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        return t.tv_sec * 1000000000LL + t.tv_nsec;
-}
-
-static void die(const char *what, int e) {
-        fprintf(stderr, "tlb-cost: %s: %s\n", what, strerror(e));
-        exit(1);
-}
-
-static int cmp_double(const void *a, const void *b) {
-        double x = *(const double *) a, y = *(const double *) b;
-
-        return (x > y) - (x < y);
-}
 
 /* One cache line per page, a different one each iteration, so that the
  * touches miss the TLB without the same line staying hot in L1. */
@@ -62,16 +38,16 @@ static unsigned long touch(volatile const unsigned char *mem, int pages, int i) 
 static double measure(int sv[2], const unsigned char *mem, int pages, int iterations, int syscalls) {
         unsigned long sum = 0;
         char c = 'x';
-        long long t0 = now_ns();
+        uint64_t t0 = bench_now_ns();
 
         for (int i = 0; i < iterations; i++) {
                 if (syscalls && send(sv[1], &c, 1, 0) != 1)
-                        die("send", errno);
+                        bench_die("send: %s", strerror(errno));
                 sum += touch(mem, pages, i);
                 if (syscalls && recv(sv[0], &c, 1, 0) != 1)
-                        die("recv", errno);
+                        bench_die("recv: %s", strerror(errno));
         }
-        long long t = now_ns() - t0;
+        uint64_t t = bench_now_ns() - t0;
         /* Keep the sum alive without printing it. */
         __asm__ volatile("" : : "r"(sum));
         return (double) t / iterations;
@@ -82,12 +58,12 @@ int main(int argc, char **argv) {
         int sv[2];
 
         if (iterations <= 0)
-                die("ITERATIONS", EINVAL);
+                bench_die("usage: tlb-cost [ITERATIONS > 0]");
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
-                die("socketpair", errno);
+                bench_die("socketpair: %s", strerror(errno));
         unsigned char *mem = aligned_alloc(PAGE, (size_t) MAX_PAGES * PAGE);
         if (!mem)
-                die("aligned_alloc", ENOMEM);
+                bench_die("out of memory");
         memset(mem, 1, (size_t) MAX_PAGES * PAGE);
 
         double with[N_COUNTS][ROUNDS], without[N_COUNTS][ROUNDS];
@@ -103,9 +79,7 @@ int main(int argc, char **argv) {
         printf("%-6s %18s %10s %18s\n", "pages", "send+recv+touch", "+ vs 0", "touch alone");
         double base = 0;
         for (int k = 0; k < N_COUNTS; k++) {
-                qsort(with[k], ROUNDS, sizeof(double), cmp_double);
-                qsort(without[k], ROUNDS, sizeof(double), cmp_double);
-                double w = with[k][ROUNDS / 2], wo = without[k][ROUNDS / 2];
+                double w = bench_median(with[k], ROUNDS), wo = bench_median(without[k], ROUNDS);
                 if (k == 0)
                         base = w;
                 printf("%-6d %18.1f %10.1f %18.1f\n", page_counts[k], w, w - base, wo);
