@@ -82,6 +82,58 @@ int loop_call_at(loop_t *loop, double when, loop_callback_t cb, void *userdata,
 int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t cb,
                     void *userdata, loop_handle_t **ret);
 
+/*
+ * loop_call_soon() without a handle is inline: it stores the callback in
+ * the loop's ready queue itself and calls the function only when it
+ * cannot (no room left, a handle wanted, the loop closed or inherited
+ * across fork(), a NULL argument); the function then does the rest or
+ * returns the error. A call into a shared library costs more than the
+ * store does (bench/RESULTS.md in the source tree).
+ *
+ * What the inline code relies on is ABI, kept within this SONAME: a loop
+ * begins with a struct loop__soon_window. While *generation equals
+ * open_generation and tail != end, a caller in the loop's thread may store
+ * an entry at tail and advance tail. The library shuts that window
+ * whenever a call must go through the function (and may keep it shut for
+ * good); nothing else about a loop is visible. Define LOOP_NO_INLINE
+ * before including this header to call the function every time;
+ * (loop_call_soon)(...) calls it once.
+ */
+struct loop__ready_entry {
+        loop_callback_t cb;
+        void *userdata;
+};
+
+struct loop__soon_window {
+        struct loop__ready_entry *tail;         /* the first free entry */
+        struct loop__ready_entry *end;          /* one past the last free entry */
+        const uint64_t *generation;             /* changes in a fork() child */
+        uint64_t open_generation;               /* *generation while the window is open */
+};
+
+#if defined(__GNUC__)
+#define LOOP__LIKELY(x) __builtin_expect(!!(x), 1)
+#else
+#define LOOP__LIKELY(x) (x)
+#endif
+
+static inline int loop__call_soon_inline(loop_t *loop, loop_callback_t cb, void *userdata,
+                                         loop_handle_t **ret) {
+        struct loop__soon_window *w = (struct loop__soon_window *) (void *) loop;
+
+        if (LOOP__LIKELY(loop && cb && !ret && w->tail != w->end && *w->generation == w->open_generation)) {
+                w->tail->cb = cb;
+                w->tail->userdata = userdata;
+                w->tail++;
+                return 0;
+        }
+        return (loop_call_soon)(loop, cb, userdata, ret);
+}
+
+#ifndef LOOP_NO_INLINE
+#define loop_call_soon(loop, cb, userdata, ret) loop__call_soon_inline(loop, cb, userdata, ret)
+#endif
+
 /* Handles (asyncio's Handle and TimerHandle) */
 loop_handle_t *loop_handle_ref(loop_handle_t *handle);
 loop_handle_t *loop_handle_unref(loop_handle_t *handle);

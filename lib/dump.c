@@ -48,7 +48,7 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
                 __atomic_load_n(&loop->running, __ATOMIC_RELAXED), loop->stopping, loop->debug,
                 ready_count(&loop->ready), timer_heap_live(&loop->timers));
 
-        for (const struct ready_entry *e = loop->ready.items; e != loop->ready.tail; e++) {
+        for (const struct loop__ready_entry *e = loop->ready.items; e != loop->ready.window.tail; e++) {
                 struct loop__entry_info info;
                 loop__entry_info(loop, e, &info);
                 fprintf(f, "ready callback=%p userdata=%p cancelled=%d\n", info.fn, info.userdata, info.cancelled);

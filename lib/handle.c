@@ -202,7 +202,7 @@ int loop__ready_grow(struct ready_queue *q) {
 
         if (cap < old_cap || cap > SIZE_MAX / sizeof(*q->items))
                 return -ENOMEM;
-        struct ready_entry *items = realloc(q->items, cap * sizeof(*items));
+        struct loop__ready_entry *items = realloc(q->items, cap * sizeof(*items));
         if (!items)
                 return -ENOMEM;
         ready_set(q, items, n, cap);
@@ -238,21 +238,26 @@ static __attribute__((noinline)) int call_soon_slow(loop_t *loop, loop_callback_
 }
 
 /*
+ * Callers built with loop.h mostly store their entry inline and come here
+ * only when that cannot be done; callers built with LOOP_NO_INLINE, or
+ * through a function pointer, come every time. The parentheses keep the
+ * header's macro off this definition.
+ *
  * The fast path is a leaf: no handle wanted, a loop open in this process
  * (one compare covers closed and inherited), room in the array. Everything
  * else (errors, handles, growing) is out of line, so this needs no stack
  * frame and no saved registers.
  */
-LOOP_EXPORT int loop_call_soon(loop_t *loop, loop_callback_t cb, void *userdata, loop_handle_t **ret) {
+LOOP_EXPORT int (loop_call_soon)(loop_t *loop, loop_callback_t cb, void *userdata, loop_handle_t **ret) {
         /* One branch per test, with a load between tests of registers:
          * gcc turns adjacent register tests into setcc and one combined
          * test, an instruction more each. */
         if (unlikely(!loop) || unlikely(!loop__open_here(loop)) || unlikely(!cb))
                 return call_soon_slow(loop, cb, userdata, ret);
         struct ready_queue *q = &loop->ready;
-        if (unlikely(q->tail == q->end) || unlikely(ret))
+        if (unlikely(q->window.tail == q->window.end) || unlikely(ret))
                 return call_soon_slow(loop, cb, userdata, ret);
-        *q->tail++ = (struct ready_entry) { .cb = cb, .userdata = userdata };
+        *q->window.tail++ = (struct loop__ready_entry) { .cb = cb, .userdata = userdata };
         return 0;
 }
 
@@ -462,7 +467,7 @@ void loop__expire_timers(loop_t *loop, int64_t now) {
         }
 }
 
-static int invoke(loop_t *loop, const struct ready_entry *e, loop_handle_t *h) {
+static int invoke(loop_t *loop, const struct loop__ready_entry *e, loop_handle_t *h) {
         if (!h)
                 return e->cb(loop, e->userdata);
         if (h->kind == HANDLE_IO)
@@ -470,7 +475,7 @@ static int invoke(loop_t *loop, const struct ready_entry *e, loop_handle_t *h) {
         return h->cb(loop, h->userdata);
 }
 
-void loop__entry_info(const loop_t *loop, const struct ready_entry *e, struct loop__entry_info *info) {
+void loop__entry_info(const loop_t *loop, const struct loop__ready_entry *e, struct loop__entry_info *info) {
         const loop_handle_t *h = ready_entry_handle(e);
 
         if (h) {
@@ -493,7 +498,7 @@ void loop__entry_info(const loop_t *loop, const struct ready_entry *e, struct lo
 
 /* A callback returned an error: the exception handler hears of it, with
  * the descriptor if it was a reader or writer. */
-static __attribute__((noinline)) void report_entry(loop_t *loop, const struct ready_entry *e, int r) {
+static __attribute__((noinline)) void report_entry(loop_t *loop, const struct loop__ready_entry *e, int r) {
         loop_handle_t *h = ready_entry_handle(e);
         struct loop__entry_info info;
 
@@ -510,7 +515,7 @@ static void slow_callback_warning(const struct loop__entry_info *info, int64_t t
 }
 
 /* Returns whether a callback ran (a cancelled handle's does not). */
-static bool run_entry(loop_t *loop, const struct ready_entry *e) {
+static bool run_entry(loop_t *loop, const struct loop__ready_entry *e) {
         loop_handle_t *h = ready_entry_handle(e);
         struct loop__entry_info info;
         int64_t start = 0;
@@ -545,7 +550,7 @@ static bool run_entry(loop_t *loop, const struct ready_entry *e) {
 }
 
 int loop__run_handle_entry(loop_t *loop, void *h) {
-        struct ready_entry e = { .cb = loop__run_handle_entry, .userdata = h };
+        struct loop__ready_entry e = { .cb = loop__run_handle_entry, .userdata = h };
 
         if (!run_entry(loop, &e))
                 loop->n_stale++;
@@ -559,7 +564,7 @@ int loop__run_handle_entry(loop_t *loop, void *h) {
  */
 int loop__run_ready(loop_t *loop) {
         struct ready_queue *q = &loop->ready;
-        struct ready_entry *batch = q->items;
+        struct loop__ready_entry *batch = q->items;
         size_t n = ready_count(q), batch_cap = ready_cap(q), ran = 0;
 
         if (n == 0)
@@ -575,8 +580,8 @@ int loop__run_ready(loop_t *loop) {
                 /* A call and a sign test per entry: handles and descriptors
                  * go through their entry's function, and what did not run
                  * counts itself in n_stale. */
-                const struct ready_entry *end = batch + n;
-                for (const struct ready_entry *e = batch; e != end; e++) {
+                const struct loop__ready_entry *end = batch + n;
+                for (const struct loop__ready_entry *e = batch; e != end; e++) {
                         int r = e->cb(loop, e->userdata);
                         if (unlikely(r < 0))
                                 report_entry(loop, e, r);
@@ -598,13 +603,16 @@ void loop__discard_scheduled(loop_t *loop) {
         struct ready_queue *q = &loop->ready;
         loop_handle_t *h;
 
-        for (struct ready_entry *e = q->items; e != q->tail; e++)
+        for (struct loop__ready_entry *e = q->items; e != q->window.tail; e++)
                 if ((h = ready_entry_handle(e)))
                         drop_unrun(loop, h);
         while ((h = loop__timer_heap_pop(&loop->timers)))
                 drop_unrun(loop, h);
         free(q->items);
         free(q->spare);
-        *q = (struct ready_queue) {};
+        /* The window's generation stays: it is what keeps the loop shut. */
+        ready_set(q, NULL, 0, 0);
+        q->spare = NULL;
+        q->spare_cap = 0;
         loop__timer_heap_free(&loop->timers);
 }

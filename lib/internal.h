@@ -10,6 +10,7 @@
 
 #include <pthread.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -67,7 +68,7 @@ struct loop__entry_info {
         bool cancelled;
 };
 
-void loop__entry_info(const loop_t *loop, const struct ready_entry *e, struct loop__entry_info *info);
+void loop__entry_info(const loop_t *loop, const struct loop__ready_entry *e, struct loop__entry_info *info);
 
 struct loop__sock_call;
 
@@ -141,7 +142,7 @@ struct loop__impl {
          * (a trampoline), fill *info with what it will call, and return
          * true; false for any other entry. NULL if the kind queues none.
          */
-        bool (*describe)(const loop_t *loop, const struct ready_entry *e, struct loop__entry_info *info);
+        bool (*describe)(const loop_t *loop, const struct loop__ready_entry *e, struct loop__entry_info *info);
 };
 
 /* One socket operation as sock.c hands it to a loop kind (sock_call). */
@@ -166,10 +167,15 @@ struct loop__sock_call {
 };
 
 struct loop {
+        /* First, at offset 0: its window is loop_call_soon's inline path
+         * (loop.h), whose layout is ABI. window.open_generation is
+         * fork_generation while the loop is open and LOOP__CLOSED once it
+         * is closed, so "open and not inherited" is one compare, inline
+         * or not. */
+        struct ready_queue ready;
         unsigned n_ref;                 /* atomic */
         const struct loop__impl *impl;
 
-        struct ready_queue ready;
         struct timer_heap timers;
 
         /* Where handles come from: scheduling a timer costs no malloc. */
@@ -179,7 +185,7 @@ struct loop {
          * ring; when it is full they append to ts_items under ts_lock. */
         struct loop__ts_ring *ts_ring;
         pthread_mutex_t ts_lock;
-        struct ready_entry *ts_items;
+        struct loop__ready_entry *ts_items;
         size_t ts_n, ts_cap;
         int wake_read_fd, wake_write_fd;  /* the same eventfd on Linux, a pipe elsewhere */
 
@@ -188,9 +194,6 @@ struct loop {
         bool stopping;
         bool closed;
         uint64_t fork_generation;       /* loop__fork_generation when the loop was made */
-        /* fork_generation while the loop is open, LOOP__CLOSED once closed:
-         * the hot paths check "open and not inherited" with one compare. */
-        uint64_t open_generation;
 
         struct loop__close_hook *close_hooks;
         /* Per-loop state of optional components, created on first use. */
@@ -215,8 +218,10 @@ struct loop {
 extern LOOP_HIDDEN uint64_t loop__fork_generation;
 #define LOOP__CLOSED UINT64_MAX         /* never a fork generation */
 
+_Static_assert(offsetof(struct loop, ready.window) == 0, "loop.h: a loop begins with its soon window");
+
 static inline bool loop__open_here(const loop_t *loop) {
-        return loop->open_generation == __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED);
+        return loop->ready.window.open_generation == __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED);
 }
 
 static inline bool loop__inherited(const loop_t *loop) {

@@ -34,10 +34,15 @@ static void install_atfork(void) {
 int loop__init(loop_t *loop, const struct loop__impl *impl) {
         pthread_once(&atfork_once, install_atfork);
         *loop = (loop_t) {
+                /* The window stays shut (tail == end) until the first call
+                 * through loop_call_soon() gives the queue an array. */
+                .ready.window = {
+                        .generation = &loop__fork_generation,
+                        .open_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
+                },
                 .n_ref = 1,
                 .impl = impl,
                 .fork_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
-                .open_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
                 .debug = loop__getenv_bool("LIBLOOP_DEBUG"),
                 .slow_callback_ns = 100 * 1000 * 1000,   /* asyncio's 0.1 s */
                 .wake_read_fd = -1,
@@ -99,7 +104,7 @@ LOOP_EXPORT int loop_close(loop_t *loop) {
          * gone), and closing must still work: it is how a child lets go. */
         if (!loop__inherited(loop) && __atomic_load_n(&loop->running, __ATOMIC_ACQUIRE))
                 return -EBUSY;
-        loop->open_generation = LOOP__CLOSED;
+        loop->ready.window.open_generation = LOOP__CLOSED;
         if (loop__inherited(loop))
                 loop->closed = true;
         else

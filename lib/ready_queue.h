@@ -10,16 +10,14 @@
  * touching the batch. An entry is two words, a function and its
  * argument; a handle rides in the userdata word with
  * loop__run_handle_entry as its function, so the run loop calls every
- * entry alike and tests nothing before the call.
+ * entry alike and tests nothing before the call. An entry is the
+ * public header's struct loop__ready_entry: loop_call_soon's inline path
+ * (loop.h) stores entries itself, through the window that starts every
+ * loop; the array being filled is that window's room.
  */
 
 #include <stdlib.h>
 #include <string.h>
-
-struct ready_entry {
-        loop_callback_t cb;     /* loop__run_handle_entry: userdata is a loop_handle_t * */
-        void *userdata;
-};
 
 /* Run a queued handle (handle.c). Reports a failing callback itself and
  * returns 0, so the run loop reports nothing twice. */
@@ -28,42 +26,43 @@ int loop__run_handle_entry(loop_t *loop, void *h);
 /* Pointers rather than a count and a capacity: the room test and the
  * store then need no index arithmetic, which is most of call_soon. */
 struct ready_queue {
-        struct ready_entry *items;      /* the array being filled */
-        struct ready_entry *tail;       /* its first free entry */
-        struct ready_entry *end;        /* one past its last entry */
+        /* First: the first member of every loop (loop.h). window.tail is
+         * the array's first free entry, window.end one past its last. */
+        struct loop__soon_window window;
+        struct loop__ready_entry *items;      /* the array being filled */
         /* The array the running batch came from, or the idle one. */
-        struct ready_entry *spare;
+        struct loop__ready_entry *spare;
         size_t spare_cap;
 };
 
 int loop__ready_grow(struct ready_queue *q);
 
 static inline size_t ready_count(const struct ready_queue *q) {
-        return (size_t) (q->tail - q->items);
+        return (size_t) (q->window.tail - q->items);
 }
 
 static inline size_t ready_cap(const struct ready_queue *q) {
-        return (size_t) (q->end - q->items);
+        return (size_t) (q->window.end - q->items);
 }
 
 /* Make `items`, holding n entries out of cap, the array being filled. */
-static inline void ready_set(struct ready_queue *q, struct ready_entry *items, size_t n, size_t cap) {
+static inline void ready_set(struct ready_queue *q, struct loop__ready_entry *items, size_t n, size_t cap) {
         q->items = items;
-        q->tail = items + n;
-        q->end = items + cap;
+        q->window.tail = items + n;
+        q->window.end = items + cap;
 }
 
 static inline int ready_push(struct ready_queue *q, loop_callback_t cb, void *userdata, loop_handle_t *h) {
-        if (unlikely(q->tail == q->end)) {
+        if (unlikely(q->window.tail == q->window.end)) {
                 int r = loop__ready_grow(q);
                 if (r < 0)
                         return r;
         }
-        *q->tail++ = h ? (struct ready_entry) { .cb = loop__run_handle_entry, .userdata = h }
-                       : (struct ready_entry) { .cb = cb, .userdata = userdata };
+        *q->window.tail++ = h ? (struct loop__ready_entry) { .cb = loop__run_handle_entry, .userdata = h }
+                       : (struct loop__ready_entry) { .cb = cb, .userdata = userdata };
         return 0;
 }
 
-static inline loop_handle_t *ready_entry_handle(const struct ready_entry *e) {
+static inline loop_handle_t *ready_entry_handle(const struct loop__ready_entry *e) {
         return e->cb == loop__run_handle_entry ? (loop_handle_t *) e->userdata : NULL;
 }

@@ -191,22 +191,22 @@ static void on_ready(void *ctx, int fd, uint32_t events) {
         /* The common case calls nothing (no registers to save): room for
          * both entries, and not the wake-up descriptor. */
         struct fdinfo *fi = &sl->fds[fd];
-        if (unlikely(fi->wake || q->end - q->tail < 2))
+        if (unlikely(fi->wake || q->window.end - q->window.tail < 2))
                 return on_ready_slow(sl, fd, events);
         /* want, not io[].cb: a paused callback keeps its slot, and until
          * the next flush the backend may still report its events. */
         events &= fi->want;
         if (events & LOOP_EVENT_READ) {
-                *q->tail++ = (struct ready_entry) { .cb = run_reader, .userdata = (void *) (intptr_t) fd };
+                *q->window.tail++ = (struct loop__ready_entry) { .cb = run_reader, .userdata = (void *) (intptr_t) fd };
                 fi->pending |= 1u << IO_READ;
         }
         if (events & LOOP_EVENT_WRITE) {
-                *q->tail++ = (struct ready_entry) { .cb = run_writer, .userdata = (void *) (intptr_t) fd };
+                *q->window.tail++ = (struct loop__ready_entry) { .cb = run_writer, .userdata = (void *) (intptr_t) fd };
                 fi->pending |= 1u << IO_WRITE;
         }
 }
 
-static bool selector_describe(const loop_t *loop, const struct ready_entry *e, struct loop__entry_info *info) {
+static bool selector_describe(const loop_t *loop, const struct loop__ready_entry *e, struct loop__entry_info *info) {
         const struct selector_loop *sl = (const struct selector_loop *) loop;
         unsigned which;
 

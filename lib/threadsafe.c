@@ -48,7 +48,7 @@
 
 struct loop__ts_slot {
         uint64_t seq;           /* atomic: position + 1 once published for that position */
-        loop_callback_t cb;     /* a struct ready_entry's two words */
+        loop_callback_t cb;     /* a struct loop__ready_entry's two words */
         void *userdata;
 };
 
@@ -149,7 +149,7 @@ void loop__threadsafe_free(loop_t *loop) {
 /* The ring was full (or another producer found it so): append under the
  * lock until the loop has caught up. Returns 1 if this post must wake the
  * loop, 0 if not, or a negative errno. */
-static int post_overflow(loop_t *loop, struct ready_entry e) {
+static int post_overflow(loop_t *loop, struct loop__ready_entry e) {
         int r;
 
         pthread_mutex_lock(&loop->ts_lock);
@@ -160,7 +160,7 @@ static int post_overflow(loop_t *loop, struct ready_entry e) {
         }
         if (loop->ts_n == loop->ts_cap) {
                 size_t cap = loop->ts_cap ? loop->ts_cap * 2 : 1024;
-                struct ready_entry *items = realloc(loop->ts_items, cap * sizeof(*items));
+                struct loop__ready_entry *items = realloc(loop->ts_items, cap * sizeof(*items));
                 if (!items) {
                         r = -ENOMEM;
                         goto unlock;
@@ -178,7 +178,7 @@ unlock:
 }
 
 /* Returns 1 if this post must wake the loop, 0 if not, or a negative errno. */
-static int post(loop_t *loop, struct ready_entry e) {
+static int post(loop_t *loop, struct loop__ready_entry e) {
         uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_RELAXED);
         uint64_t pos;
         struct loop__ts_slot *s;
@@ -234,8 +234,8 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
         }
 
         /* Already in the ready queue's form, so the loop queues it as is. */
-        int r = post(loop, h ? (struct ready_entry) { .cb = loop__run_handle_entry, .userdata = h }
-                             : (struct ready_entry) { .cb = cb, .userdata = userdata });
+        int r = post(loop, h ? (struct loop__ready_entry) { .cb = loop__run_handle_entry, .userdata = h }
+                             : (struct loop__ready_entry) { .cb = cb, .userdata = userdata });
         if (r < 0) {
                 free(h);
                 return r;
@@ -247,7 +247,7 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
         return 0;
 }
 
-static void queue_taken(loop_t *loop, struct ready_entry e) {
+static void queue_taken(loop_t *loop, struct loop__ready_entry e) {
         if (ready_push(&loop->ready, e.cb, e.userdata, NULL) < 0) {
                 loop_handle_t *h = ready_entry_handle(&e);
                 loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM, h, -1);
@@ -273,7 +273,7 @@ static bool take_ring(loop_t *loop, uint64_t end) {
                         }
                         cpu_relax();
                 }
-                queue_taken(loop, (struct ready_entry) { .cb = s->cb, .userdata = s->userdata });
+                queue_taken(loop, (struct loop__ready_entry) { .cb = s->cb, .userdata = s->userdata });
                 /* Hand slots back now and then, not only at the end: a long
                  * batch should not send producers to the overflow. */
                 if ((pos + 1) % (TS_RING_SLOTS / 4) == 0)
@@ -303,7 +303,7 @@ static void take_posted(loop_t *loop) {
                 pthread_mutex_unlock(&loop->ts_lock);
                 goto retry;
         }
-        struct ready_entry *items = loop->ts_items;
+        struct loop__ready_entry *items = loop->ts_items;
         size_t n = loop->ts_n;
         loop->ts_items = NULL;
         loop->ts_n = loop->ts_cap = 0;

@@ -4,6 +4,9 @@
  * run_once, call_soon ordering, re-entrancy, exceptions from callbacks).
  */
 #include <pthread.h>
+#include <stdbool.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "testutil.h"
 
@@ -737,6 +740,175 @@ START_TEST(test_run_forever_survives_errors) {
 }
 END_TEST
 
+/* ---- loop_call_soon's inline path (loop.h) ----------------------------------- */
+
+/* What the inline code sees: the ABI the header's comment describes. */
+static struct loop__soon_window *window_of(loop_t *loop) {
+        return (struct loop__soon_window *) (void *) loop;
+}
+
+static bool window_open(loop_t *loop) {
+        const struct loop__soon_window *w = window_of(loop);
+
+        return w->tail != w->end && *w->generation == w->open_generation;
+}
+
+/*
+ * The inline store, the function and calls with a handle all append to one
+ * queue: 1,500 entries (past the first arrays' 256 and their growth) run
+ * in the order they were scheduled, whichever way each went in.
+ */
+START_TEST(test_call_soon_inline_fifo_with_function) {
+        loop_t *loop = tu_loop_new();
+        static struct order order;
+        static struct order_item items[1500];
+        loop_handle_t *h;
+        int i, inlined = 0;
+
+        memset(&order, 0, sizeof(order));
+        for (i = 0; i < 1500; i++) {
+                items[i] = (struct order_item){.order = &order, .id = i};
+                switch (i % 4) {
+                case 0:
+                        inlined += window_open(loop);
+                        ck_assert_int_eq(loop_call_soon(loop, record_cb, &items[i], NULL), 0);
+                        break;
+                case 1:
+                        ck_assert_int_eq((loop_call_soon)(loop, record_cb, &items[i], NULL), 0);
+                        break;
+                case 2:
+                        ck_assert_int_eq(loop_call_soon(loop, record_cb, &items[i], &h), 0);
+                        loop_handle_unref(h);
+                        break;
+                default:
+                        ck_assert_int_eq(loop_call_soon_threadsafe(loop, record_cb, &items[i], NULL), 0);
+                }
+        }
+        /* Most inline calls found room: the window is the queue's array. */
+        ck_assert_int_gt(inlined, 300);
+        /* call_soon_threadsafe's entries join at the start of the run, in their own order. */
+        ck_assert_int_eq(loop_run_once(loop, 0), 1500);
+        ck_assert_int_eq(order.n, 1500);
+        int last_ts = -1, last_other = -1;
+        for (i = 0; i < 1500; i++) {
+                int id = order.log[i];
+                if (id % 4 == 3) {
+                        ck_assert_int_gt(id, last_ts);
+                        last_ts = id;
+                } else {
+                        ck_assert_int_gt(id, last_other);
+                        last_other = id;
+                }
+        }
+        loop_unref(loop);
+}
+END_TEST
+
+/* Closing shuts the window for good, though the queue had room. */
+START_TEST(test_call_soon_inline_closed) {
+        loop_t *loop = tu_loop_new();
+        int count = 0;
+
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert(window_open(loop));
+        ck_assert_int_eq(loop_close(loop), 0);
+        ck_assert(!window_open(loop));
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), -ESHUTDOWN);
+        ck_assert_int_eq((loop_call_soon)(loop, tu_count_cb, &count, NULL), -ESHUTDOWN);
+        ck_assert(!window_open(loop));
+        ck_assert_int_eq(count, 1);
+        loop_unref(loop);
+}
+END_TEST
+
+/* Bad arguments never reach the window: the function reports them. */
+START_TEST(test_call_soon_inline_bad_arguments) {
+        loop_t *loop = tu_loop_new();
+        int count = 0;
+
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_call_soon(NULL, tu_count_cb, &count, NULL), -EINVAL);
+        ck_assert_int_eq(loop_call_soon(loop, NULL, &count, NULL), -EINVAL);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_int_eq(count, 1);
+        loop_unref(loop);
+}
+END_TEST
+
+/*
+ * A fork child's inherited loop: its window still has room (the parent's
+ * queue), yet the inline call must not take it, and answers -ECHILD.
+ */
+START_TEST(test_call_soon_inline_fork_child) {
+        loop_t *loop = tu_loop_new();
+        int result[2], count = 0, status;
+        unsigned char bad = 0xff;
+        pid_t pid;
+
+        /* Two passes: after them both of the queue's arrays exist, and the
+         * one being filled is the window. */
+        for (int i = 0; i < 2; i++) {
+                ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+                ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        }
+        ck_assert(window_open(loop));
+        ck_assert_int_eq(pipe(result), 0);
+        fflush(NULL);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                struct loop__soon_window *w = window_of(loop);
+                struct loop__ready_entry *tail = w->tail;
+                unsigned char b = 0;
+
+                alarm(10);
+                if (w->tail == w->end)
+                        b |= 1;         /* no room: the test proves nothing */
+                if (loop_call_soon(loop, tu_count_cb, &count, NULL) != -ECHILD)
+                        b |= 2;
+                if (w->tail != tail)
+                        b |= 4;
+                if (loop_unref(loop) != NULL)
+                        b |= 8;
+                _exit(write(result[1], &b, 1) == 1 ? 0 : 1);
+        }
+        ck_assert_int_eq(close(result[1]), 0);
+        ck_assert_int_eq(read(result[0], &bad, 1), 1);
+        ck_assert_int_eq(close(result[0]), 0);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(bad == 0, "child: checks failed, mask 0x%x", bad);
+
+        /* The parent's window is still open and still works. */
+        ck_assert(window_open(loop));
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_int_eq(count, 3);
+        loop_unref(loop);
+}
+END_TEST
+
+/* Entries stored inline count as callbacks run in the metrics. */
+START_TEST(test_call_soon_inline_metrics) {
+        loop_t *loop = tu_loop_new();
+        struct loop_metrics m = {.size = sizeof(m)};
+        int count = 0;
+
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        for (int i = 0; i < 10; i++)
+                ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_get_metrics(loop, &m), 0);
+        ck_assert_uint_eq(m.handles_ready, 10);
+        ck_assert_int_eq(loop_run_once(loop, 0), 10);
+        ck_assert_int_eq(loop_get_metrics(loop, &m), 0);
+        ck_assert_uint_eq(m.callbacks, 11);
+        ck_assert_int_eq(count, 11);
+        loop_unref(loop);
+}
+END_TEST
+
 static Suite *loop_suite(void) {
         Suite *s = suite_create("loop");
         TCase *tc;
@@ -763,6 +935,13 @@ static Suite *loop_suite(void) {
         tcase_add_test(tc, test_call_soon_fifo);
         tcase_add_test(tc, test_call_soon_fifo_mixed_handles);
         tcase_add_test(tc, test_call_soon_runs_next_iteration);
+
+        tc = tu_tcase(s, "inline");
+        tcase_add_test(tc, test_call_soon_inline_fifo_with_function);
+        tcase_add_test(tc, test_call_soon_inline_closed);
+        tcase_add_test(tc, test_call_soon_inline_bad_arguments);
+        tcase_add_test(tc, test_call_soon_inline_fork_child);
+        tcase_add_test(tc, test_call_soon_inline_metrics);
 
         tc = tu_tcase(s, "busy");
         tcase_add_test(tc, test_run_while_running);
