@@ -218,7 +218,18 @@ struct loop {
 extern LOOP_HIDDEN uint64_t loop__fork_generation;
 #define LOOP__CLOSED UINT64_MAX         /* never a fork generation */
 
+/* The inline path's layout is compiled into programs (loop.h): within
+ * libloop.so.1 it stays where it is, field for field. */
 _Static_assert(offsetof(struct loop, ready.window) == 0, "loop.h: a loop begins with its soon window");
+_Static_assert(offsetof(struct loop__soon_window, tail) == 0 &&
+                       offsetof(struct loop__soon_window, end) == sizeof(void *) &&
+                       offsetof(struct loop__soon_window, generation) == 2 * sizeof(void *) &&
+                       offsetof(struct loop__soon_window, open_generation) ==
+                               (3 * sizeof(void *) + _Alignof(uint64_t) - 1) / _Alignof(uint64_t) * _Alignof(uint64_t),
+               "loop.h: struct loop__soon_window moved; that breaks programs built against libloop.so.1");
+_Static_assert(offsetof(struct loop__ready_entry, cb) == 0 && offsetof(struct loop__ready_entry, userdata) == sizeof(void *) &&
+                       sizeof(struct loop__ready_entry) == 2 * sizeof(void *),
+               "loop.h: struct loop__ready_entry changed; that breaks programs built against libloop.so.1");
 
 static inline bool loop__open_here(const loop_t *loop) {
         return loop->ready.window.open_generation == __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED);
