@@ -227,7 +227,8 @@ _Static_assert(offsetof(struct loop__soon_window, tail) == 0 &&
                        offsetof(struct loop__soon_window, open_generation) ==
                                (3 * sizeof(void *) + _Alignof(uint64_t) - 1) / _Alignof(uint64_t) * _Alignof(uint64_t),
                "loop.h: struct loop__soon_window moved; that breaks programs built against libloop.so.1");
-_Static_assert(offsetof(struct loop__ready_entry, cb) == 0 && offsetof(struct loop__ready_entry, userdata) == sizeof(void *) &&
+_Static_assert(offsetof(struct loop__ready_entry, cb) == 0 &&
+                       offsetof(struct loop__ready_entry, userdata) == sizeof(void *) &&
                        sizeof(struct loop__ready_entry) == 2 * sizeof(void *),
                "loop.h: struct loop__ready_entry changed; that breaks programs built against libloop.so.1");
 

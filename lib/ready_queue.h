@@ -59,7 +59,7 @@ static inline int ready_push(struct ready_queue *q, loop_callback_t cb, void *us
                         return r;
         }
         *q->window.tail++ = h ? (struct loop__ready_entry) { .cb = loop__run_handle_entry, .userdata = h }
-                       : (struct loop__ready_entry) { .cb = cb, .userdata = userdata };
+                              : (struct loop__ready_entry) { .cb = cb, .userdata = userdata };
         return 0;
 }
 
