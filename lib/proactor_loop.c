@@ -21,8 +21,9 @@
  * callback runs again; otherwise it waits like the multishot one (both
  * completing in one iteration queue the callback once). A multishot
  * request the kernel ends (a last completion without IORING_CQE_F_MORE,
- * e.g. after a completion queue overflow) is armed again while its
- * callback is registered. Removal is IORING_OP_POLL_REMOVE; the request's
+ * which it does when the completion queue is full) is armed again in the
+ * next batch while its callback is registered, never while completions
+ * are being reaped. Removal is IORING_OP_POLL_REMOVE; the request's
  * memory lives until its last completion, the callback ends at once.
  *
  * Socket operations (sock_call, called by sock.c after its checks) try the
@@ -109,11 +110,14 @@ struct poll_req {
         loop_handle_t *h;               /* the callback; NULL once removed */
         struct poll_req *prev, *next;   /* pl->reqs: every live request */
         int fd;
+        dev_t dev;                      /* the file the request watches: the fd */
+        ino_t ino;                      /* number may name another one later */
         uint32_t events;                /* POLLIN or POLLOUT */
         bool wake;                      /* the wake-up fd: drained, no callback */
         bool armed;                     /* the multishot request is in the kernel */
         bool probing;                   /* a probe is in the kernel */
         bool dispatched;                /* on pl->dispatched */
+        bool rearm;                     /* the kernel ended the multishot request: arm it in the next batch */
         uint64_t queued_iteration;      /* when its callback was last queued */
 };
 
@@ -168,7 +172,7 @@ struct proactor_loop {
         struct poll_req *wake;
         struct poll_req *reqs;          /* live poll requests */
         struct pop *live_ops;           /* live socket operations */
-        struct poll_req **dispatched;   /* callbacks queued last iteration: probe them */
+        struct poll_req **dispatched;   /* callbacks queued last iteration, requests to re-arm */
         size_t n_dispatched, cap_dispatched;
         struct pop *op_cache;           /* finished states, reused: no malloc per operation */
         unsigned n_op_cache;
@@ -248,12 +252,34 @@ static struct poll_req *req_new(struct proactor_loop *pl, int fd, uint32_t event
         return req;
 }
 
+/* Put req on the list the next batch goes through (queue_probes). */
+static int req_later(struct poll_req *req) {
+        struct proactor_loop *pl = req->pl;
+
+        if (req->dispatched)
+                return 0;
+        if (pl->n_dispatched == pl->cap_dispatched) {
+                size_t cap = pl->cap_dispatched ? pl->cap_dispatched * 2 : 64;
+                struct poll_req **d = realloc(pl->dispatched, cap * sizeof(*d));
+                if (!d)
+                        return -ENOMEM;
+                pl->dispatched = d;
+                pl->cap_dispatched = cap;
+        }
+        pl->dispatched[pl->n_dispatched++] = req;
+        req->dispatched = true;
+        return 0;
+}
+
 /* The request's fd is ready: run its callback this iteration (once). */
 static void req_dispatch(struct poll_req *req) {
         struct proactor_loop *pl = req->pl;
         loop_handle_t *h = req->h;
 
-        if (pl->closing)
+        /* A closing loop runs nothing: loop_close() has already dropped
+         * what was queued, and a cancelled recv_into it waits for must not
+         * queue callbacks (or take threadsafe posts) behind its back. */
+        if (pl->closing || pl->base.closed)
                 return;
         if (req->wake) {
                 loop__threadsafe_drain(&pl->base);
@@ -262,19 +288,9 @@ static void req_dispatch(struct poll_req *req) {
         }
         if (!h || req->queued_iteration == pl->iteration)
                 return;
-        if (!req->dispatched) {
-                if (pl->n_dispatched == pl->cap_dispatched) {
-                        size_t cap = pl->cap_dispatched ? pl->cap_dispatched * 2 : 64;
-                        struct poll_req **d = realloc(pl->dispatched, cap * sizeof(*d));
-                        if (!d) {
-                                loop__report(&pl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, req->fd);
-                                return;
-                        }
-                        pl->dispatched = d;
-                        pl->cap_dispatched = cap;
-                }
-                pl->dispatched[pl->n_dispatched++] = req;
-                req->dispatched = true;
+        if (req_later(req) < 0) {
+                loop__report(&pl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, req->fd);
+                return;
         }
         /* I/O handles never leave the loop's thread: a plain increment will do. */
         h->n_ref++;
@@ -287,16 +303,30 @@ static void req_dispatch(struct poll_req *req) {
         pl->n_events++;
 }
 
-/* Level-triggered: every callback queued since the last batch gets a
- * probe, which completes at once if its fd is still ready. */
+/*
+ * Before each batch. Level-triggered: every callback queued since the last
+ * batch gets a probe, which completes at once if its fd is still ready.
+ * A multishot request the kernel ended is armed again here, never from
+ * inside the reaping: a ready fd's new request would complete at once, be
+ * reaped in the same pass and armed again, and the pass would never end
+ * (the kernel ends multishot polls when the completion queue is full, so
+ * a few thousand ready descriptors did that). Arming checks readiness like
+ * a probe does, so a re-armed request needs no probe.
+ */
 static void queue_probes(struct proactor_loop *pl) {
         for (size_t i = 0; i < pl->n_dispatched; i++) {
                 struct poll_req *req = pl->dispatched[i];
 
                 req->dispatched = false;
-                if (req->h && !req->probing && !pl->closing &&
-                    pl->ops->poll_add(pl->be, req->fd, req->events | POLLERR | POLLHUP, false,
-                                      tag(req, TAG_PROBE)) >= 0) {
+                if (pl->closing) {
+                        req->rearm = false;
+                } else if (req->rearm) {
+                        req->rearm = false;
+                        if ((req->h || req->wake) && !req->armed && req_arm(req) < 0)
+                                loop__report(&pl->base, "Cannot watch file descriptor", -EAGAIN, NULL, req->fd);
+                } else if (req->h && !req->probing &&
+                           pl->ops->poll_add(pl->be, req->fd, req->events | POLLERR | POLLHUP, false,
+                                             tag(req, TAG_PROBE)) >= 0) {
                         req->probing = true;
                         pl->n_inflight++;
                 }
@@ -334,17 +364,12 @@ static void on_poll(struct poll_req *req, int res, uint32_t flags) {
                                 drop_handle(pl, req->h);
                                 req->h = NULL;
                         }
-                } else if (req_arm(req) < 0)
-                        loop__report(&pl->base, "Cannot watch file descriptor", -EAGAIN, NULL, req->fd);
+                } else {
+                        req->rearm = true;
+                        if (req_later(req) < 0 && req_arm(req) < 0)
+                                loop__report(&pl->base, "Cannot watch file descriptor", -ENOMEM, NULL, req->fd);
+                }
         }
-        req_maybe_free(req);
-}
-
-static void on_probe(struct poll_req *req, int res) {
-        req->probing = false;
-        req->pl->n_inflight--;
-        if (res > 0)
-                req_dispatch(req);
         req_maybe_free(req);
 }
 
@@ -362,6 +387,38 @@ static void req_remove(struct poll_req *req) {
         req_maybe_free(req);
 }
 
+/* Take req's callback off its fd slot and end the request. */
+static void req_unlink(struct poll_req *req) {
+        struct fdslot *s = &req->pl->fds[req->fd];
+
+        for (int d = 0; d < 2; d++)
+                if (s->io[d] == req)
+                        s->io[d] = NULL;
+        req_remove(req);
+}
+
+/*
+ * A probe polls the fd by its number, the multishot request holds the
+ * file: a probe failing with EBADF means the number was closed behind our
+ * back (loop_add_reader(3): remove, then close) while the request keeps
+ * the file, and its readiness, alive. Said once; the callback goes.
+ */
+static void on_probe(struct poll_req *req, int res) {
+        struct proactor_loop *pl = req->pl;
+
+        req->probing = false;
+        pl->n_inflight--;
+        if (res > 0)
+                req_dispatch(req);
+        else if (res == -EBADF && req->h && !pl->closing) {
+                loop__report(&pl->base, "File descriptor closed while watched; its callbacks were removed", -EBADF,
+                             NULL, req->fd);
+                req_unlink(req);
+                return;
+        }
+        req_maybe_free(req);
+}
+
 static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata) {
         struct proactor_loop *pl = proactor_loop(loop);
         int d = event == LOOP_EVENT_READ ? 0 : 1;
@@ -371,7 +428,8 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
                 return -EBADF;
         /* The poll goes in with the next batch: check the fd now, so a bad
          * one is the caller's error as on the selector loop. */
-        if (fcntl(fd, F_GETFD) < 0)
+        struct stat st;
+        if (fstat(fd, &st) < 0)
                 return -errno;
         r = ensure_fd(pl, fd);
         if (r < 0)
@@ -379,6 +437,15 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
         struct fdslot *s = &pl->fds[fd];
         if (s->wake)
                 return -EBUSY;
+        struct poll_req *req = s->io[d];
+        if (req && (req->dev != st.st_dev || req->ino != st.st_ino)) {
+                /* fd was closed without a removal and the number now names
+                 * another file, while the request still holds the old one. */
+                loop__report(loop, "File descriptor closed while watched; the file it names now is watched instead",
+                             -EBADF, NULL, fd);
+                req_unlink(req);
+                req = NULL;
+        }
 
         loop_handle_t *h = loop__handle_new(loop, HANDLE_IO);
         if (!h)
@@ -387,7 +454,6 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
         h->userdata = userdata;
         h->fd = fd;
 
-        struct poll_req *req = s->io[d];
         if (req) {
                 /* Replacing a callback, as asyncio does: the old one is
                  * cancelled, so it does not run even if already queued.
@@ -402,6 +468,8 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
                 return -ENOMEM;
         }
         req->h = h;
+        req->dev = st.st_dev;
+        req->ino = st.st_ino;
         r = req_arm(req);
         if (r < 0) {
                 req->h = NULL;

@@ -16,8 +16,11 @@
  *   our copy of its descriptor only: the parent's requests go on.
  * - A full submission queue (more requests in one iteration than it has
  *   entries) is submitted on the spot and the request queued again; a
- *   full completion queue is the kernel's business (IORING_FEAT_NODROP
- *   keeps overflowed completions, io_uring_enter hands them over later).
+ *   full completion queue loses nothing (IORING_FEAT_NODROP, required:
+ *   init fails with ENOSYS without it) but ends multishot requests, which
+ *   the proactor loop arms again in its next batch; the completion ring is
+ *   sized well above the submission ring to make that rare, and one wait
+ *   reaps a bounded number of completions, so it always returns.
  * - Completions are consumed one by one, before the proactor loop sees
  *   each one, so that its handler may queue requests or wait again (a
  *   cancelled recv_into reaps its own completion, see proactor_loop.c).
@@ -39,6 +42,15 @@
 #include "proactor.h"
 
 #define URING_ENTRIES 256
+/* Completions have more room than requests: a batch of probes for every
+ * ready descriptor, plus the multishot polls' own completions, can exceed
+ * the submission ring many times over. An overflow loses nothing
+ * (IORING_FEAT_NODROP, required) but ends multishot polls and costs a
+ * system call to flush; 4096 entries are 64 KiB per loop. */
+#define URING_CQ_ENTRIES 4096
+/* Completions handled per wait at most: whatever happens, the iteration
+ * ends and runs its callbacks; the rest stays for the next wait. */
+#define URING_REAP_MAX (2 * URING_CQ_ENTRIES)
 
 #ifndef MSG_NOSIGNAL
 #define MSG_NOSIGNAL 0
@@ -55,10 +67,24 @@ static int uring_init(void **ret) {
 
         if (!u)
                 return -ENOMEM;
-        r = io_uring_queue_init(URING_ENTRIES, &u->ring, 0);
+        struct io_uring_params p = {
+                .flags = IORING_SETUP_CQSIZE,
+                .cq_entries = URING_CQ_ENTRIES,
+        };
+        r = io_uring_queue_init_params(URING_ENTRIES, &u->ring, &p);
+        if (r == -EINVAL)
+                /* A kernel that limits the completion ring lower. */
+                r = io_uring_queue_init(URING_ENTRIES, &u->ring, 0);
         if (r < 0) {
                 free(u);
                 return r;
+        }
+        if (!(u->ring.features & IORING_FEAT_NODROP)) {
+                /* Before Linux 5.5 an overflowed completion is lost, and
+                 * with it a future that never completes. */
+                io_uring_queue_exit(&u->ring);
+                free(u);
+                return -ENOSYS;
         }
         /* Removals and cancellations need no completion when they work
          * (Linux 5.17): fewer completions to reap, and a ring that does not
@@ -247,7 +273,9 @@ static int uring_wait(void *state, int64_t timeout_ns, loop_proactor_complete_t 
         if (!benign(r))
                 return r;
 
-        while (io_uring_peek_cqe(&u->ring, &cqe) == 0) {
+        /* io_uring_peek_cqe also flushes the kernel's overflow list into
+         * the ring once the ring is empty. */
+        for (unsigned reaped = 0; reaped < URING_REAP_MAX && io_uring_peek_cqe(&u->ring, &cqe) == 0; reaped++) {
                 uint64_t user_data = io_uring_cqe_get_data64(cqe);
                 int res = cqe->res;
                 uint32_t flags = cqe->flags & IORING_CQE_F_MORE ? LOOP_PROACTOR_MORE : 0;
