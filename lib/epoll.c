@@ -9,8 +9,16 @@
  *   removal tolerates both, and a re-check (reset) after a possible
  *   close-and-reuse is a MOD that falls back to ADD.
  * - If the file lives on in a dup() or a fork child, its registration lives
- *   on too and can report events for a number we no longer watch; the
- *   selector loop ignores events it has no callback for.
+ *   on too, keyed by a number that is closed or names another file, so it
+ *   can no longer be deleted, and it reports events, level-triggered, for
+ *   ever: the loop would never block again. Every registration therefore
+ *   carries a generation in its event data (bumped by each ADD and each
+ *   removal); an event whose generation is not the number's current one
+ *   comes from such a dead registration, and the only way to be rid of it
+ *   is a new epoll instance with the live registrations (libev rebuilds
+ *   the same way after fork). It takes the old instance's number (dup3),
+ *   so loop_fileno() stays valid. The loop hears of it once (STALE), and
+ *   of any number found closed while re-adding (CLOSED).
  * - Regular files and directories cannot be watched: EPOLL_CTL_ADD fails
  *   with EPERM, and that is what the caller gets (asyncio does the same).
  * - The epoll instance is shared with a fork child. Freeing it only closes
@@ -22,6 +30,7 @@
  *   former's timeout is rounded up, never down, so
  *   we do not wake early and spin.
  */
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
@@ -35,7 +44,27 @@ struct epoll_state {
         bool no_pwait2;
         int n_events;
         struct epoll_event *events;
+        /* Per fd: the generation (bits 2 and up) and what is watched
+         * (LOOP_EVENT_* in bits 0-1). Event data is tag << 32 | fd. */
+        uint32_t *tag;
+        size_t n_tag;
 };
+
+#define TAG_GEN UINT32_C(4)
+#define TAG_EVENTS UINT32_C(3)
+
+static int reserve_tag(struct epoll_state *st, int fd) {
+        return loop__fd_table_reserve((void **) &st->tag, &st->n_tag, sizeof(*st->tag), fd);
+}
+
+static struct epoll_event event_of(const struct epoll_state *st, int fd) {
+        uint32_t t = st->tag[fd];
+
+        return (struct epoll_event) {
+                .events = (t & LOOP_EVENT_READ ? EPOLLIN : 0) | (t & LOOP_EVENT_WRITE ? EPOLLOUT : 0),
+                .data.u64 = (uint64_t) t << 32 | (uint32_t) fd,
+        };
+}
 
 static int epoll_init(void **ret) {
         struct epoll_state *st = calloc(1, sizeof(*st));
@@ -64,19 +93,23 @@ static void epoll_free(void *state) {
 
         close(st->fd);
         free(st->events);
+        free(st->tag);
         free(st);
 }
 
 static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_events, int reset) {
         struct epoll_state *st = state;
-        struct epoll_event ev = {
-                .events = (new_events & LOOP_EVENT_READ ? EPOLLIN : 0) |
-                          (new_events & LOOP_EVENT_WRITE ? EPOLLOUT : 0),
-                .data.fd = fd,
-        };
+        struct epoll_event ev;
+        int r = reserve_tag(st, fd);
 
+        if (r < 0)
+                return r;
+        uint32_t old_tag = st->tag[fd];
         if (new_events == 0) {
-                /* Already gone if the descriptor was closed: that is fine. */
+                /* Already gone if the descriptor was closed: that is fine.
+                 * If the file lives on elsewhere, its registration does
+                 * too, and the new generation tells its events apart. */
+                st->tag[fd] = (old_tag & ~TAG_EVENTS) + TAG_GEN;
                 if (epoll_ctl(st->fd, EPOLL_CTL_DEL, fd, &ev) < 0 && errno != ENOENT && errno != EBADF)
                         return -errno;
                 return 0;
@@ -90,17 +123,59 @@ static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_e
          */
         bool same_mask = reset && old_events == new_events;
         int op = old_events == 0 || same_mask ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+        /* A new registration gets a new generation; a MOD keeps it. */
+        st->tag[fd] = (op == EPOLL_CTL_ADD ? (old_tag & ~TAG_EVENTS) + TAG_GEN : old_tag & ~TAG_EVENTS) | new_events;
+        ev = event_of(st, fd);
         if (epoll_ctl(st->fd, op, fd, &ev) == 0)
                 return 0;
         if (op == EPOLL_CTL_ADD && errno == EEXIST) {
-                if (same_mask)
+                if (same_mask) {
+                        st->tag[fd] = old_tag;  /* the same registration goes on */
                         return 0;
+                }
                 op = EPOLL_CTL_MOD;     /* still registered through a surviving dup */
-        } else if (op == EPOLL_CTL_MOD && errno == ENOENT)
-                op = EPOLL_CTL_ADD;     /* the file was closed (and the number maybe reused) */
-        else
-                return -errno;
-        return epoll_ctl(st->fd, op, fd, &ev) < 0 ? -errno : 0;
+        } else if (op == EPOLL_CTL_MOD && errno == ENOENT) {
+                /* The file was closed (and the number maybe reused). */
+                op = EPOLL_CTL_ADD;
+                st->tag[fd] += TAG_GEN;
+                ev = event_of(st, fd);
+        } else {
+                r = -errno;
+                st->tag[fd] = old_tag;
+                return r;
+        }
+        if (epoll_ctl(st->fd, op, fd, &ev) == 0)
+                return 0;
+        r = -errno;
+        st->tag[fd] = old_tag;
+        return r;
+}
+
+/*
+ * Drop dead registrations (see the top of the file): a new instance with
+ * the live ones, under the old number. A number that can no longer be
+ * added (closed: EBADF; another kind of file now: EPERM) is CLOSED.
+ */
+static void rebuild(struct epoll_state *st, int stale_fd, loop_selector_ready_t ready, void *ctx) {
+        int nfd = epoll_create1(EPOLL_CLOEXEC);
+
+        if (nfd < 0)
+                return;         /* tried again at the next stale event */
+        for (size_t fd = 0; fd < st->n_tag; fd++) {
+                if (!(st->tag[fd] & TAG_EVENTS))
+                        continue;
+                struct epoll_event ev = event_of(st, (int) fd);
+                if (epoll_ctl(nfd, EPOLL_CTL_ADD, (int) fd, &ev) < 0) {
+                        st->tag[fd] = (st->tag[fd] & ~TAG_EVENTS) + TAG_GEN;
+                        ready(ctx, (int) fd, LOOP_EVENT_CLOSED);
+                }
+        }
+        if (dup3(nfd, st->fd, O_CLOEXEC) < 0) {
+                close(nfd);
+                return;
+        }
+        close(nfd);
+        ready(ctx, stale_fd, LOOP_EVENT_STALE);
 }
 
 static int epoll_wait_ns(struct epoll_state *st, int64_t timeout_ns) {
@@ -128,16 +203,25 @@ static int epoll_select(void *state, int64_t timeout_ns, loop_selector_ready_t r
 
         if (n < 0)
                 return errno == EINTR ? 0 : -errno;
+        int stale = -1;
         for (int i = 0; i < n; i++) {
                 uint32_t e = st->events[i].events, ev = 0;
+                uint64_t data = st->events[i].data.u64;
+                int fd = (int) (uint32_t) data;
+                if (unlikely((size_t) fd >= st->n_tag || st->tag[fd] != (uint32_t) (data >> 32))) {
+                        stale = fd;
+                        continue;
+                }
                 /* asyncio's mapping: anything but "writable only" wakes the
                  * reader, anything but "readable only" wakes the writer. */
                 if (e & ~(uint32_t) EPOLLOUT)
                         ev |= LOOP_EVENT_READ;
                 if (e & ~(uint32_t) EPOLLIN)
                         ev |= LOOP_EVENT_WRITE;
-                ready(ctx, st->events[i].data.fd, ev);
+                ready(ctx, fd, ev);
         }
+        if (unlikely(stale >= 0))
+                rebuild(st, stale, ready, ctx);
         /* A full buffer suggests more were waiting: take more next time. */
         if (n == st->n_events && n < 65536) {
                 struct epoll_event *events = realloc(st->events, 2 * n * sizeof(*events));

@@ -5,7 +5,8 @@
  * Quirks this file deals with:
  * - poll() keeps no kernel state: the set is an array we pass on every
  *   call, so a registration costs nothing and a closed descriptor simply
- *   shows up as POLLNVAL, which wakes both callbacks so the user sees it.
+ *   shows up as POLLNVAL, at once and on every call: it is reported as
+ *   CLOSED, and the loop drops it before the next call instead of spinning.
  * - The array is kept dense (removal moves the last entry into the hole)
  *   with an fd -> slot index beside it, so changes are O(1) and the kernel
  *   scans only watched descriptors.
@@ -113,6 +114,10 @@ static int poll_select(void *state, int64_t timeout_ns, loop_selector_ready_t re
                 if (!re)
                         continue;
                 left--;
+                if (re & POLLNVAL) {
+                        ready(ctx, st->pfds[i].fd, LOOP_EVENT_CLOSED);
+                        continue;
+                }
                 if (re & ~POLLOUT)
                         ev |= LOOP_EVENT_READ;
                 if (re & ~POLLIN)

@@ -8,8 +8,8 @@
  *   (asyncio raises ValueError) before anything is registered.
  * - One closed descriptor in the set makes the whole call fail with EBADF
  *   and report nothing. We then find the bad ones with fcntl() and report
- *   them as readable and writable, so their callbacks run and see the
- *   error, instead of spinning on EBADF (libev's fd_ebadf does the same).
+ *   them as CLOSED, and the loop drops them before the next call, instead
+ *   of spinning on EBADF (libev's fd_ebadf finds them the same way).
  * - The kernel scans 0..maxfd; maxfd is lowered lazily when the highest
  *   descriptor goes away.
  * - pselect() takes a timespec: no microsecond rounding games.
@@ -75,7 +75,7 @@ static int report_bad_fds(struct select_state *st, loop_selector_ready_t ready, 
                 if (!FD_ISSET(fd, &st->readers) && !FD_ISSET(fd, &st->writers))
                         continue;
                 if (fcntl(fd, F_GETFD) < 0 && errno == EBADF) {
-                        ready(ctx, fd, LOOP_EVENT_READ | LOOP_EVENT_WRITE);
+                        ready(ctx, fd, LOOP_EVENT_CLOSED);
                         n++;
                 }
         }

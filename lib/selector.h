@@ -22,6 +22,20 @@
 #define LOOP_EVENT_READ  UINT32_C(1)
 #define LOOP_EVENT_WRITE UINT32_C(2)
 
+/*
+ * Not readiness: what a backend passes to ready(), alone, when it finds a
+ * registration dead, i.e. a descriptor closed behind the loop's back
+ * (loop_add_reader(3) asks callers to remove first).
+ * CLOSED: fd is closed (poll's POLLNVAL, select's EBADF, epoll refusing to
+ * watch the number again); the loop drops fd's callbacks, reports it, and
+ * asks for fd's removal at the next flush.
+ * STALE: events came from a file that is no longer the one behind fd (it
+ * lived on in a dup() or a fork child after fd was closed); the backend has
+ * stopped watching it. The loop reports it; fd's callbacks stay.
+ */
+#define LOOP_EVENT_CLOSED UINT32_C(4)
+#define LOOP_EVENT_STALE UINT32_C(8)
+
 /* Called by ->select once per ready descriptor, from inside ->select. */
 typedef void (*loop_selector_ready_t)(void *ctx, int fd, uint32_t events);
 
@@ -66,9 +80,11 @@ struct loop_selector_ops {
         /*
          * Wait up to timeout_ns (< 0: forever, 0: poll) and call ready() for
          * each descriptor with events. Errors and hang-ups are reported as
-         * READ|WRITE so both callbacks get to see them. EINTR is not an
-         * error: return 0 with no events. Returns the number of events or a
-         * negative errno.
+         * READ|WRITE so both callbacks get to see them; a dead
+         * registration as CLOSED or STALE (above), never silently and never
+         * again and again. EINTR is not an error: return 0 with no events.
+         * Returns the number of events or a negative errno. ready() never
+         * changes the set: the loop defers its changes to the next flush.
          */
         int (*select)(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx);
 

@@ -33,6 +33,7 @@
  * cancels the queued handle), without a handle per registration or a
  * reference count per event.
  */
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -54,6 +55,7 @@ struct fdinfo {
         bool queued;            /* on the change queue */
         bool reset;             /* all callbacks were removed since the last flush */
         bool wake;              /* the loop's own wake-up descriptor */
+        bool dead;              /* reported closed behind our back; cleared by the next add */
 };
 
 struct selector_loop {
@@ -147,6 +149,8 @@ static void flush_changes(struct selector_loop *sl) {
  * replaced since. The descriptor rides in the userdata word. An error the
  * callback returns is reported by the run loop, which finds the
  * descriptor again through selector_describe(). */
+static void on_dead(struct selector_loop *sl, int fd, uint32_t events);
+
 static inline int run_io(loop_t *loop, void *userdata, unsigned which) {
         struct selector_loop *sl = selector_loop(loop);
         int fd = (int) (intptr_t) userdata;
@@ -157,7 +161,12 @@ static inline int run_io(loop_t *loop, void *userdata, unsigned which) {
                 return 0;
         }
         fi->pending &= ~(1u << which);
-        return fi->io[which].cb(loop, fd, fi->io[which].userdata);
+        int r = fi->io[which].cb(loop, fd, fi->io[which].userdata);
+        if (unlikely(r == -EBADF) && fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+                /* Closed behind our back, and a file that lives on elsewhere
+                 * may keep the backend reporting it: stop here. */
+                on_dead(sl, fd, LOOP_EVENT_CLOSED);
+        return r;
 }
 
 static int run_reader(loop_t *loop, void *userdata) {
@@ -170,10 +179,42 @@ static int run_writer(loop_t *loop, void *userdata) {
 
 static void on_ready(void *ctx, int fd, uint32_t events);
 
-/* The wake-up descriptor, or no room for two entries: grow the queue, then
- * queue as usual (a grown queue has room for at least 256 more). */
+/*
+ * The backend found fd's registration dead: the descriptor was closed
+ * behind the loop's back (loop_add_reader(3): remove, then close). Said
+ * once, through the exception handler; a closed fd's callbacks are
+ * dropped (they could only fail), and the backend lets go of it at the
+ * next flush, so the loop blocks again instead of spinning.
+ */
+static void on_dead(struct selector_loop *sl, int fd, uint32_t events) {
+        struct fdinfo *fi = &sl->fds[fd];
+
+        if (events & LOOP_EVENT_STALE) {
+                if (fi->dead)
+                        return;         /* the closing was reported already */
+                loop__report(&sl->base, "Events from a file closed while watched (it lives on elsewhere); "
+                             "no longer watched", -EBADF, NULL, fd);
+                return;
+        }
+        if (fi->wake)
+                return;         /* ours, never closed behind our back */
+        drop_callbacks(fi);
+        fi->reset = true;
+        fi->dead = true;
+        /* Without room to queue the removal the next wait reports fd
+         * again, and we try again. */
+        (void) queue_change(sl, fi, fd);
+        loop__report(&sl->base, "File descriptor closed while watched; its callbacks were removed", -EBADF, NULL,
+                     fd);
+}
+
+/* The wake-up descriptor, a dead registration, or no room for two
+ * entries: grow the queue, then queue as usual (a grown queue has room
+ * for at least 256 more). */
 static __attribute__((noinline)) void on_ready_slow(struct selector_loop *sl, int fd, uint32_t events) {
-        if (sl->fds[fd].wake)
+        if (events & (LOOP_EVENT_CLOSED | LOOP_EVENT_STALE))
+                on_dead(sl, fd, events);
+        else if (sl->fds[fd].wake)
                 loop__threadsafe_drain(&sl->base);
         else if (loop__ready_grow(&sl->base.ready) < 0)
                 loop__report(&sl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, fd);
@@ -191,7 +232,8 @@ static void on_ready(void *ctx, int fd, uint32_t events) {
         /* The common case calls nothing (no registers to save): room for
          * both entries, and not the wake-up descriptor. */
         struct fdinfo *fi = &sl->fds[fd];
-        if (unlikely(fi->wake || q->window.end - q->window.tail < 2))
+        if (unlikely(fi->wake || q->window.end - q->window.tail < 2 ||
+                     events > (LOOP_EVENT_READ | LOOP_EVENT_WRITE)))
                 return on_ready_slow(sl, fd, events);
         /* want, not io[].cb: a paused callback keeps its slot, and until
          * the next flush the backend may still report its events. */
@@ -410,6 +452,13 @@ static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, v
         struct fdinfo *fi = &sl->fds[fd];
         if (fi->wake)
                 return -EBUSY;
+        /* Adding over a callback is asyncio's replace, but also what a
+         * caller does who closed fd without removing it and got the number
+         * again for another file: have the backend check which file it
+         * watches (on epoll one ADD, which fails with EEXIST for the same
+         * file), or the new file would never be watched. */
+        if (fi->io[io_index(event)].cb)
+                fi->reset = true;
         /* A paused callback is replaced, and the new one is active. */
         r = watch(sl, fi, fd, fi->want | event);
         if (r < 0)
@@ -420,6 +469,7 @@ static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, v
         unsigned which = io_index(event);
         fi->io[which] = (struct fdio) { .cb = cb, .userdata = userdata };
         fi->pending &= ~(1u << which);
+        fi->dead = false;
         return 0;
 }
 

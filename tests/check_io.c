@@ -501,6 +501,168 @@ START_TEST(test_fd_reuse_writer) {
 }
 END_TEST
 
+/* ---- descriptors closed behind the loop's back --------------------------- */
+
+/*
+ * loop_add_reader(3) asks callers to remove a callback before closing its
+ * fd. When one does not, the loop must say so (once, through the exception
+ * handler, naming the fd), drop what is dead, and go on blocking: on every
+ * backend it used to spin (epoll and io_uring with the file alive in a
+ * dup(), poll and select on POLLNVAL/EBADF).
+ */
+struct dead_rec {
+        int fd;         /* the number watched */
+        int writer;     /* the callback writes, else reads */
+        int reports;    /* exception handler calls naming fd */
+        int error;      /* the last such call's error */
+        int runs;       /* callback runs */
+};
+
+static void dead_handler(loop_t *loop, const struct loop_exception_context *ctx, void *userdata) {
+        struct dead_rec *d = userdata;
+
+        (void) loop;
+        if (ctx->fd != d->fd)
+                return;
+        d->reports++;
+        d->error = ctx->error;
+}
+
+/* What a user's callback does: read or write, and fail as the system says. */
+static int dead_io_cb(loop_t *loop, int fd, void *userdata) {
+        struct dead_rec *d = userdata;
+        char c = 'x';
+        ssize_t n;
+
+        (void) loop;
+        d->runs++;
+        n = d->writer ? write(fd, &c, 1) : read(fd, &c, 1);
+        return n < 0 && errno != EAGAIN ? -errno : 0;
+}
+
+/* Loop iterations in about ns of wall time, each allowed to block 20 ms:
+ * a loop that blocks makes a handful, one that spins thousands. */
+static int iterations_for(loop_t *loop, int64_t ns) {
+        int64_t end = tu_now_ns() + ns;
+        int n = 0;
+
+        while (tu_now_ns() < end) {
+                (void) loop_run_once(loop, 20 * TU_MSEC);
+                n++;
+        }
+        return n;
+}
+
+/* _i: 0 reader, 1 writer. The file lives on in a dup() and is ready. */
+START_TEST(test_closed_behind_dup) {
+        loop_t *loop = tu_loop_new();
+        struct dead_rec d = {.writer = _i};
+        int sv[2], keep;
+
+        tu_socketpair(sv);
+        d.fd = sv[0];
+        ck_assert_int_eq(loop_set_exception_handler(loop, dead_handler, &d), 0);
+        ck_assert_int_eq((_i ? loop_add_writer : loop_add_reader)(loop, sv[0], dead_io_cb, &d), 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        d.runs = 0;
+        keep = dup(sv[0]);
+        ck_assert_int_ge(keep, 0);
+        ck_assert_int_eq(close(sv[0]), 0);
+        if (!_i)
+                tu_write_byte(sv[1]);
+        int n = iterations_for(loop, 200 * TU_MSEC);
+        ck_assert_msg(n < 40, "%s: %d iterations in 200 ms: the loop spins", tu_selector_name(loop), n);
+        ck_assert_msg(d.runs <= 3, "%s: the callback ran %d times", tu_selector_name(loop), d.runs);
+        ck_assert_msg(d.reports >= 1 && d.reports <= 2, "%s: %d reports for fd %d", tu_selector_name(loop),
+                      d.reports, d.fd);
+        ck_assert_int_eq(d.error, -EBADF);
+        /* Dropped: nothing is left to remove. */
+        ck_assert_int_eq((_i ? loop_remove_writer : loop_remove_reader)(loop, d.fd), 0);
+        tu_assert_usable(loop);
+        loop_unref(loop);
+        ck_assert_int_eq(close(keep), 0);
+        ck_assert_int_eq(close(sv[1]), 0);
+}
+END_TEST
+
+/* Closed without a removal, the number given to another file (its old
+ * file alive in a dup() and readable), the reader added again for the new
+ * one: only the new file's readiness runs it. */
+START_TEST(test_closed_behind_reused) {
+        loop_t *loop = tu_loop_new();
+        struct dead_rec d = {.writer = 0};
+        struct io_rec r = {.fd = -1, .drain = 1};
+        int a[2], b[2], keep, n;
+
+        tu_pipe(a);
+        tu_pipe(b);
+        d.fd = a[0];
+        ck_assert_int_eq(loop_set_exception_handler(loop, dead_handler, &d), 0);
+        ck_assert_int_eq(loop_add_reader(loop, a[0], dead_io_cb, &d), 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        keep = dup(a[0]);
+        ck_assert_int_ge(keep, 0);
+        /* a[0] now names b's read end. */
+        ck_assert_int_eq(dup2(b[0], a[0]), a[0]);
+        ck_assert_int_eq(close(b[0]), 0);
+        ck_assert_int_eq(loop_add_reader(loop, a[0], rec_cb, &r), 0);
+        tu_write_byte(a[1]);            /* the old file: nobody's */
+        n = iterations_for(loop, 100 * TU_MSEC);
+        ck_assert_msg(n < 40, "%s: %d iterations in 100 ms: the loop spins", tu_selector_name(loop), n);
+        ck_assert_msg(r.count == 0, "%s: the old file's readiness ran the new reader %d times",
+                      tu_selector_name(loop), r.count);
+        ck_assert_int_eq(d.runs, 0);
+        ck_assert_int_le(d.reports, 1);
+        tu_write_byte(b[1]);            /* the new file */
+        tu_run_until(loop, &r.count, 1, 2 * TU_SEC);
+        ck_assert_msg(r.count == 1, "%s: the new file is not watched", tu_selector_name(loop));
+        ck_assert_int_eq(r.fd, a[0]);
+        ck_assert_int_eq(loop_remove_reader(loop, a[0]), 1);
+        loop_unref(loop);
+        ck_assert_int_eq(close(keep), 0);
+        tu_close_pair(a);
+        ck_assert_int_eq(close(b[1]), 0);
+}
+END_TEST
+
+/* Closed with no dup left: whatever the backend can tell, the loop blocks,
+ * and the number can be watched again once reused. */
+START_TEST(test_closed_behind_plain) {
+        loop_t *loop = tu_loop_new();
+        struct dead_rec d = {.writer = 0};
+        struct io_rec r = {.fd = -1, .drain = 1};
+        int a[2], b[2], n;
+
+        tu_socketpair(a);
+        d.fd = a[0];
+        ck_assert_int_eq(loop_set_exception_handler(loop, dead_handler, &d), 0);
+        ck_assert_int_eq(loop_add_reader(loop, a[0], dead_io_cb, &d), 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        ck_assert_int_eq(close(a[0]), 0);
+        /* Reaches the file only where the loop keeps it alive (io_uring's
+         * poll request holds it); elsewhere the peer is gone. */
+        (void) send(a[1], "x", 1, MSG_NOSIGNAL);
+        n = iterations_for(loop, 100 * TU_MSEC);
+        ck_assert_msg(n < 40, "%s: %d iterations in 100 ms: the loop spins", tu_selector_name(loop), n);
+        ck_assert_int_le(d.runs, 2);
+        ck_assert_int_le(d.reports, 2);
+        tu_pipe(b);
+        if (b[0] != d.fd) {
+                ck_assert_int_eq(dup2(b[0], d.fd), d.fd);
+                ck_assert_int_eq(close(b[0]), 0);
+                b[0] = d.fd;
+        }
+        ck_assert_int_eq(loop_add_reader(loop, b[0], rec_cb, &r), 0);
+        tu_write_byte(b[1]);
+        tu_run_until(loop, &r.count, 1, 2 * TU_SEC);
+        ck_assert_int_eq(r.count, 1);
+        ck_assert_int_eq(loop_remove_reader(loop, b[0]), 1);
+        loop_unref(loop);
+        ck_assert_int_eq(close(a[1]), 0);
+        tu_close_pair(b);
+}
+END_TEST
+
 /* ---- hang-ups and errors ------------------------------------------------ */
 
 START_TEST(test_hangup_wakes_reader_socketpair) {
@@ -962,6 +1124,11 @@ static Suite *io_suite(void) {
         tcase_add_test(tc, test_changed_while_queued);
         tcase_add_loop_test(tc, test_fd_reuse_reader, 0, 4);
         tcase_add_loop_test(tc, test_fd_reuse_writer, 0, 4);
+
+        tc = tu_tcase(s, "closed_behind");
+        tcase_add_loop_test(tc, test_closed_behind_dup, 0, 2);
+        tcase_add_test(tc, test_closed_behind_reused);
+        tcase_add_test(tc, test_closed_behind_plain);
 
         tc = tu_tcase(s, "hangup");
         tcase_add_test(tc, test_hangup_wakes_reader_socketpair);
