@@ -48,6 +48,7 @@ struct epoll_state {
          * (LOOP_EVENT_* in bits 0-1). Event data is tag << 32 | fd. */
         uint32_t *tag;
         size_t n_tag;
+        int stale;              /* an fd a dead registration reported this wait, or -1 */
 };
 
 #define TAG_GEN UINT32_C(4)
@@ -77,6 +78,7 @@ static int epoll_init(void **ret) {
                 free(st);
                 return r;
         }
+        st->stale = -1;
         st->n_events = 64;
         st->events = malloc(st->n_events * sizeof(*st->events));
         if (!st->events) {
@@ -156,9 +158,11 @@ static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_e
  * the live ones, under the old number. A number that can no longer be
  * added (closed: EBADF; another kind of file now: EPERM) is CLOSED.
  */
-static void rebuild(struct epoll_state *st, int stale_fd, loop_selector_ready_t ready, void *ctx) {
+static __attribute__((noinline)) void rebuild(struct epoll_state *st, loop_selector_ready_t ready, void *ctx) {
+        int stale_fd = st->stale;
         int nfd = epoll_create1(EPOLL_CLOEXEC);
 
+        st->stale = -1;
         if (nfd < 0)
                 return;         /* tried again at the next stale event */
         for (size_t fd = 0; fd < st->n_tag; fd++) {
@@ -203,13 +207,13 @@ static int epoll_select(void *state, int64_t timeout_ns, loop_selector_ready_t r
 
         if (n < 0)
                 return errno == EINTR ? 0 : -errno;
-        int stale = -1;
         for (int i = 0; i < n; i++) {
                 uint32_t e = st->events[i].events, ev = 0;
                 uint64_t data = st->events[i].data.u64;
                 int fd = (int) (uint32_t) data;
-                if (unlikely((size_t) fd >= st->n_tag || st->tag[fd] != (uint32_t) (data >> 32))) {
-                        stale = fd;
+                /* fd < n_tag: the data is ours, written after reserve_tag(). */
+                if (unlikely(st->tag[fd] != (uint32_t) (data >> 32))) {
+                        st->stale = fd;
                         continue;
                 }
                 /* asyncio's mapping: anything but "writable only" wakes the
@@ -220,8 +224,8 @@ static int epoll_select(void *state, int64_t timeout_ns, loop_selector_ready_t r
                         ev |= LOOP_EVENT_WRITE;
                 ready(ctx, fd, ev);
         }
-        if (unlikely(stale >= 0))
-                rebuild(st, stale, ready, ctx);
+        if (unlikely(st->stale >= 0))
+                rebuild(st, ready, ctx);
         /* A full buffer suggests more were waiting: take more next time. */
         if (n == st->n_events && n < 65536) {
                 struct epoll_event *events = realloc(st->events, 2 * n * sizeof(*events));

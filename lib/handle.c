@@ -4,6 +4,7 @@
  * and the timer heap, and running what is ready (asyncio's Handle,
  * TimerHandle and the second half of BaseEventLoop._run_once).
  */
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -505,6 +506,8 @@ static __attribute__((noinline)) void report_entry(loop_t *loop, const struct lo
         loop__entry_info(loop, e, &info);
         /* Only a handle the user was given means anything to them. */
         loop__report(loop, "Exception in callback", r, h && h->exposed ? h : NULL, info.fd);
+        if (r == -EBADF && info.fd >= 0 && loop->impl->io_closed && fcntl(info.fd, F_GETFD) < 0 && errno == EBADF)
+                loop->impl->io_closed(loop, info.fd);
 }
 
 /* asyncio logs "Executing <Handle cb(args)> took 0.123 seconds"; the

@@ -143,6 +143,14 @@ struct loop__impl {
          * true; false for any other entry. NULL if the kind queues none.
          */
         bool (*describe)(const loop_t *loop, const struct loop__ready_entry *e, struct loop__entry_info *info);
+        /*
+         * An I/O callback for fd returned -EBADF and fd is indeed closed:
+         * it was closed behind the loop's back, and the file may live on
+         * (a dup, a child) and keep being reported. Drop fd's callbacks
+         * and say so once. NULL if the kind needs nothing. Called from the
+         * error path only, so the callbacks' fast path pays nothing.
+         */
+        void (*io_closed)(loop_t *loop, int fd);
 };
 
 /* One socket operation as sock.c hands it to a loop kind (sock_call). */

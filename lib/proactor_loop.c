@@ -419,6 +419,21 @@ static void on_probe(struct poll_req *req, int res) {
         req_maybe_free(req);
 }
 
+/* A callback for fd returned -EBADF and fd is closed (handle.c): the
+ * request holds the file, whose readiness would go on running it. */
+static void proactor_io_closed(loop_t *loop, int fd) {
+        struct proactor_loop *pl = proactor_loop(loop);
+
+        if ((size_t) fd >= pl->n_fds || (!pl->fds[fd].io[0] && !pl->fds[fd].io[1]))
+                return;
+        loop__report(loop, "File descriptor closed while watched; its callbacks were removed", -EBADF, NULL, fd);
+        for (int d = 0; d < 2; d++) {
+                pl->fds[fd].paused[d].cb = NULL;
+                if (pl->fds[fd].io[d])
+                        req_unlink(pl->fds[fd].io[d]);
+        }
+}
+
 static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata) {
         struct proactor_loop *pl = proactor_loop(loop);
         int d = event == LOOP_EVENT_READ ? 0 : 1;
@@ -1419,6 +1434,7 @@ static const struct loop__impl proactor_impl = {
         .remove_io = proactor_remove_io,
         .pause_io = proactor_pause_io,
         .sock_call = proactor_sock_call,
+        .io_closed = proactor_io_closed,
 };
 
 static int proactor_loop_new(const struct loop_proactor_ops *ops, loop_t **ret) {

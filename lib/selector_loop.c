@@ -33,7 +33,6 @@
  * cancels the queued handle), without a handle per registration or a
  * reference count per event.
  */
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -149,8 +148,6 @@ static void flush_changes(struct selector_loop *sl) {
  * replaced since. The descriptor rides in the userdata word. An error the
  * callback returns is reported by the run loop, which finds the
  * descriptor again through selector_describe(). */
-static void on_dead(struct selector_loop *sl, int fd, uint32_t events);
-
 static inline int run_io(loop_t *loop, void *userdata, unsigned which) {
         struct selector_loop *sl = selector_loop(loop);
         int fd = (int) (intptr_t) userdata;
@@ -161,12 +158,7 @@ static inline int run_io(loop_t *loop, void *userdata, unsigned which) {
                 return 0;
         }
         fi->pending &= ~(1u << which);
-        int r = fi->io[which].cb(loop, fd, fi->io[which].userdata);
-        if (unlikely(r == -EBADF) && fcntl(fd, F_GETFD) < 0 && errno == EBADF)
-                /* Closed behind our back, and a file that lives on elsewhere
-                 * may keep the backend reporting it: stop here. */
-                on_dead(sl, fd, LOOP_EVENT_CLOSED);
-        return r;
+        return fi->io[which].cb(loop, fd, fi->io[which].userdata);
 }
 
 static int run_reader(loop_t *loop, void *userdata) {
@@ -206,6 +198,14 @@ static void on_dead(struct selector_loop *sl, int fd, uint32_t events) {
         (void) queue_change(sl, fi, fd);
         loop__report(&sl->base, "File descriptor closed while watched; its callbacks were removed", -EBADF, NULL,
                      fd);
+}
+
+/* A callback for fd returned -EBADF and fd is closed (handle.c). */
+static void selector_io_closed(loop_t *loop, int fd) {
+        struct selector_loop *sl = selector_loop(loop);
+
+        if ((size_t) fd < sl->n_fds && (sl->fds[fd].io[IO_READ].cb || sl->fds[fd].io[IO_WRITE].cb))
+                on_dead(sl, fd, LOOP_EVENT_CLOSED);
 }
 
 /* The wake-up descriptor, a dead registration, or no room for two
@@ -360,6 +360,7 @@ const struct loop__impl loop__selector_impl = {
         .remove_io = remove_io,
         .pause_io = pause_io,
         .describe = selector_describe,
+        .io_closed = selector_io_closed,
 };
 
 LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
