@@ -6,10 +6,16 @@
  * that a pause undone in the same iteration costs no system call, counted
  * by wrapping epoll_ctl(). tests/run-backends reruns this once per backend.
  */
+#include "testutil.h"
+
+/* The cost test needs epoll.h, and the epoll selector at run time: it is
+ * left out on other systems and skips in builds without epoll (configure
+ * --with-backends=poll,select). */
+#ifdef HAVE_SYS_EPOLL_H
 #include <sys/epoll.h>
 #include <sys/syscall.h>
-
-#include "testutil.h"
+#if defined(SYS_epoll_ctl)
+#define COUNT_EPOLL_CTL 1
 
 /*
  * Every epoll_ctl() libloop makes lands here: the executable's definition
@@ -22,6 +28,8 @@ int epoll_ctl(int epfd, int op, int fd, struct epoll_event *event) {
         n_epoll_ctl++;
         return (int) syscall(SYS_epoll_ctl, epfd, op, fd, event);
 }
+#endif
+#endif
 
 /* A reader that counts its runs; pause_fd >= 0: it pauses that fd's reader. */
 struct rec {
@@ -361,11 +369,16 @@ END_TEST
 
 /* ---- what it costs on epoll ------------------------------------------ */
 
+#ifdef COUNT_EPOLL_CTL
+/* An epoll selector loop, or NULL where this build has no epoll selector. */
 static loop_t *epoll_loop_new(void) {
         loop_selector_t *sel = NULL;
         loop_t *loop = NULL;
+        int r = loop_selector_new("epoll", &sel);
 
-        ck_assert_int_eq(loop_selector_new("epoll", &sel), 0);
+        if (r == -ENOENT || r == -EOPNOTSUPP)
+                return NULL;
+        ck_assert_msg(r == 0, "loop_selector_new(\"epoll\"): %s", loop_strerror(r));
         ck_assert_int_eq(loop_selector_loop_new(sel, &loop), 0);
         loop_selector_unref(sel);
         return loop;
@@ -376,6 +389,9 @@ static loop_t *epoll_loop_new(void) {
 START_TEST(test_epoll_pause_resume_no_syscall) {
         loop_t *loop = epoll_loop_new();
         int sv[N_PAIRS][2], count = 0;
+
+        if (!loop)
+                return;         /* no epoll selector in this build */
 
         for (int i = 0; i < N_PAIRS; i++) {
                 tu_socketpair(sv[i]);
@@ -421,6 +437,7 @@ START_TEST(test_epoll_pause_resume_no_syscall) {
                 tu_close_pair(sv[i]);
 }
 END_TEST
+#endif
 
 static Suite *pause_suite(void) {
         Suite *s = suite_create("pause");
@@ -441,8 +458,10 @@ static Suite *pause_suite(void) {
         tcase_add_test(tc, test_pause_errors);
         tcase_add_test(tc, test_resume_closed_fd);
 
+#ifdef COUNT_EPOLL_CTL
         tc = tu_tcase(s, "cost");
         tcase_add_test(tc, test_epoll_pause_resume_no_syscall);
+#endif
         return s;
 }
 
