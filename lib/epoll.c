@@ -20,7 +20,11 @@
  *   so loop_fileno() stays valid. The loop hears of it once (STALE), and
  *   of any number found closed while re-adding (CLOSED).
  * - Regular files and directories cannot be watched: EPOLL_CTL_ADD fails
- *   with EPERM, and that is what the caller gets (asyncio does the same).
+ *   with EPERM. poll and select call them always ready, and a program
+ *   must not work on one selector and fail on another, so they are kept
+ *   apart and reported ready after every wait (libev does the same); an
+ *   eventfd left readable sits in the set meanwhile, so the wait does not
+ *   block and loop_fileno() polls readable.
  * - The epoll instance is shared with a fork child. Freeing it only closes
  *   our descriptor and never removes registrations one by one, so a child
  *   that closes its inherited loop leaves the parent's registrations intact.
@@ -34,6 +38,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -44,15 +49,23 @@ struct epoll_state {
         bool no_pwait2;
         int n_events;
         struct epoll_event *events;
-        /* Per fd: the generation (bits 2 and up) and what is watched
-         * (LOOP_EVENT_* in bits 0-1). Event data is tag << 32 | fd. */
+        /* Per fd: the generation (bits 3 and up), TAG_ALWAYS, and what is
+         * watched (LOOP_EVENT_* in bits 0-1). Event data is tag << 32 | fd. */
         uint32_t *tag;
         size_t n_tag;
         int stale;              /* an fd a dead registration reported this wait, or -1 */
+        int *always;            /* fds of files epoll refuses: always ready */
+        size_t n_always, cap_always;
+        int busy_fd;            /* a readable eventfd, in the set while there are some */
 };
 
-#define TAG_GEN UINT32_C(4)
 #define TAG_EVENTS UINT32_C(3)
+#define TAG_ALWAYS UINT32_C(4)  /* always ready, not in the epoll set */
+#define TAG_GEN UINT32_C(8)
+
+/* busy_fd's event data: its own number, whose tag stays 0, and a tag that
+ * is not 0, so the check of every event sends it off the fast path. */
+#define BUSY_DATA(fd) ((uint64_t) UINT32_MAX << 32 | (uint32_t) (fd))
 
 static int reserve_tag(struct epoll_state *st, int fd) {
         return loop__fd_table_reserve((void **) &st->tag, &st->n_tag, sizeof(*st->tag), fd);
@@ -79,6 +92,7 @@ static int epoll_init(void **ret) {
                 return r;
         }
         st->stale = -1;
+        st->busy_fd = -1;
         st->n_events = 64;
         st->events = malloc(st->n_events * sizeof(*st->events));
         if (!st->events) {
@@ -94,9 +108,56 @@ static void epoll_free(void *state) {
         struct epoll_state *st = state;
 
         close(st->fd);
+        if (st->busy_fd >= 0)
+                close(st->busy_fd);
         free(st->events);
         free(st->tag);
+        free(st->always);
         free(st);
+}
+
+/* A file epoll cannot watch (EPERM: a regular file, a directory) is
+ * always ready, as poll(2) and select(2) say of it. */
+static int always_add(struct epoll_state *st, int fd) {
+        if (st->n_always == st->cap_always) {
+                size_t cap = st->cap_always ? 2 * st->cap_always : 8;
+                int *a = realloc(st->always, cap * sizeof(*a));
+                if (!a)
+                        return -ENOMEM;
+                st->always = a;
+                st->cap_always = cap;
+        }
+        if (st->n_always == 0) {
+                /* An eventfd left readable keeps the epoll fd readable too,
+                 * so waits return at once and an outer loop polling
+                 * loop_fileno() wakes up. */
+                if (st->busy_fd < 0) {
+                        int bfd = eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+                        if (bfd < 0)
+                                return -errno;
+                        int r = reserve_tag(st, bfd);
+                        if (r < 0) {
+                                close(bfd);
+                                return r;
+                        }
+                        st->busy_fd = bfd;
+                }
+                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = BUSY_DATA(st->busy_fd) };
+                if (epoll_ctl(st->fd, EPOLL_CTL_ADD, st->busy_fd, &ev) < 0 && errno != EEXIST)
+                        return -errno;
+        }
+        st->always[st->n_always++] = fd;
+        return 0;
+}
+
+static void always_remove(struct epoll_state *st, int fd) {
+        for (size_t i = 0; i < st->n_always; i++)
+                if (st->always[i] == fd) {
+                        st->always[i] = st->always[--st->n_always];
+                        break;
+                }
+        if (st->n_always == 0 && st->busy_fd >= 0)
+                (void) epoll_ctl(st->fd, EPOLL_CTL_DEL, st->busy_fd, NULL);
 }
 
 static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_events, int reset) {
@@ -107,6 +168,20 @@ static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_e
         if (r < 0)
                 return r;
         uint32_t old_tag = st->tag[fd];
+        if (old_tag & TAG_ALWAYS) {
+                /* Not in the epoll set. A re-check (reset) asks epoll
+                 * again: the number may name a pollable file now. */
+                if (new_events != 0 && !reset) {
+                        st->tag[fd] = (old_tag & ~TAG_EVENTS) | new_events;
+                        return 0;
+                }
+                always_remove(st, fd);
+                old_tag = (old_tag & ~(TAG_EVENTS | TAG_ALWAYS)) + TAG_GEN;
+                st->tag[fd] = old_tag;
+                if (new_events == 0)
+                        return 0;
+                old_events = 0;         /* an addition from here on */
+        }
         if (new_events == 0) {
                 /* Already gone if the descriptor was closed: that is fine.
                  * If the file lives on elsewhere, its registration does
@@ -141,13 +216,25 @@ static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_e
                 op = EPOLL_CTL_ADD;
                 st->tag[fd] += TAG_GEN;
                 ev = event_of(st, fd);
-        } else {
+        } else if (errno != EPERM) {
                 r = -errno;
                 st->tag[fd] = old_tag;
                 return r;
         }
-        if (epoll_ctl(st->fd, op, fd, &ev) == 0)
+        if (errno != EPERM && epoll_ctl(st->fd, op, fd, &ev) == 0)
                 return 0;
+        if (errno == EPERM && (op == EPOLL_CTL_ADD || reset)) {
+                /* Was a pollable file's registration: it is not any more. */
+                if (old_events != 0)
+                        (void) epoll_ctl(st->fd, EPOLL_CTL_DEL, fd, &ev);
+                r = always_add(st, fd);
+                if (r == 0) {
+                        st->tag[fd] |= TAG_ALWAYS;
+                        return 0;
+                }
+                st->tag[fd] = old_tag;
+                return r;
+        }
         r = -errno;
         st->tag[fd] = old_tag;
         return r;
@@ -165,8 +252,12 @@ static __attribute__((noinline)) void rebuild(struct epoll_state *st, loop_selec
         st->stale = -1;
         if (nfd < 0)
                 return;         /* tried again at the next stale event */
+        if (st->n_always > 0) {
+                struct epoll_event ev = { .events = EPOLLIN, .data.u64 = BUSY_DATA(st->busy_fd) };
+                (void) epoll_ctl(nfd, EPOLL_CTL_ADD, st->busy_fd, &ev);
+        }
         for (size_t fd = 0; fd < st->n_tag; fd++) {
-                if (!(st->tag[fd] & TAG_EVENTS))
+                if (!(st->tag[fd] & TAG_EVENTS) || (st->tag[fd] & TAG_ALWAYS))
                         continue;
                 struct epoll_event ev = event_of(st, (int) fd);
                 if (epoll_ctl(nfd, EPOLL_CTL_ADD, (int) fd, &ev) < 0) {
@@ -213,7 +304,8 @@ static int epoll_select(void *state, int64_t timeout_ns, loop_selector_ready_t r
                 int fd = (int) (uint32_t) data;
                 /* fd < n_tag: the data is ours, written after reserve_tag(). */
                 if (unlikely(st->tag[fd] != (uint32_t) (data >> 32))) {
-                        st->stale = fd;
+                        if (data != BUSY_DATA(st->busy_fd))
+                                st->stale = fd;
                         continue;
                 }
                 /* asyncio's mapping: anything but "writable only" wakes the
@@ -226,6 +318,10 @@ static int epoll_select(void *state, int64_t timeout_ns, loop_selector_ready_t r
         }
         if (unlikely(st->stale >= 0))
                 rebuild(st, ready, ctx);
+        for (size_t i = 0; i < st->n_always; i++) {
+                int fd = st->always[i];
+                ready(ctx, fd, st->tag[fd] & TAG_EVENTS);
+        }
         /* A full buffer suggests more were waiting: take more next time. */
         if (n == st->n_events && n < 65536) {
                 struct epoll_event *events = realloc(st->events, 2 * n * sizeof(*events));
