@@ -262,6 +262,11 @@ LOOP_EXPORT int loop_run_until_complete(loop_t *loop, loop_future_t *f) {
         /* asyncio: "The future belongs to a different loop". */
         if (f->loop != loop)
                 return -EXDEV;
+        /* asyncio checks "already running" first (_check_running), so a
+         * nested call fails even for a future that is done: the caller's
+         * mistake shows at once, not only when the future is pending. */
+        if (loop__running_loop || __atomic_load_n(&loop->running, __ATOMIC_ACQUIRE))
+                return -EBUSY;
         if (f->state == PENDING) {
                 void *run = (void *) (uintptr_t) (loop->n_runs + 1);
                 r = loop_future_add_done_callback(f, stop_when_done, run);

@@ -681,6 +681,44 @@ START_TEST(test_run_until_complete_nested) {
 }
 END_TEST
 
+/* asyncio checks "already running" before looking at the future
+ * (test_run_until_complete_nesting): a done future gets -EBUSY too, from
+ * its own running loop and from another loop's callback. */
+struct nested_done {
+        loop_t *other;
+        loop_future_t *future, *other_future;
+        int own, other_r;
+};
+
+static int nested_done_cb(loop_t *loop, void *userdata) {
+        struct nested_done *n = userdata;
+
+        n->own = loop_run_until_complete(loop, n->future);
+        n->other_r = loop_run_until_complete(n->other, n->other_future);
+        return 0;
+}
+
+START_TEST(test_run_until_complete_nested_done) {
+        loop_t *loop = tu_loop_new(), *other = tu_loop_new();
+        loop_future_t *f = new_future(loop), *g = new_future(other);
+        struct nested_done n = {.other = other, .future = f, .other_future = g, .own = 1, .other_r = 1};
+
+        ck_assert_int_eq(loop_future_set_result(f, NULL, NULL), 0);
+        ck_assert_int_eq(loop_future_set_result(g, NULL, NULL), 0);
+        ck_assert_int_eq(loop_call_soon(loop, nested_done_cb, &n, NULL), 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 1);
+        ck_assert_int_eq(n.own, -EBUSY);
+        ck_assert_int_eq(n.other_r, -EBUSY);
+        /* Not running: the done future's outcome at once. */
+        ck_assert_int_eq(loop_run_until_complete(loop, f), 0);
+        ck_assert_int_eq(loop_run_until_complete(other, g), 0);
+        loop_future_unref(f);
+        loop_future_unref(g);
+        loop_unref(loop);
+        loop_unref(other);
+}
+END_TEST
+
 /* The documented way to complete a future from a worker thread: post back with call_soon_threadsafe. */
 struct worker {
         loop_t *loop;
@@ -966,6 +1004,7 @@ static Suite *future_suite(void) {
         tcase_add_test(tc, test_run_until_complete_other_loop);
         tcase_add_test(tc, test_run_until_complete_stopped);
         tcase_add_test(tc, test_run_until_complete_nested);
+        tcase_add_test(tc, test_run_until_complete_nested_done);
         tcase_add_test(tc, test_run_until_complete_no_stale_stop);
         tcase_add_test(tc, test_run_until_complete_from_thread);
 
