@@ -93,7 +93,12 @@ int main(void) {
                 fprintf(stderr, "loop_new: %s\n", loop_strerror(r));
                 return EXIT_FAILURE;
         }
-        printf("libloop demo on the %s selector\n", loop_selector_name(loop_get_selector(d.loop)));
+        /* A proactor loop (LIBLOOP_PROACTOR=io_uring) has no selector. */
+        loop_selector_t *sel = loop_get_selector(d.loop);
+        if (sel)
+                printf("libloop demo on the %s selector\n", loop_selector_name(sel));
+        else
+                printf("libloop demo on a proactor loop\n");
         d.start = loop_time(d.loop);
 
         /* Scheduled out of order; they fire in deadline order. */

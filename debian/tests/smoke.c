@@ -1,14 +1,20 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * autopkgtest for libloop-dev: built with `pkg-config --cflags --libs
- * libloop' against the installed package, then run. On every selector the
- * installed library was built with, it checks that
+ * libloop' against the installed package (and once more statically, with
+ * --static, against libloop.a), then run. On every selector the installed
+ * library was built with, and on the io_uring proactor loop, it checks that
  *   - loop_call_soon callbacks run first in, first out;
  *   - a loop_call_later timer does not fire early, and timers fire in
  *     deadline order whatever order they were scheduled in;
  *   - a reader on one end of a socketpair gets what was written on the other;
  *   - a callback posted with loop_call_soon_threadsafe from another thread
- *     runs in the loop.
+ *     runs in the loop;
+ *   - loop_sock_recv's future (run_until_complete) holds what was sent on
+ *     a socketpair: on the proactor loop, a receive done by the kernel.
+ * The proactor run is skipped, with a line saying why, where the library
+ * has no proactor or the kernel refuses io_uring (-ENOSYS; -EPERM under a
+ * seccomp profile or kernel.io_uring_disabled, as in many containers).
  * Exits 0 when every check passed, 1 otherwise; a 10 s alarm turns a hang
  * into a failure.
  */
@@ -104,25 +110,43 @@ static void *worker(void *userdata) {
         return NULL;
 }
 
-static void run_on(const char *name) {
-        struct state s = { .fds = { -1, -1 } };
+/* A future-returning socket operation: the proactor loop's own surface. */
+static void sock_future(loop_t *loop, const char *name) {
+        int fds[2];
+        loop_future_t *fut = NULL;
+        void *res = NULL;
+        const struct loop_sock_result *got;
+        int r;
+
+        r = socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds);
+        check(r == 0, name, "socketpair for loop_sock_recv");
+        if (r < 0)
+                return;
+        r = loop_sock_recv(loop, fds[1], 16, &fut);
+        check(r == 0, name, "loop_sock_recv");
+        if (r == 0) {
+                check(write(fds[0], "pong", 4) == 4, name, "write to the socketpair");
+                r = loop_run_until_complete(loop, fut);
+                check(r == 0, name, "loop_run_until_complete on the receive");
+                r = loop_future_result(fut, &res);
+                got = res;
+                check(r == 0 && got && got->nbytes == 4 && memcmp(got->data, "pong", 4) == 0, name,
+                      "loop_sock_recv's future holds \"pong\"");
+                fut = loop_future_unref(fut);
+        }
+        close(fds[0]);
+        close(fds[1]);
+}
+
+/* Runs every check on loop (which it takes over); name says which loop. */
+static void run_on(const char *name, loop_t *loop) {
+        struct state s = { .loop = loop, .fds = { -1, -1 } };
         struct tagged soon_tags[3], timer_tags[NTIMERS];
         /* Scheduled out of deadline order on purpose. */
         static const double delays[NTIMERS] = { 0.030, 0.010, 0.020 };
-        loop_selector_t *sel = NULL;
         pthread_t thread;
         int thread_started = 0;
         int r;
-
-        r = loop_selector_new(name, &sel);
-        check(r == 0, name, "loop_selector_new");
-        if (r < 0)
-                return;
-        r = loop_selector_loop_new(sel, &s.loop);
-        sel = loop_selector_unref(sel);
-        check(r == 0, name, "loop_selector_loop_new");
-        if (r < 0)
-                return;
 
         for (int i = 0; i < 3; i++) {
                 soon_tags[i] = (struct tagged) { .s = &s, .tag = i };
@@ -166,6 +190,8 @@ static void run_on(const char *name) {
         check(strcmp(s.got, "ping") == 0, name, "reader got \"ping\" from the socketpair");
         check(s.threadsafe_ran, name, "call_soon_threadsafe callback ran");
 
+        sock_future(s.loop, name);
+
         check(loop_close(s.loop) == 0, name, "loop_close");
         s.loop = loop_unref(s.loop);
         if (s.fds[0] >= 0)
@@ -174,9 +200,43 @@ static void run_on(const char *name) {
                 close(s.fds[1]);
 }
 
+static void run_on_selector(const char *name) {
+        loop_selector_t *sel = NULL;
+        loop_t *loop = NULL;
+        int r;
+
+        r = loop_selector_new(name, &sel);
+        check(r == 0, name, "loop_selector_new");
+        if (r < 0)
+                return;
+        r = loop_selector_loop_new(sel, &loop);
+        sel = loop_selector_unref(sel);
+        check(r == 0, name, "loop_selector_loop_new");
+        if (r < 0)
+                return;
+        run_on(name, loop);
+}
+
+/* Returns 1 if the proactor loop ran, 0 if this system has none. */
+static int run_on_proactor(void) {
+        loop_t *loop = NULL;
+        int r = loop_proactor_loop_new(&loop);
+
+        if (r == -EOPNOTSUPP || r == -ENOSYS || r == -EPERM) {
+                printf("skip: proactor: loop_proactor_loop_new: %s\n", loop_strerror(r));
+                return 0;
+        }
+        check(r == 0, "proactor", "loop_proactor_loop_new");
+        if (r < 0)
+                return 1;
+        check(loop_get_selector(loop) == NULL, "proactor", "loop_get_selector is NULL on a proactor loop");
+        run_on("proactor", loop);
+        return 1;
+}
+
 int main(void) {
         const char *const *names = loop_selector_names();
-        int n = 0;
+        int n = 0, proactors;
 
         alarm(10);
         if (!names || !names[0]) {
@@ -184,7 +244,8 @@ int main(void) {
                 return 1;
         }
         for (; names[n]; n++)
-                run_on(names[n]);
-        printf("%d selector(s) tested, %d failure(s)\n", n, failures);
+                run_on_selector(names[n]);
+        proactors = run_on_proactor();
+        printf("%d selector(s) and %d proactor(s) tested, %d failure(s)\n", n, proactors, failures);
         return failures ? 1 : 0;
 }
