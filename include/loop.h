@@ -260,6 +260,8 @@ int loop_remove_signal_handler(loop_t *loop, int signum);
 typedef int (*loop_executor_fn_t)(void *arg, void **result);
 
 int loop_run_in_executor(loop_t *loop, loop_executor_fn_t fn, void *arg, loop_future_t **ret);
+int loop_run_in_executor_full(loop_t *loop, loop_executor_fn_t fn, void *arg, void (*destroy)(void *result),
+                              loop_future_t **ret);
 int loop_set_executor_max_workers(loop_t *loop, unsigned max_workers);
 int loop_shutdown_default_executor(loop_t *loop);
 

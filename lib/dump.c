@@ -15,6 +15,17 @@ static void *callback_address(const loop_handle_t *h) {
         return (void *) (uintptr_t) (h->kind == HANDLE_IO ? (uintptr_t) h->io_cb : (uintptr_t) h->cb);
 }
 
+/* when - now, saturated: a deadline may be any int64 (loop_call_at_ns), and
+ * one far in the past is overdue by "as much as can be said", not in the
+ * future by a wrapped difference. */
+static int64_t time_until(int64_t when, int64_t now) {
+        int64_t d;
+
+        if (__builtin_sub_overflow(when, now, &d))
+                return when < now ? INT64_MIN : INT64_MAX;
+        return d;
+}
+
 static int by_deadline(const void *a, const void *b) {
         const struct timer_slot *x = a, *y = b;
 
@@ -45,8 +56,8 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
         fprintf(f, "loop %p selector=%s%s%s running=%u stopping=%d debug=%d ready=%zu timers=%u\n",
                 (void *) loop, loop_selector_name(loop_get_selector(loop)) ?: "none",
                 proactor ? " proactor=" : "", proactor ?: "",
-                __atomic_load_n(&loop->running, __ATOMIC_RELAXED), loop->stopping, loop->debug,
-                ready_count(&loop->ready), timer_heap_live(&loop->timers));
+                __atomic_load_n(&loop->running, __ATOMIC_RELAXED), __atomic_load_n(&loop->stopping, __ATOMIC_RELAXED),
+                loop->debug, ready_count(&loop->ready), timer_heap_live(&loop->timers));
 
         for (const struct loop__ready_entry *e = loop->ready.items; e != loop->ready.window.tail; e++) {
                 struct loop__entry_info info;
@@ -72,7 +83,7 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
         for (uint32_t i = 0; i < live; i++) {
                 const loop_handle_t *h = timer_heap_handle(&loop->timers, sorted[i].id);
                 fprintf(f, "timer when_ns=%" PRId64 " in_ns=%" PRId64 " callback=%p userdata=%p\n",
-                        sorted[i].when, sorted[i].when - now, callback_address(h), h->userdata);
+                        sorted[i].when, time_until(sorted[i].when, now), callback_address(h), h->userdata);
         }
         free(sorted);
 

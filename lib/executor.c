@@ -28,7 +28,10 @@
  *  - Cancelling the future of a queued job takes the job out of the queue
  *    (loop__future_on_cancel runs inside loop_future_cancel): fn never
  *    runs. A running job cannot be interrupted: it runs to the end and its
- *    completion finds the future cancelled and drops the result.
+ *    completion finds the future cancelled and drops the result, through
+ *    the job's destroy function if it has one (loop_run_in_executor_full;
+ *    loop_run_in_executor has none, and the result is then lost). So does
+ *    loop_close() with the result of a job that finished before it.
  *
  *  - max_workers limits the jobs that run at once, not only the threads
  *    started: lowering it makes the surplus workers idle (not exit) as they
@@ -455,6 +458,13 @@ int loop__executor_submit(loop_t *loop, loop_executor_fn_t fn, void *arg, void (
         loop__future_on_cancel(f, on_cancel, job);
         *ret = loop_future_ref(f);
         return 0;
+}
+
+/* destroy: what loop_future_set_result() takes, and in addition the fate of
+ * a result that no future takes (see deliver() and executor_close()). */
+LOOP_EXPORT int loop_run_in_executor_full(loop_t *loop, loop_executor_fn_t fn, void *arg,
+                                          void (*destroy)(void *result), loop_future_t **ret) {
+        return loop__executor_submit(loop, fn, arg, NULL, destroy, ret);
 }
 
 LOOP_EXPORT int loop_run_in_executor(loop_t *loop, loop_executor_fn_t fn, void *arg, loop_future_t **ret) {

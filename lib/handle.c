@@ -11,6 +11,18 @@
 
 #include "internal.h"
 
+/* Built with AddressSanitizer: gcc says so with a macro, clang with a feature. */
+#if defined(__SANITIZE_ADDRESS__)
+#define LOOP_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define LOOP_ASAN 1
+#endif
+#endif
+#ifdef LOOP_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 /*
  * The handle pool: handles are carved out of chunks the loop allocates, so
  * scheduling costs no malloc, and a burst of timers gets handles that sit
@@ -22,6 +34,14 @@
  * of it, in any thread, even after the loop is gone. Such a handle holds a
  * reference to the pool and goes back through an atomic stack that the
  * loop's thread takes over when its own free list runs dry.
+ *
+ * Misuse. A free slot has a count of 0, so an unref one too many finds 0
+ * instead of wrapping (loop_handle_unref: a compare); debug mode reports
+ * it. Under AddressSanitizer a free slot is poisoned, but for the words
+ * the pool itself uses (pool_index, next_free), so that any use of a
+ * handle after its last reference is an ASan report in the user's build:
+ * the pool hides handles from ASan's malloc checks otherwise. Neither
+ * catches a slot that was handed out again meanwhile.
  */
 #define CHUNK_HANDLES TIMER_CHUNK_HANDLES       /* a pool index is also a timer id */
 
@@ -33,17 +53,56 @@
 struct loop__handle_pool {
         unsigned n_ref;                 /* atomic: the loop's, its credit, one per handle held past the loop */
         unsigned credit;                /* the loop's thread only: references taken, not yet handed out */
+        loop_t *loop;                   /* atomic: the loop until it lets go of the pool (debug reports) */
         loop_handle_t *free;            /* the loop's thread only */
         loop_handle_t *remote;          /* atomic: released by users */
         uint32_t n_chunks, cap_chunks;
         loop_handle_t **chunks;         /* chunk c holds pool indices c * CHUNK_HANDLES on */
 };
 
+/*
+ * A chunk's allocation starts with one handle-sized head, then its
+ * CHUNK_HANDLES handles (chunks[c] points past the head). The head names
+ * the pool, so that a handle, even a free one, leads to its pool through
+ * its pool index: nothing per handle, and nothing on a fast path.
+ */
+struct chunk_head {
+        struct loop__handle_pool *pool;
+};
+
+_Static_assert(sizeof(struct chunk_head) <= sizeof(loop_handle_t), "a chunk's head fits in a handle's room");
+
+static struct chunk_head *chunk_head_of(const loop_handle_t *h) {
+        return (struct chunk_head *) (uintptr_t) (h - h->pool_index % CHUNK_HANDLES - 1);
+}
+
+/* A slot goes back to the pool: under ASan, all of it but the pool's own
+ * words is off limits until it is handed out again. ASan tracks 8-byte
+ * granules, each addressable for a prefix only: the granule that holds
+ * pool_index stays addressable as a whole. */
+static inline void slot_poison(loop_handle_t *h) {
+#ifdef LOOP_ASAN
+        ASAN_POISON_MEMORY_REGION(h, offsetof(loop_handle_t, pool_index));
+        ASAN_POISON_MEMORY_REGION(&h->loop, offsetof(loop_handle_t, next_free) - offsetof(loop_handle_t, loop));
+#else
+        (void) h;
+#endif
+}
+
+static inline void slot_unpoison(loop_handle_t *h) {
+#ifdef LOOP_ASAN
+        ASAN_UNPOISON_MEMORY_REGION(h, sizeof(*h));
+#else
+        (void) h;
+#endif
+}
+
 int loop__handle_pool_new(loop_t *loop) {
         loop->pool = calloc(1, sizeof(*loop->pool));
         if (!loop->pool)
                 return -ENOMEM;
         loop->pool->n_ref = 1;
+        loop->pool->loop = loop;
         return 0;
 }
 
@@ -55,14 +114,17 @@ static void pool_unref_n(struct loop__handle_pool *pool, unsigned n) {
         if (__atomic_sub_fetch(&pool->n_ref, n, __ATOMIC_ACQ_REL) > 0)
                 return;
         for (uint32_t c = 0; c < pool->n_chunks; c++)
-                free(pool->chunks[c]);
+                free((struct chunk_head *) (uintptr_t) (pool->chunks[c] - 1));
         free(pool->chunks);
         free(pool);
 }
 
 void loop__handle_pool_release(loop_t *loop) {
-        if (loop->pool)
+        if (loop->pool) {
+                /* Handles that outlive the loop no longer lead to it. */
+                __atomic_store_n(&loop->pool->loop, NULL, __ATOMIC_RELEASE);
                 pool_unref_n(loop->pool, 1 + loop->pool->credit);
+        }
         loop->pool = NULL;
 }
 
@@ -97,15 +159,19 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_
                 pool->chunks = chunks;
                 pool->cap_chunks = cap;
         }
-        loop_handle_t *c = aligned_alloc(64, CHUNK_HANDLES * sizeof(loop_handle_t));
+        loop_handle_t *c = aligned_alloc(64, (1 + CHUNK_HANDLES) * sizeof(loop_handle_t));
         if (!c)
                 return NULL;
+        ((struct chunk_head *) (uintptr_t) c)->pool = pool;
+        c++;
         uint32_t base = pool->n_chunks * CHUNK_HANDLES;
         pool->chunks[pool->n_chunks++] = c;
         /* In address order, so a burst of timers gets neighbouring handles. */
         for (uint32_t i = 0; i < CHUNK_HANDLES; i++) {
+                c[i].n_ref = 0;
                 c[i].pool_index = base + i;
                 c[i].next_free = i + 1 < CHUNK_HANDLES ? &c[i + 1] : NULL;
+                slot_poison(&c[i]);
         }
         pool->free = &c[1];
         return &c[0];
@@ -119,6 +185,7 @@ static inline loop_handle_t *handle_alloc(loop_t *loop, int kind) {
                 pool->free = h->next_free;
         else if (!(h = pool_refill(pool)))
                 return NULL;
+        slot_unpoison(h);
         *h = (loop_handle_t) {
                 .n_ref = 1,
                 .kind = (uint8_t) kind,
@@ -137,6 +204,8 @@ loop_handle_t *loop__handle_new(loop_t *loop, int kind) {
 static void pool_give_back(loop_handle_t *h) {
         struct loop__handle_pool *pool = h->pool;
 
+        /* Before the push: once pushed, the loop's thread may hand it out. */
+        slot_poison(h);
         h->next_free = __atomic_load_n(&pool->remote, __ATOMIC_RELAXED);
         while (!__atomic_compare_exchange_n(&pool->remote, &h->next_free, h, true, __ATOMIC_RELEASE,
                                             __ATOMIC_RELAXED))
@@ -182,8 +251,13 @@ recycle:
                 free(h);        /* made by call_soon_threadsafe in another thread */
                 return;
         }
+        /* A free slot holds no reference (the fast path above left the
+         * loop's): a user's unref one too many then finds 0. Relaxed: no
+         * other thread holds the handle. */
+        __atomic_store_n(&h->n_ref, 0, __ATOMIC_RELAXED);
         h->next_free = pool->free;
         pool->free = h;
+        slot_poison(h);
 }
 
 /* The loop is done with a handle whose callback will not run. */
@@ -321,6 +395,7 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
                 return call_at_slow(loop, when_ns, cb, userdata, ret);
 
         loop->pool->free = h->next_free;
+        slot_unpoison(h);
         /* Field by field, not a compound literal: that zeroes all 64 bytes
          * and then writes most of them again. Every field a timer reads is
          * set; the union after `when` is only used once the loop lets go. */
@@ -377,15 +452,38 @@ LOOP_EXPORT loop_handle_t *loop_handle_ref(loop_handle_t *h) {
         return h;
 }
 
+/*
+ * An unref one too many: the handle had no reference left (its slot is
+ * free, see loop__handle_drop). The count goes back to 0 rather than wrap
+ * (the slot would never be freed, and the next unref of a handle given
+ * the slot would not free it either), and debug mode reports it to the
+ * exception handler of the handle's loop, in the calling thread.
+ */
+static __attribute__((noinline, cold)) void unref_underflow(loop_handle_t *h) {
+        __atomic_add_fetch(&h->n_ref, 1, __ATOMIC_RELAXED);
+        if (!h->pooled)
+                return;         /* call_soon_threadsafe's own, already freed: nothing to trust */
+        loop_t *loop = __atomic_load_n(&chunk_head_of(h)->pool->loop, __ATOMIC_ACQUIRE);
+        if (loop && loop->debug)
+                loop__report(loop, "loop_handle_unref() on a handle with no reference left", -EINVAL, h, -1);
+}
+
 LOOP_EXPORT loop_handle_t *loop_handle_unref(loop_handle_t *h) {
+        if (!h)
+                return NULL;
+        unsigned old = __atomic_fetch_sub(&h->n_ref, 1, __ATOMIC_ACQ_REL);
+        if (likely(old > 1))
+                return NULL;
+        if (unlikely(old == 0)) {
+                unref_underflow(h);
+                return NULL;
+        }
         /* A handle the user releases last is no longer scheduled: no loop
          * refers to it. */
-        if (h && __atomic_sub_fetch(&h->n_ref, 1, __ATOMIC_ACQ_REL) == 0) {
-                if (h->pooled)
-                        pool_give_back(h);
-                else
-                        free(h);
-        }
+        if (h->pooled)
+                pool_give_back(h);
+        else
+                free(h);
         return NULL;
 }
 

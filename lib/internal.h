@@ -199,7 +199,7 @@ struct loop {
 
         unsigned running;               /* atomic: 1 while some thread runs the loop */
         uint64_t n_runs;                /* run_forever/run_once calls so far */
-        bool stopping;
+        bool stopping;                  /* atomic: loop_stop() may be called from any thread */
         bool closed;
         uint64_t fork_generation;       /* loop__fork_generation when the loop was made */
 
@@ -337,6 +337,7 @@ int loop__threadsafe_init(loop_t *loop);
 void loop__threadsafe_drain(loop_t *loop);
 void loop__threadsafe_poll(loop_t *loop);
 void loop__threadsafe_close(loop_t *loop);
+void loop__threadsafe_wake(loop_t *loop);      /* any thread: make a waiting loop return */
 void loop__threadsafe_free(loop_t *loop);
 
 /* selector_loop.c */

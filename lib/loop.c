@@ -182,13 +182,23 @@ LOOP_EXPORT int loop_resume_writer(loop_t *loop, int fd) {
         return pause_io(loop, fd, LOOP_EVENT_WRITE, false);
 }
 
+/*
+ * An inherited loop answers -ECHILD here too, as it does to every call but
+ * loop_unref and loop_close: the parent's state (its "running" flag above
+ * all, copied from a thread that does not exist in the child) says nothing
+ * about the child, where the loop neither runs nor can be used.
+ */
 LOOP_EXPORT int loop_is_closed(const loop_t *loop) {
         return_if_fail(loop, -EINVAL);
-        return loop->closed;
+        if (loop__inherited(loop))
+                return -ECHILD;
+        return __atomic_load_n(&loop->closed, __ATOMIC_ACQUIRE);
 }
 
 LOOP_EXPORT int loop_is_running(const loop_t *loop) {
         return_if_fail(loop, -EINVAL);
+        if (loop__inherited(loop))
+                return -ECHILD;
         return (int) __atomic_load_n(&loop->running, __ATOMIC_ACQUIRE);
 }
 
@@ -197,13 +207,23 @@ void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook) {
         loop->close_hooks = hook;
 }
 
+/*
+ * loop_stop() may come from any thread. Sequentially consistent, paired
+ * with the exchange that sets `running` (enter()): either the stopping
+ * thread sees the loop running and wakes it, or the loop sees the stop
+ * before it decides how long to wait.
+ */
+static inline bool stop_requested(const loop_t *loop) {
+        return __atomic_load_n(&loop->stopping, __ATOMIC_SEQ_CST);
+}
+
 /* How long the next wait may block: 0 with work queued, up to the first
  * timer, else max_wait_ns (< 0: no limit). */
 static int64_t wait_timeout(loop_t *loop, int64_t now, int64_t max_wait_ns) {
         const struct timer_slot *top;
         int64_t timeout = max_wait_ns;
 
-        if (ready_count(&loop->ready) > 0 || loop->stopping)
+        if (ready_count(&loop->ready) > 0 || stop_requested(loop))
                 return 0;
         if ((top = loop__first_timer(loop))) {
                 /* Compared before subtracting: a deadline near INT64_MIN
@@ -224,7 +244,7 @@ static int64_t wait_timeout(loop_t *loop, int64_t now, int64_t max_wait_ns) {
  * all; a run of call_soon callbacks costs no clock_gettime.
  */
 static int iterate(loop_t *loop, int64_t max_wait_ns) {
-        bool busy = ready_count(&loop->ready) > 0 || loop->stopping;
+        bool busy = ready_count(&loop->ready) > 0 || stop_requested(loop);
         int64_t before = 0, now = 0, timeout = 0;
         int r;
 
@@ -301,7 +321,8 @@ static int enter(loop_t *loop) {
         /* Another loop already running in this thread: asyncio refuses too. */
         if (loop__running_loop)
                 return -EBUSY;
-        if (__atomic_exchange_n(&loop->running, 1, __ATOMIC_ACQ_REL))
+        /* Sequentially consistent: see stop_requested(). */
+        if (__atomic_exchange_n(&loop->running, 1, __ATOMIC_SEQ_CST))
                 return -EBUSY;
         loop__running_loop = loop;
         loop->n_runs++;
@@ -316,7 +337,10 @@ static int enter(loop_t *loop) {
 static void leave(loop_t *loop) {
         /* run_ns: the time inside run_forever/run_once minus the waits. */
         loop->run_ns += loop__now() - loop->run_started_ns - (loop->wait_ns - loop->run_wait_ns);
-        loop->stopping = false;
+        /* A stop ends one run, as asyncio's run_forever resets _stopping.
+         * Relaxed: a stop that races with the end of a run may end it or
+         * the next one, either is right. */
+        __atomic_store_n(&loop->stopping, false, __ATOMIC_RELAXED);
         loop__running_loop = NULL;
         __atomic_store_n(&loop->running, 0, __ATOMIC_RELEASE);
         loop_unref(loop);
@@ -329,7 +353,7 @@ LOOP_EXPORT int loop_run_forever(loop_t *loop) {
                 return r;
         for (;;) {
                 r = iterate(loop, -1);
-                if (r < 0 || loop->stopping)
+                if (r < 0 || stop_requested(loop))
                         break;
                 /* A callback forked and this is the child: the loop is the parent's. */
                 if (loop__inherited(loop)) {
@@ -351,11 +375,22 @@ LOOP_EXPORT int loop_run_once(loop_t *loop, int64_t timeout_ns) {
         return r;
 }
 
+/*
+ * Any thread may stop a loop (a control thread, a signal-handling thread):
+ * the request is an atomic flag, and a loop that runs in another thread is
+ * woken through the wake-up descriptor that call_soon_threadsafe uses, so
+ * that it finishes its iteration and returns instead of sleeping on.
+ */
 LOOP_EXPORT int loop_stop(loop_t *loop) {
-        int r = loop__usable(loop);
-
-        if (r < 0)
-                return r;
-        loop->stopping = true;
+        return_if_fail(loop, -EINVAL);
+        if (loop__inherited(loop))
+                return -ECHILD;
+        if (__atomic_load_n(&loop->closed, __ATOMIC_ACQUIRE))
+                return -ESHUTDOWN;
+        __atomic_store_n(&loop->stopping, true, __ATOMIC_SEQ_CST);
+        /* From one of its own callbacks the loop is not waiting: the
+         * iteration ends by itself. */
+        if (loop__running_loop != loop && __atomic_load_n(&loop->running, __ATOMIC_SEQ_CST))
+                loop__threadsafe_wake(loop);
         return 0;
 }

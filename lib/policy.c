@@ -81,17 +81,18 @@ static int default_new_event_loop(loop_policy_t *self, loop_t **ret) {
         return loop_new(ret);
 }
 
-static const struct loop_policy_ops default_ops = {
-        .size = sizeof(struct loop_policy_ops),
-        .get_event_loop = default_get_event_loop,
-        .set_event_loop = default_set_event_loop,
-        .new_event_loop = default_new_event_loop,
-};
-
+/* The table is written out in the built-in policy itself: C does not take
+ * another object (even a const one) as a constant initializer, and clang
+ * refuses what gcc accepts as an extension. */
 static loop_policy_t builtin_default = {
         .n_ref = 1,
         .immortal = true,
-        .ops = default_ops,
+        .ops = {
+                .size = sizeof(struct loop_policy_ops),
+                .get_event_loop = default_get_event_loop,
+                .set_event_loop = default_set_event_loop,
+                .new_event_loop = default_new_event_loop,
+        },
 };
 
 /* ---- policy objects ------------------------------------------------------- */
@@ -120,7 +121,7 @@ LOOP_EXPORT int loop_policy_new(const struct loop_policy_ops *ops, void *userdat
 }
 
 LOOP_EXPORT int loop_policy_new_default(loop_policy_t **ret) {
-        return loop_policy_new(&default_ops, NULL, NULL, ret);
+        return loop_policy_new(&builtin_default.ops, NULL, NULL, ret);
 }
 
 LOOP_EXPORT loop_policy_t *loop_policy_ref(loop_policy_t *p) {

@@ -45,11 +45,13 @@ static inline size_t ready_cap(const struct ready_queue *q) {
         return (size_t) (q->window.end - q->items);
 }
 
-/* Make `items`, holding n entries out of cap, the array being filled. */
+/* Make `items`, holding n entries out of cap, the array being filled.
+ * NULL (no array yet, or none left after close) has n == cap == 0, and is
+ * kept apart: even NULL + 0 is undefined in C (clang's UBSan says so). */
 static inline void ready_set(struct ready_queue *q, struct loop__ready_entry *items, size_t n, size_t cap) {
         q->items = items;
-        q->window.tail = items + n;
-        q->window.end = items + cap;
+        q->window.tail = items ? items + n : NULL;
+        q->window.end = items ? items + cap : NULL;
 }
 
 static inline int ready_push(struct ready_queue *q, loop_callback_t cb, void *userdata, loop_handle_t *h) {

@@ -3,6 +3,7 @@
  * The selector object and the one table of compiled-in backends, best
  * first. This is the only place that knows which backends exist.
  */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -116,6 +117,8 @@ bool loop__getenv_bool(const char *name) {
 int loop__timeout_ms(int64_t timeout_ns) {
         if (timeout_ns < 0)
                 return -1;
-        int64_t ms = (timeout_ns + 999999) / 1000000;
-        return ms > INT32_MAX ? INT32_MAX : (int) ms;
+        /* Rounded up without adding first: timeout_ns + 999999 overflows
+         * for the last milliseconds below INT64_MAX. */
+        int64_t ms = timeout_ns / 1000000 + (timeout_ns % 1000000 != 0);
+        return ms > INT_MAX ? INT_MAX : (int) ms;
 }

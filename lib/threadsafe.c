@@ -345,6 +345,21 @@ void loop__threadsafe_poll(loop_t *loop) {
         loop__threadsafe_drain(loop);
 }
 
+/*
+ * loop_stop() from another thread: wake the loop as a post would, with
+ * nothing posted. Setting WAKE is how a post says that a wake-up is on its
+ * way: if it was set already, one is (or the loop has yet to clear the
+ * flag, and looks at its stop request after that), so a flood of stops
+ * costs one write, and the non-blocking check (loop__threadsafe_poll) reads
+ * the descriptor this leaves readable.
+ */
+void loop__threadsafe_wake(loop_t *loop) {
+        uint64_t t = __atomic_fetch_or(&loop->ts_ring->tail, TS_WAKE, __ATOMIC_ACQ_REL);
+
+        if (!(t & TS_WAKE))
+                loop__wakeup_write(loop->wake_write_fd);
+}
+
 /* loop_close(): no new posts are taken after this; those already taken are dropped. */
 void loop__threadsafe_close(loop_t *loop) {
         pthread_mutex_lock(&loop->ts_lock);

@@ -56,6 +56,28 @@
 #define MSG_NOSIGNAL 0
 #endif
 
+/*
+ * ThreadSanitizer does not see liburing map and unmap the rings (raw
+ * system calls), so when a loop's ring is unmapped and another thread's new
+ * ring gets the same address, it takes the two loops' writes for a race.
+ * The kernel orders the unmap before the map; this tells TSan so.
+ */
+#if defined(__SANITIZE_THREAD__)
+#define URING_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define URING_TSAN 1
+#endif
+#endif
+#ifdef URING_TSAN
+static unsigned long rings_unmapped;
+#define RING_WILL_UNMAP() __atomic_fetch_add(&rings_unmapped, 1, __ATOMIC_RELEASE)
+#define RING_MAPPED() ((void) __atomic_load_n(&rings_unmapped, __ATOMIC_ACQUIRE))
+#else
+#define RING_WILL_UNMAP() ((void) 0)
+#define RING_MAPPED() ((void) 0)
+#endif
+
 struct uring {
         struct io_uring ring;
         uint8_t quiet;          /* IOSQE_CQE_SKIP_SUCCESS where the kernel has it */
@@ -79,6 +101,7 @@ static int uring_init(void **ret) {
                 free(u);
                 return r;
         }
+        RING_MAPPED();
         if (!(u->ring.features & IORING_FEAT_NODROP)) {
                 /* Before Linux 5.5 an overflowed completion is lost, and
                  * with it a future that never completes. */
@@ -107,8 +130,10 @@ static void uring_free(void *state, bool inherited) {
                 /* The mappings are not in this process (dontfork); the
                  * descriptor is ours to close. */
                 close(u->ring.ring_fd);
-        else
+        else {
+                RING_WILL_UNMAP();
                 io_uring_queue_exit(&u->ring);
+        }
         free(u);
 }
 

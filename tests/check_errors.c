@@ -13,6 +13,18 @@
 
 #include "testutil.h"
 
+/* Built with AddressSanitizer (gcc: __SANITIZE_ADDRESS__, clang: __has_feature). */
+#if defined(__SANITIZE_ADDRESS__)
+#define TU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define TU_ASAN 1
+#endif
+#endif
+#ifdef TU_ASAN
+#include <sanitizer/asan_interface.h>
+#endif
+
 static int nop_cb(loop_t *loop, void *userdata) {
         (void) loop;
         (void) userdata;
@@ -763,8 +775,15 @@ static int child_checks(loop_t *loop, int fd, int do_close) {
                 bad |= 1 << 6;
         if (loop_add_writer(loop, fd, nop_io_cb, NULL) != -ECHILD)
                 bad |= 1 << 7;
+        /* Not "running" (nothing runs in the child) nor "open": -ECHILD, like every call. */
+        if (loop_is_running(loop) != -ECHILD)
+                bad |= 1 << 10;
+        if (loop_is_closed(loop) != -ECHILD)
+                bad |= 1 << 11;
         if (do_close && loop_close(loop) != 0)
                 bad |= 1 << 8;
+        if (do_close && loop_is_closed(loop) != -ECHILD)
+                bad |= 1 << 12;
         if (loop_unref(loop) != NULL)
                 bad |= 1 << 9;
         return bad;
@@ -845,6 +864,7 @@ END_TEST
 struct fork_in_cb {
         pid_t parent;
         pid_t child;
+        int child_running; /* loop_is_running() in the child's callback */
 };
 
 static int fork_cb(loop_t *loop, void *userdata) {
@@ -854,6 +874,8 @@ static int fork_cb(loop_t *loop, void *userdata) {
         f->child = fork();
         if (f->child == 0) {
                 alarm(10);
+                /* The parent's run_forever is on this stack, yet nothing runs the loop here. */
+                f->child_running = loop_is_running(loop);
                 return 0; /* the child's run_forever must end by itself */
         }
         return loop_stop(loop);
@@ -872,6 +894,10 @@ START_TEST(test_fork_while_running) {
         if (getpid() != f.parent) {
                 int bad = r != -ECHILD;
 
+                if (f.child_running != -ECHILD)
+                        bad |= 4;
+                if (loop_is_running(loop) != -ECHILD || loop_is_closed(loop) != -ECHILD)
+                        bad |= 8;
                 if (loop_unref(loop) != NULL)
                         bad |= 2;
                 close(result[0]);
@@ -883,6 +909,152 @@ START_TEST(test_fork_while_running) {
         assert_child_ok(f.child, result[0]);
         tu_assert_usable(loop);
         loop_unref(loop);
+}
+END_TEST
+
+/* ---- handles used after their last reference ------------------------------------ */
+
+#ifndef TU_ASAN
+/* Handles that are all distinct: a slot handed out twice is how a stale
+ * pointer comes to cancel somebody else's timer. */
+static void assert_distinct_handles(loop_t *loop, int *count) {
+        loop_handle_t *hs[8];
+
+        for (int i = 0; i < 8; i++) {
+                if (i % 2)
+                        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, count, &hs[i]), 0);
+                else
+                        ck_assert_int_eq(loop_call_later_ns(loop, -1, tu_count_cb, count, &hs[i]), 0);
+                for (int j = 0; j < i; j++)
+                        ck_assert_ptr_ne(hs[i], hs[j]);
+        }
+        for (int i = 0; i < 8; i++)
+                loop_handle_unref(hs[i]);
+}
+
+/*
+ * The two orders in which a handle's last references go: the loop lets go
+ * first (the callback ran, the user releases last), or the user releases
+ * first and the loop last. Then the user releases once more.
+ */
+static void double_unrefs(loop_t *loop, int *count) {
+        loop_handle_t *h = NULL;
+
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, count, &h), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_ptr_null(loop_handle_unref(h));
+        ck_assert_ptr_null(loop_handle_unref(h)); /* one too many */
+
+        ck_assert_int_eq(loop_call_later_ns(loop, -1, tu_count_cb, count, &h), 0);
+        ck_assert_ptr_null(loop_handle_unref(h));
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_ptr_null(loop_handle_unref(h)); /* one too many */
+}
+#endif
+
+/*
+ * Debug mode reports a reference count that would go below zero to the
+ * exception handler and leaves the count alone; without debug mode it is
+ * not reported, and not wrapped either. Either way the pool stays sound.
+ * Under AddressSanitizer the slot is poisoned and ASan reports the misuse
+ * first (test_double_unref_asan).
+ */
+START_TEST(test_double_unref_debug) {
+#ifdef TU_ASAN
+        printf("test_double_unref_debug: skipped under AddressSanitizer, which catches it first\n");
+#else
+        loop_t *loop = tu_loop_new();
+        struct seen s = {0};
+        int count = 0;
+
+        ck_assert_int_eq(loop_set_exception_handler(loop, seen_handler, &s), 0);
+        ck_assert_int_eq(loop_set_debug(loop, 1), 0);
+        double_unrefs(loop, &count);
+        ck_assert_int_eq(count, 2);
+        ck_assert_int_eq(s.calls, 2);
+        ck_assert_ptr_eq(s.loop, loop);
+        ck_assert_msg(strstr(s.message, "loop_handle_unref"), "message: \"%s\"", s.message);
+        ck_assert_int_eq(s.error, -EINVAL);
+        ck_assert_int_eq(s.fd, -1);
+        assert_distinct_handles(loop, &count);
+        ck_assert_int_eq(loop_run_once(loop, 0), 8);
+        ck_assert_int_eq(count, 10);
+
+        ck_assert_int_eq(loop_set_debug(loop, 0), 0);
+        double_unrefs(loop, &count);
+        ck_assert_int_eq(s.calls, 2);
+        assert_distinct_handles(loop, &count);
+        ck_assert_int_eq(loop_run_once(loop, 0), 8);
+        ck_assert_int_eq(count, 20);
+        tu_assert_usable(loop);
+        loop_unref(loop);
+#endif
+}
+END_TEST
+
+/*
+ * Under AddressSanitizer a handle's slot in the loop's pool is poisoned
+ * once its last reference is gone, whichever side let go last, and
+ * unpoisoned when it is handed out again; a double unref is then an ASan
+ * report (checked in a child, which ASan ends).
+ */
+START_TEST(test_double_unref_asan) {
+#ifndef TU_ASAN
+        printf("test_double_unref_asan: skipped, not built with AddressSanitizer\n");
+#else
+        loop_t *loop = tu_loop_new();
+        loop_handle_t *h = NULL, *t = NULL;
+        int count = 0, out[2], status;
+        char report[4096];
+        size_t n = 0;
+        ssize_t k;
+        pid_t pid;
+
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, &h), 0);
+        ck_assert_int_eq(loop_call_later_ns(loop, -1, tu_count_cb, &count, &t), 0);
+        ck_assert(!__asan_address_is_poisoned(h));
+        ck_assert(!__asan_address_is_poisoned(t));
+        loop_handle_unref(t); /* the loop lets go last */
+        ck_assert(!__asan_address_is_poisoned(t));
+        ck_assert_int_eq(loop_run_once(loop, 0), 2);
+        ck_assert(__asan_address_is_poisoned(t));
+        ck_assert(!__asan_address_is_poisoned(h)); /* still the user's */
+        loop_handle_unref(h);                      /* the user lets go last */
+        ck_assert(__asan_address_is_poisoned(h));
+
+        /* Handed out again (both fast paths), the slots are usable. */
+        ck_assert_int_eq(loop_call_later_ns(loop, -1, tu_count_cb, &count, &t), 0);
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, &h), 0);
+        ck_assert(!__asan_address_is_poisoned(t));
+        ck_assert(!__asan_address_is_poisoned(h));
+        ck_assert_int_eq(loop_run_once(loop, 0), 2);
+        ck_assert_int_eq(count, 4);
+        loop_handle_unref(t);
+        loop_handle_unref(h);
+
+        ck_assert_int_eq(pipe(out), 0);
+        fflush(NULL);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+                alarm(10);
+                dup2(out[1], STDERR_FILENO);
+                close(out[0]);
+                loop_handle_unref(h); /* one too many: ASan ends us here */
+                _exit(0);
+        }
+        ck_assert_int_eq(close(out[1]), 0);
+        while (n < sizeof(report) - 1 && (k = read(out[0], report + n, sizeof(report) - 1 - n)) > 0)
+                n += (size_t) k;
+        report[n] = '\0';
+        ck_assert_int_eq(close(out[0]), 0);
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert_msg(!(WIFEXITED(status) && WEXITSTATUS(status) == 0),
+                      "a double loop_handle_unref went unnoticed under ASan");
+        ck_assert_msg(strstr(report, "use-after-poison"), "ASan said: %s", report);
+        tu_assert_usable(loop);
+        loop_unref(loop);
+#endif
 }
 END_TEST
 
@@ -923,6 +1095,10 @@ static Suite *errors_suite(void) {
         tcase_add_test(tc, test_fork_child_closes);
         tcase_add_test(tc, test_fork_child_unrefs);
         tcase_add_test(tc, test_fork_while_running);
+
+        tc = tu_tcase(s, "misuse");
+        tcase_add_test(tc, test_double_unref_debug);
+        tcase_add_test(tc, test_double_unref_asan);
         return s;
 }
 

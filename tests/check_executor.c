@@ -454,6 +454,188 @@ START_TEST(test_unref_future_early) {
 }
 END_TEST
 
+/* ---- results with a destroy function (loop_run_in_executor_full) --------------- */
+
+/* Opens a gate from another thread after a delay. */
+struct opener {
+        struct gate *gate;
+        int64_t delay_ns;
+};
+
+static void *opener_main(void *arg) {
+        struct opener *o = arg;
+
+        tu_sleep_ns(o->delay_ns);
+        gate_open(o->gate);
+        return NULL;
+}
+
+/* A result the job allocates; its destroy function counts it. */
+struct owned_result {
+        atomic_int *freed;
+};
+
+static void owned_result_free(void *p) {
+        struct owned_result *r = p;
+
+        atomic_fetch_add(r->freed, 1);
+        free(r);
+}
+
+struct owned_job {
+        struct gate *gate; /* NULL: no waiting */
+        atomic_int freed;  /* results destroyed */
+};
+
+static int owned_fn(void *arg, void **result) {
+        struct owned_job *j = arg;
+        struct owned_result *r;
+
+        if (j->gate)
+                gated_fn(j->gate, result);
+        r = malloc(sizeof(*r));
+        if (!r)
+                return -ENOMEM;
+        r->freed = &j->freed;
+        *result = r;
+        return 0;
+}
+
+static void owned_job_init(struct owned_job *j, struct gate *g) {
+        j->gate = g;
+        atomic_init(&j->freed, 0);
+}
+
+/* Runs the loop until *n >= want. */
+static void run_until_atomic(loop_t *loop, atomic_int *n, int want) {
+        int64_t deadline = tu_now_ns() + WAIT_LIMIT;
+
+        while (atomic_load(n) < want && tu_now_ns() < deadline)
+                ck_assert_int_ge(loop_run_once(loop, 10 * TU_MSEC), 0);
+        ck_assert_int_ge(atomic_load(n), want);
+}
+
+/* The future owns the result, as with loop_future_set_result(): read or not,
+ * it is destroyed once, when the future is freed. */
+START_TEST(test_full_result_owned_by_future) {
+        loop_t *loop = tu_loop_new();
+        loop_future_t *f = NULL, *g = NULL;
+        struct owned_job j;
+        void *result = NULL;
+
+        owned_job_init(&j, NULL);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, owned_fn, &j, owned_result_free, &f), 0);
+        ck_assert_int_eq(loop_run_until_complete(loop, f), 0);
+        ck_assert_int_eq(loop_future_result(f, &result), 0);
+        ck_assert_ptr_nonnull(result);
+        ck_assert_ptr_eq(((struct owned_result *) result)->freed, &j.freed);
+        ck_assert_int_eq(atomic_load(&j.freed), 0);
+        loop_future_unref(f);
+        ck_assert_int_eq(atomic_load(&j.freed), 1);
+
+        /* Never read: freed with the future all the same. */
+        ck_assert_int_eq(loop_run_in_executor_full(loop, owned_fn, &j, owned_result_free, &g), 0);
+        ck_assert_int_eq(loop_run_until_complete(loop, g), 0);
+        ck_assert_int_eq(atomic_load(&j.freed), 1);
+        loop_future_unref(g);
+        ck_assert_int_eq(atomic_load(&j.freed), 2);
+        loop_unref(loop);
+}
+END_TEST
+
+/* Cancelled while the job runs: the result nobody will take is destroyed
+ * when the completion arrives (LSan: nothing leaks). */
+START_TEST(test_full_cancel_while_running) {
+        loop_t *loop = tu_loop_new();
+        loop_future_t *f = NULL;
+        struct owned_job j;
+        struct gate g;
+
+        gate_init(&g);
+        owned_job_init(&j, &g);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, owned_fn, &j, owned_result_free, &f), 0);
+        wait_atomic(&g.started, 1);
+        ck_assert_int_eq(loop_future_cancel(f), 1);
+        gate_open(&g);
+        run_until_atomic(loop, &j.freed, 1);
+        ck_assert_int_eq(loop_future_cancelled(f), 1);
+        loop_future_unref(f);
+        ck_assert_int_eq(atomic_load(&j.freed), 1);
+        gate_destroy(&g);
+        loop_unref(loop);
+}
+END_TEST
+
+/* The loop closes first: close waits for the running job and destroys its
+ * result; a result that was posted but not delivered is destroyed too. */
+START_TEST(test_full_close_first) {
+        loop_t *loop = tu_loop_new();
+        loop_future_t *f = NULL, *done = NULL;
+        struct owned_job j, k;
+        struct gate g;
+        struct opener o = {.gate = &g, .delay_ns = 100 * TU_MSEC};
+        pthread_t t;
+
+        gate_init(&g);
+        owned_job_init(&j, &g);
+        owned_job_init(&k, NULL);
+        ck_assert_int_eq(loop_set_executor_max_workers(loop, 2), 0);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, owned_fn, &k, owned_result_free, &done), 0);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, owned_fn, &j, owned_result_free, &f), 0);
+        wait_atomic(&g.started, 1);
+        /* k's job finishes and posts its completion; the loop never runs it. */
+        tu_sleep_ns(50 * TU_MSEC);
+        ck_assert_int_eq(pthread_create(&t, NULL, opener_main, &o), 0);
+        ck_assert_int_eq(loop_close(loop), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(atomic_load(&j.freed), 1);
+        ck_assert_int_eq(atomic_load(&k.freed), 1);
+        ck_assert_int_eq(loop_future_cancelled(f), 1);
+        ck_assert_int_eq(loop_future_cancelled(done), 1);
+        loop_future_unref(f);
+        loop_future_unref(done);
+        ck_assert_int_eq(atomic_load(&j.freed), 1);
+        ck_assert_int_eq(atomic_load(&k.freed), 1);
+        gate_destroy(&g);
+        loop_unref(loop);
+}
+END_TEST
+
+static void must_not_destroy(void *result) {
+        (void) result;
+        abort();
+}
+
+/* A job that fails or cancels itself has no result to destroy. */
+START_TEST(test_full_errors) {
+        loop_t *loop = tu_loop_new();
+        loop_future_t *f = NULL;
+        void *eio = (void *) (intptr_t) -EIO, *ecanceled = (void *) (intptr_t) -ECANCELED;
+        atomic_int runs;
+
+        atomic_init(&runs, 0);
+        ck_assert_int_eq(loop_run_in_executor_full(NULL, count_fn, &runs, free, &f), -EINVAL);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, NULL, &runs, free, &f), -EINVAL);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, count_fn, &runs, free, NULL), -EINVAL);
+        ck_assert_ptr_null(f);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, return_error_fn, eio, must_not_destroy, &f), 0);
+        ck_assert_int_eq(loop_run_until_complete(loop, f), -EIO);
+        f = loop_future_unref(f);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, return_error_fn, ecanceled, must_not_destroy, &f), 0);
+        ck_assert_int_eq(loop_run_until_complete(loop, f), -ECANCELED);
+        ck_assert_int_eq(loop_future_cancelled(f), 1);
+        f = loop_future_unref(f);
+        /* NULL destroy: loop_run_in_executor() itself. */
+        ck_assert_int_eq(loop_run_in_executor_full(loop, count_fn, &runs, NULL, &f), 0);
+        ck_assert_int_eq(loop_run_until_complete(loop, f), 0);
+        ck_assert_int_eq(atomic_load(&runs), 1);
+        loop_future_unref(f);
+        ck_assert_int_eq(loop_close(loop), 0);
+        ck_assert_int_eq(loop_run_in_executor_full(loop, count_fn, &runs, free, &f), -ESHUTDOWN);
+        loop_unref(loop);
+}
+END_TEST
+
 /* ---- shutdown and close -------------------------------------------------------- */
 
 /* shutdown_default_executor waits for queued and running jobs; later jobs are refused. */
@@ -529,19 +711,6 @@ START_TEST(test_close_with_jobs) {
         loop_unref(loop);
 }
 END_TEST
-
-struct opener {
-        struct gate *gate;
-        int64_t delay_ns;
-};
-
-static void *opener_main(void *arg) {
-        struct opener *o = arg;
-
-        tu_sleep_ns(o->delay_ns);
-        gate_open(o->gate);
-        return NULL;
-}
 
 /*
  * close blocks while a job runs (another thread opens its gate 200 ms later)
@@ -1058,6 +1227,12 @@ static Suite *executor_suite(void) {
         tcase_add_test(tc, test_cancel_before_start);
         tcase_add_test(tc, test_cancel_while_running);
         tcase_add_test(tc, test_unref_future_early);
+
+        tc = tu_tcase(s, "destroy");
+        tcase_add_test(tc, test_full_result_owned_by_future);
+        tcase_add_test(tc, test_full_cancel_while_running);
+        tcase_add_test(tc, test_full_close_first);
+        tcase_add_test(tc, test_full_errors);
 
         tc = tu_tcase(s, "shutdown");
         tcase_add_test(tc, test_shutdown_waits);

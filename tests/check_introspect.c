@@ -509,6 +509,37 @@ START_TEST(test_dump_timers) {
 }
 END_TEST
 
+/*
+ * Deadlines at both ends of int64 (loop_call_at_ns accepts any): in_ns is
+ * when_ns - now saturated to int64, never a wrapped difference (a deadline
+ * at INT64_MIN is overdue, not 292 years away).
+ */
+START_TEST(test_dump_extreme_deadlines) {
+        loop_t *loop = tu_loop_new();
+        const char *lines[4];
+        struct dump d;
+        int ud[2], count = 0;
+        char p[32];
+
+        ck_assert_int_eq(loop_call_at_ns(loop, INT64_MAX, nop_cb, &ud[1], NULL), 0);
+        ck_assert_int_eq(loop_call_at_ns(loop, INT64_MIN, nop_cb, &ud[0], NULL), 0);
+        dump_loop(loop, &d);
+        ck_assert_int_eq(dump_select(&d, "timer ", lines, 4), 2);
+        ck_assert(has_field(lines[0], "userdata", ptr(&ud[0], p)));
+        ck_assert_int_eq(field_i64(lines[0], "when_ns"), INT64_MIN);
+        ck_assert_msg(field_i64(lines[0], "in_ns") == INT64_MIN, "\"%s\": want in_ns=%" PRId64, lines[0], INT64_MIN);
+        ck_assert(has_field(lines[1], "userdata", ptr(&ud[1], p)));
+        ck_assert_int_eq(field_i64(lines[1], "when_ns"), INT64_MAX);
+        ck_assert_int_gt(field_i64(lines[1], "in_ns"), INT64_MAX - loop_time_ns(loop) - 1);
+        dump_free(&d);
+        /* The overdue one runs, the other stays. */
+        ck_assert_int_eq(loop_call_at_ns(loop, INT64_MIN, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 2);
+        ck_assert_int_eq(count, 1);
+        loop_unref(loop);
+}
+END_TEST
+
 START_TEST(test_dump_fds) {
         loop_t *loop = tu_loop_new();
         int a[2], b[2], ud[3];
@@ -915,6 +946,7 @@ static Suite *introspect_suite(void) {
         tcase_add_test(tc, test_dump_empty);
         tcase_add_test(tc, test_dump_ready);
         tcase_add_test(tc, test_dump_timers);
+        tcase_add_test(tc, test_dump_extreme_deadlines);
         tcase_add_test(tc, test_dump_fds);
         tcase_add_test(tc, test_dump_running);
         tcase_add_test(tc, test_dump_pipe);

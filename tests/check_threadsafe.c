@@ -2,7 +2,7 @@
 /*
  * loop_call_soon_threadsafe from other threads: exactly once, per-thread
  * FIFO, wakes a sleeping loop, survives floods; plus the threadsafe parts of
- * the API (loop_ref/unref, cancelling a call_soon handle).
+ * the API (loop_stop, loop_ref/unref, cancelling a call_soon handle).
  *
  * TSan-friendly: the loop's callbacks only touch state of the loop's thread,
  * threads report through atomics, and everything is joined before reading.
@@ -321,6 +321,144 @@ START_TEST(test_wakes_loop_waiting_for_timer) {
         ck_assert_int_eq(loop_handle_cancelled(far), 0);
         ck_assert_int_eq(loop_handle_cancel(far), 0);
         loop_handle_unref(far);
+        loop_unref(loop);
+}
+END_TEST
+
+/* ---- loop_stop() from another thread ------------------------------------------- */
+
+struct stopper {
+        loop_t *loop;
+        pthread_t thread;
+        atomic_int started;     /* the loop runs (its first callback said so) */
+        atomic_int ret;         /* what loop_stop() returned */
+};
+
+static int mark_started_cb(loop_t *loop, void *userdata) {
+        (void) loop;
+        atomic_store(&((struct stopper *) userdata)->started, 1);
+        return 0;
+}
+
+static void *stopper_main(void *arg) {
+        struct stopper *s = arg;
+
+        while (!atomic_load(&s->started))
+                tu_sleep_ns(TU_MSEC);
+        /* Time for the loop to go to sleep in its wait, which has no timeout. */
+        tu_sleep_ns(50 * TU_MSEC);
+        atomic_store(&s->ret, loop_stop(s->loop));
+        return NULL;
+}
+
+/* Wakes the loop from another thread after 5 s unless told the test is over. */
+struct stop_watchdog {
+        loop_t *loop;
+        pthread_t thread;
+        atomic_int done;
+        atomic_int fired;
+};
+
+static int watchdog_stop_cb(loop_t *loop, void *userdata) {
+        (void) userdata;
+        return loop_stop(loop);
+}
+
+static void *stop_watchdog_main(void *arg) {
+        struct stop_watchdog *w = arg;
+        int64_t deadline = tu_now_ns() + 5 * TU_SEC;
+
+        while (!atomic_load(&w->done) && tu_now_ns() < deadline)
+                tu_sleep_ns(5 * TU_MSEC);
+        if (!atomic_load(&w->done)) {
+                atomic_store(&w->fired, 1);
+                loop_call_soon_threadsafe(w->loop, watchdog_stop_cb, NULL, NULL);
+        }
+        return NULL;
+}
+
+/*
+ * A control thread stops a loop that sleeps in run_forever with nothing
+ * scheduled: the stop wakes it (the watchdog only rescues a loop that was
+ * not woken, and then fails the test).
+ */
+START_TEST(test_stop_from_thread_wakes_loop) {
+        loop_t *loop = tu_loop_new();
+        struct stopper s = {.loop = loop};
+        struct stop_watchdog w = {.loop = loop};
+        int count = 0;
+
+        atomic_init(&s.started, 0);
+        atomic_init(&s.ret, 1);
+        atomic_init(&w.done, 0);
+        atomic_init(&w.fired, 0);
+        ck_assert_int_eq(loop_call_soon(loop, mark_started_cb, &s, NULL), 0);
+        ck_assert_int_eq(pthread_create(&w.thread, NULL, stop_watchdog_main, &w), 0);
+        ck_assert_int_eq(pthread_create(&s.thread, NULL, stopper_main, &s), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        atomic_store(&w.done, 1);
+        ck_assert_int_eq(pthread_join(s.thread, NULL), 0);
+        ck_assert_int_eq(pthread_join(w.thread, NULL), 0);
+        ck_assert_int_eq(atomic_load(&s.ret), 0);
+        ck_assert_msg(!atomic_load(&w.fired), "loop_stop() from another thread did not wake the loop");
+        ck_assert_int_eq(loop_is_running(loop), 0);
+
+        /* The stop was for that run only. */
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_call_soon(loop, wake_stop_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(count, 2);
+        tu_run_for(loop, 10 * TU_MSEC);         /* no wake-up left over that misbehaves */
+        loop_unref(loop);
+}
+END_TEST
+
+static int busy_cb(loop_t *loop, void *userdata) {
+        struct stopper *s = userdata;
+
+        atomic_store(&s->started, 1);
+        return loop_call_soon(loop, busy_cb, s, NULL);
+}
+
+/* A loop busy with callbacks (it never waits) stops too. */
+START_TEST(test_stop_from_thread_busy_loop) {
+        loop_t *loop = tu_loop_new();
+        struct stopper s = {.loop = loop};
+
+        atomic_init(&s.started, 0);
+        atomic_init(&s.ret, 1);
+        ck_assert_int_eq(loop_call_soon(loop, busy_cb, &s, NULL), 0);
+        ck_assert_int_eq(pthread_create(&s.thread, NULL, stopper_main, &s), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(pthread_join(s.thread, NULL), 0);
+        ck_assert_int_eq(atomic_load(&s.ret), 0);
+        loop_unref(loop);
+}
+END_TEST
+
+static void *stop_now_main(void *arg) {
+        atomic_store(&((struct stopper *) arg)->ret, loop_stop(((struct stopper *) arg)->loop));
+        return NULL;
+}
+
+/* As in asyncio, a stop made before the run lets the next run_forever do one iteration. */
+START_TEST(test_stop_from_thread_before_run) {
+        loop_t *loop = tu_loop_new();
+        struct stopper s = {.loop = loop};
+        int count = 0;
+
+        atomic_init(&s.ret, 1);
+        ck_assert_int_eq(pthread_create(&s.thread, NULL, stop_now_main, &s), 0);
+        ck_assert_int_eq(pthread_join(s.thread, NULL), 0);
+        ck_assert_int_eq(atomic_load(&s.ret), 0);
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(count, 1);
+        ck_assert_int_eq(loop_close(loop), 0);
+        atomic_store(&s.ret, 1);
+        ck_assert_int_eq(pthread_create(&s.thread, NULL, stop_now_main, &s), 0);
+        ck_assert_int_eq(pthread_join(s.thread, NULL), 0);
+        ck_assert_int_eq(atomic_load(&s.ret), -ESHUTDOWN);
         loop_unref(loop);
 }
 END_TEST
@@ -790,6 +928,11 @@ static Suite *threadsafe_suite(void) {
         tcase_add_test(tc, test_wakes_sleeping_loop);
         tcase_add_test(tc, test_wakes_repeatedly);
         tcase_add_test(tc, test_wakes_loop_waiting_for_timer);
+
+        tc = tu_tcase(s, "stop");
+        tcase_add_test(tc, test_stop_from_thread_wakes_loop);
+        tcase_add_test(tc, test_stop_from_thread_busy_loop);
+        tcase_add_test(tc, test_stop_from_thread_before_run);
 
         tc = tu_tcase(s, "misc");
         tcase_add_test(tc, test_from_loop_thread);

@@ -698,6 +698,47 @@ START_TEST(test_far_past_deadline_does_not_sleep) {
 }
 END_TEST
 
+/*
+ * Any timeout is accepted, up to INT64_MAX: converting it to the backend's
+ * unit (milliseconds for epoll) must saturate, not overflow (UBSan: signed
+ * overflow when rounding up to whole milliseconds near INT64_MAX). A ready descriptor
+ * ends each wait at once; a timer at INT64_MAX bounds a wait as far.
+ */
+START_TEST(test_huge_run_once_timeout) {
+        static const int64_t timeouts[] = {
+                INT64_MAX,
+                INT64_MAX - 1,
+                INT64_MAX - 999999,
+                INT64_MAX - 1000000,
+                INT64_MAX / TU_MSEC * TU_MSEC, /* whole milliseconds: epoll_wait, not epoll_pwait2 */
+                (int64_t) INT32_MAX * TU_MSEC + 1,
+                (int64_t) INT32_MAX * TU_MSEC - 1,
+        };
+        loop_t *loop = tu_loop_new();
+        loop_handle_t *far = NULL;
+        int p[2], reads = 0, never = 0, i;
+
+        tu_pipe(p);
+        tu_write_byte(p[1]);
+        ck_assert_int_eq(loop_add_reader(loop, p[0], tu_io_count_cb, &reads), 0);
+        for (i = 0; i < (int) (sizeof(timeouts) / sizeof(timeouts[0])); i++) {
+                ck_assert_int_eq(loop_run_once(loop, timeouts[i]), 1);
+                ck_assert_int_eq(reads, i + 1);
+        }
+        ck_assert_int_eq(loop_call_at_ns(loop, INT64_MAX, tu_count_cb, &never, &far), 0);
+        ck_assert_int_gt(loop_get_timeout_ns(loop), INT64_MAX - loop_time_ns(loop) - TU_SEC);
+        ck_assert_int_eq(loop_run_once(loop, -1), 1);
+        ck_assert_int_eq(loop_run_once(loop, INT64_MAX), 1);
+        ck_assert_int_eq(reads, i + 2);
+        ck_assert_int_eq(never, 0);
+        ck_assert_int_eq(loop_remove_reader(loop, p[0]), 1);
+        ck_assert_int_eq(loop_handle_cancel(far), 0);
+        loop_handle_unref(far);
+        loop_unref(loop);
+        tu_close_pair(p);
+}
+END_TEST
+
 struct soon_vs_timer {
         int log[4];
         int n;
@@ -827,6 +868,7 @@ static Suite *timer_suite(void) {
         tcase_add_test(tc, test_negative_and_zero_delay);
         tcase_add_test(tc, test_call_at_past);
         tcase_add_test(tc, test_far_past_deadline_does_not_sleep);
+        tcase_add_test(tc, test_huge_run_once_timeout);
         tcase_add_test(tc, test_timers_from_callbacks);
         tcase_add_test(tc, test_due_timer_from_callback_next_iteration);
         return s;
