@@ -152,6 +152,35 @@ int loop_resume_reader(loop_t *loop, int fd);
 int loop_pause_writer(loop_t *loop, int fd);
 int loop_resume_writer(loop_t *loop, int fd);
 
+/*
+ * I/O watchers (sd_event_add_io, ev_io): any number per descriptor, beside
+ * its reader and writer, each an object with a mask of events, enabled or
+ * not. The callback gets every condition that holds in one call;
+ * LOOP_IO_ERROR and LOOP_IO_HANGUP are reported whatever the mask, as
+ * poll(2) reports POLLERR and POLLHUP. ret NULL: the loop owns the watcher
+ * until it is removed or the loop closed; otherwise the caller's reference,
+ * and dropping the last one removes the watcher.
+ */
+typedef struct loop_io loop_io_t;
+
+#define LOOP_IO_READABLE 0x1u
+#define LOOP_IO_WRITABLE 0x2u
+#define LOOP_IO_ERROR 0x4u
+#define LOOP_IO_HANGUP 0x8u
+
+typedef int (*loop_io_handler_t)(loop_io_t *io, int fd, uint32_t revents, void *userdata);
+
+int loop_add_io(loop_t *loop, int fd, uint32_t events, loop_io_handler_t cb, void *userdata, loop_io_t **ret);
+loop_io_t *loop_io_ref(loop_io_t *io);
+loop_io_t *loop_io_unref(loop_io_t *io);
+int loop_io_remove(loop_io_t *io);
+int loop_io_set_events(loop_io_t *io, uint32_t events);
+int loop_io_get_events(const loop_io_t *io);
+int loop_io_set_enabled(loop_io_t *io, int enabled);
+int loop_io_get_enabled(const loop_io_t *io);
+int loop_io_get_fd(const loop_io_t *io);
+loop_t *loop_io_get_loop(const loop_io_t *io);
+
 /* Error handling */
 struct loop_exception_context {
         size_t size;            /* sizeof(struct loop_exception_context) */
@@ -256,6 +285,25 @@ typedef int (*loop_signal_callback_t)(loop_t *loop, int signum, void *userdata);
 int loop_add_signal_handler(loop_t *loop, int signum, loop_signal_callback_t cb, void *userdata);
 int loop_remove_signal_handler(loop_t *loop, int signum);
 
+/*
+ * Signal watchers (sd_event_add_signal, ev_signal): any number per signal
+ * in one loop, beside its asyncio-style handler, run in the order added.
+ * ret NULL: the loop owns the watcher until it is closed; otherwise the
+ * caller's reference, and dropping the last one removes the watcher.
+ */
+typedef struct loop_signal loop_signal_t;
+
+typedef int (*loop_signal_handler_t)(loop_signal_t *watcher, int signum, void *userdata);
+
+int loop_add_signal(loop_t *loop, int signum, loop_signal_handler_t handler, void *userdata, loop_signal_t **ret);
+loop_signal_t *loop_signal_ref(loop_signal_t *watcher);
+loop_signal_t *loop_signal_unref(loop_signal_t *watcher);
+int loop_signal_remove(loop_signal_t *watcher);
+int loop_signal_get_signum(const loop_signal_t *watcher);
+int loop_signal_set_enabled(loop_signal_t *watcher, int enabled);
+int loop_signal_get_enabled(const loop_signal_t *watcher);
+loop_t *loop_signal_get_loop(const loop_signal_t *watcher);
+
 /* The executor: a bounded thread pool owned by the loop */
 typedef int (*loop_executor_fn_t)(void *arg, void **result);
 
@@ -313,7 +361,7 @@ struct loop_metrics {
         int64_t run_ns;         /* time spent outside the wait, running callbacks and bookkeeping */
         uint64_t handles_ready; /* callbacks queued now */
         uint64_t timers;        /* timers pending now */
-        uint64_t fds;           /* descriptors with a reader or writer now */
+        uint64_t fds;           /* descriptors with a reader, writer or I/O watcher now */
 };
 
 int loop_get_metrics(loop_t *loop, struct loop_metrics *metrics);

@@ -28,6 +28,11 @@
  * - The epoll instance is shared with a fork child. Freeing it only closes
  *   our descriptor and never removes registrations one by one, so a child
  *   that closes its inherited loop leaves the parent's registrations intact.
+ * - EPOLLERR and EPOLLHUP are reported whatever the mask, so a registration
+ *   with no events at all (EPOLL_CTL_ADD with 0) is what a watcher that
+ *   asks for neither readiness needs (ERROR in the loop's mask, see
+ *   selector.h). A change of ERROR alone is still a MOD: the event data
+ *   carries the whole tag, which the wait compares.
  * - epoll_wait takes milliseconds; epoll_pwait2 (Linux 5.11) takes a
  *   timespec. The latter is used for timeouts that are not whole
  *   milliseconds, so a timer is not late by up to a millisecond; the
@@ -49,19 +54,25 @@ struct epoll_state {
         bool no_pwait2;
         int n_events;
         struct epoll_event *events;
-        /* Per fd: the generation (bits 3 and up), TAG_ALWAYS, and what is
-         * watched (LOOP_EVENT_* in bits 0-1). Event data is tag << 32 | fd. */
+        /* Per fd: the generation (bits 5 and up), TAG_ALWAYS, and what is
+         * watched (TAG_EVENTS: LOOP_EVENT_READ, WRITE, ERROR). Event data
+         * is tag << 32 | fd. */
         uint32_t *tag;
         size_t n_tag;
         int stale;              /* an fd a dead registration reported this wait, or -1 */
         int *always;            /* fds of files epoll refuses: always ready */
         size_t n_always, cap_always;
         int busy_fd;            /* a readable eventfd, in the set while there are some */
+        unsigned verify_in;     /* events until the next check of a registration's file */
+        uint32_t seed;          /* of the checks' spacing */
 };
 
-#define TAG_EVENTS UINT32_C(3)
+#define TAG_RW (LOOP_EVENT_READ | LOOP_EVENT_WRITE)
+#define TAG_EVENTS (TAG_RW | LOOP_EVENT_ERROR)
 #define TAG_ALWAYS UINT32_C(4)  /* always ready, not in the epoll set */
-#define TAG_GEN UINT32_C(8)
+#define TAG_GEN UINT32_C(32)
+_Static_assert((TAG_EVENTS & TAG_ALWAYS) == 0 && TAG_EVENTS < TAG_GEN && TAG_ALWAYS < TAG_GEN,
+               "epoll.c: the tag's fields overlap");
 
 /* busy_fd's event data: its own number, whose tag stays 0, and a tag that
  * is not 0, so the check of every event sends it off the fast path. */
@@ -71,11 +82,16 @@ static int reserve_tag(struct epoll_state *st, int fd) {
         return loop__fd_table_reserve((void **) &st->tag, &st->n_tag, sizeof(*st->tag), fd);
 }
 
+/* The kernel's mask for LOOP_EVENT_* (ERROR needs none). */
+static uint32_t epoll_mask(uint32_t events) {
+        return (events & LOOP_EVENT_READ ? EPOLLIN : 0) | (events & LOOP_EVENT_WRITE ? EPOLLOUT : 0);
+}
+
 static struct epoll_event event_of(const struct epoll_state *st, int fd) {
         uint32_t t = st->tag[fd];
 
         return (struct epoll_event) {
-                .events = (t & LOOP_EVENT_READ ? EPOLLIN : 0) | (t & LOOP_EVENT_WRITE ? EPOLLOUT : 0),
+                .events = epoll_mask(t),
                 .data.u64 = (uint64_t) t << 32 | (uint32_t) fd,
         };
 }
@@ -93,6 +109,8 @@ static int epoll_init(void **ret) {
         }
         st->stale = -1;
         st->busy_fd = -1;
+        st->seed = (uint32_t) (uintptr_t) st;
+        st->verify_in = 64;
         st->n_events = 64;
         st->events = malloc(st->n_events * sizeof(*st->events));
         if (!st->events) {
@@ -160,6 +178,18 @@ static void always_remove(struct epoll_state *st, int fd) {
                 (void) epoll_ctl(st->fd, EPOLL_CTL_DEL, st->busy_fd, NULL);
 }
 
+/* A change epoll refused (errno): the registration is what it was, unless
+ * the number is closed (EBADF). Then a registration it had lives on only
+ * if a dup() or a child keeps the file, and can no longer be deleted: a
+ * new generation makes its events stale, so that the set is rebuilt
+ * instead of returning them to every wait. */
+static int failed(struct epoll_state *st, int fd, uint32_t old_tag) {
+        int r = -errno;
+
+        st->tag[fd] = r == -EBADF ? (old_tag & ~(TAG_EVENTS | TAG_ALWAYS)) + TAG_GEN : old_tag;
+        return r;
+}
+
 static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_events, int reset) {
         struct epoll_state *st = state;
         struct epoll_event ev;
@@ -217,9 +247,7 @@ static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_e
                 st->tag[fd] += TAG_GEN;
                 ev = event_of(st, fd);
         } else if (errno != EPERM) {
-                r = -errno;
-                st->tag[fd] = old_tag;
-                return r;
+                return failed(st, fd, old_tag);
         }
         if (errno != EPERM && epoll_ctl(st->fd, op, fd, &ev) == 0)
                 return 0;
@@ -235,9 +263,34 @@ static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_e
                 st->tag[fd] = old_tag;
                 return r;
         }
-        r = -errno;
-        st->tag[fd] = old_tag;
-        return r;
+        return failed(st, fd, old_tag);
+}
+
+/*
+ * Now and then (every 32 to 95 events, spaced at random so that no fd is
+ * always skipped), the registration an event came from is checked: a MOD
+ * of the number with what it already has succeeds if the number still
+ * names the registered file. ENOENT means it names another file: the one
+ * registered was closed behind our back and lives on in a dup() or a
+ * child, while the callback is for the number, whose new file nobody
+ * watches. Its level-triggered events would run the callback on every
+ * iteration for ever, and nothing else would tell. Caught here, it is
+ * dropped by a rebuild within about a hundred events (which watches the
+ * new file, and reports it once); the check costs one system call per
+ * 64 events on average.
+ */
+static __attribute__((noinline)) bool registration_dead(struct epoll_state *st, int fd) {
+        st->seed = st->seed * 1103515245u + 12345u;
+        st->verify_in = 32 + (st->seed >> 26);
+        if (!(st->tag[fd] & TAG_EVENTS) || (st->tag[fd] & TAG_ALWAYS))
+                return false;
+        struct epoll_event ev = event_of(st, fd);
+        if (epoll_ctl(st->fd, EPOLL_CTL_MOD, fd, &ev) == 0 || (errno != ENOENT && errno != EBADF))
+                return false;
+        /* Its events become stale; the rebuild adds the number's file. */
+        st->tag[fd] += TAG_GEN;
+        st->stale = fd;
+        return true;
 }
 
 /*
@@ -308,19 +361,24 @@ static int epoll_select(void *state, int64_t timeout_ns, loop_selector_ready_t r
                                 st->stale = fd;
                         continue;
                 }
-                /* asyncio's mapping: anything but "writable only" wakes the
-                 * reader, anything but "readable only" wakes the writer. */
-                if (e & ~(uint32_t) EPOLLOUT)
+                if (unlikely(--st->verify_in == 0) && registration_dead(st, fd))
+                        continue;
+                /* What the kernel said; the loop maps errors and hang-ups
+                 * to readers and writers the asyncio way. */
+                if (e & EPOLLIN)
                         ev |= LOOP_EVENT_READ;
-                if (e & ~(uint32_t) EPOLLIN)
+                if (e & EPOLLOUT)
                         ev |= LOOP_EVENT_WRITE;
+                if (unlikely(e & (EPOLLERR | EPOLLHUP)))
+                        ev |= (e & EPOLLERR ? LOOP_EVENT_ERROR : 0) | (e & EPOLLHUP ? LOOP_EVENT_HANGUP : 0);
                 ready(ctx, fd, ev);
         }
         if (unlikely(st->stale >= 0))
                 rebuild(st, ready, ctx);
         for (size_t i = 0; i < st->n_always; i++) {
                 int fd = st->always[i];
-                ready(ctx, fd, st->tag[fd] & TAG_EVENTS);
+                if (st->tag[fd] & TAG_RW)
+                        ready(ctx, fd, st->tag[fd] & TAG_RW);
         }
         /* A full buffer suggests more were waiting: take more next time. */
         if (n == st->n_events && n < 65536) {

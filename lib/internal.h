@@ -143,6 +143,7 @@ struct loop__impl {
          * true; false for any other entry. NULL if the kind queues none.
          */
         bool (*describe)(const loop_t *loop, const struct loop__ready_entry *e, struct loop__entry_info *info);
+
         /*
          * An I/O callback for fd returned -EBADF and fd is indeed closed:
          * it was closed behind the loop's back, and the file may live on
@@ -151,6 +152,21 @@ struct loop__impl {
          * error path only, so the callbacks' fast path pays nothing.
          */
         void (*io_closed)(loop_t *loop, int fd);
+
+        /*
+         * I/O watchers (io.c, io.h). io_attach: start watching io->fd (not
+         * negative, not checked otherwise) for io, enabled, with
+         * io->events; fails like add_io, leaving nothing behind.
+         * io_update: io->events and io->enabled hold new values, old_events
+         * and was_enabled the previous ones; may fail like add_io where the
+         * descriptor must be checked again (enabled again; a new mask on a
+         * proactor), and io.c then restores both. io_detach: let go of io
+         * for good (removed, last reference gone); in a fork child, memory
+         * only. Never NULL.
+         */
+        int (*io_attach)(loop_t *loop, loop_io_t *io);
+        int (*io_update)(loop_t *loop, loop_io_t *io, uint32_t old_events, bool was_enabled);
+        void (*io_detach)(loop_t *loop, loop_io_t *io);
 };
 
 /* One socket operation as sock.c hands it to a loop kind (sock_call). */

@@ -10,6 +10,9 @@
  * - The array is kept dense (removal moves the last entry into the hole)
  *   with an fd -> slot index beside it, so changes are O(1) and the kernel
  *   scans only watched descriptors.
+ * - POLLERR and POLLHUP come whatever the events asked for, even none: an
+ *   entry with events 0 is how a descriptor is watched for them alone
+ *   (LOOP_EVENT_ERROR, see selector.h).
  * - ppoll() takes a timespec: no millisecond rounding.
  * - Nothing checks a descriptor at registration, so an addition checks it
  *   with fcntl() to report EBADF the way the other backends do.
@@ -118,10 +121,14 @@ static int poll_select(void *state, int64_t timeout_ns, loop_selector_ready_t re
                         ready(ctx, st->pfds[i].fd, LOOP_EVENT_CLOSED);
                         continue;
                 }
-                if (re & ~POLLOUT)
+                /* What the kernel said; the loop maps errors and
+                 * hang-ups to readers and writers the asyncio way. */
+                if (re & POLLIN)
                         ev |= LOOP_EVENT_READ;
-                if (re & ~POLLIN)
+                if (re & POLLOUT)
                         ev |= LOOP_EVENT_WRITE;
+                if (unlikely(re & (POLLERR | POLLHUP)))
+                        ev |= (re & POLLERR ? LOOP_EVENT_ERROR : 0) | (re & POLLHUP ? LOOP_EVENT_HANGUP : 0);
                 ready(ctx, st->pfds[i].fd, ev);
         }
         return n;

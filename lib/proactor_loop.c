@@ -26,6 +26,20 @@
  * are being reaped. Removal is IORING_OP_POLL_REMOVE; the request's
  * memory lives until its last completion, the callback ends at once.
  *
+ * I/O watchers (loop_add_io, io.c) are done the way readers are: each
+ * enabled watcher has a multishot poll request of its own for its mask
+ * (POLLIN, POLLOUT, both or neither, with POLLERR and POLLHUP), and a probe
+ * after each dispatch. One request per watcher rather than one per
+ * descriptor for the union: the kernel then reports each watcher exactly
+ * what it asks for, a change to one watcher (its mask, disabling it)
+ * replaces its own request and never disturbs another's, and poll
+ * requests on one file are independent wait-queue entries, so nothing is
+ * shared that could go wrong; descriptors with several watchers are few.
+ * A ready watcher is marked with its conditions, and one entry per
+ * descriptor (run_watchers) runs the marked ones, so a multishot
+ * completion and a probe in one iteration make one call with both.
+ * Changing a mask or enabling ends the request and arms a new one.
+ *
  * Socket operations (sock_call, called by sock.c after its checks) try the
  * system call first, as the selector loop does and loop_sock_recv(3)
  * promises: what can complete at once completes before the call returns,
@@ -71,6 +85,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "io.h"
 #include "proactor.h"
 #include "selector.h"
 
@@ -104,15 +119,16 @@ enum {
 
 struct proactor_loop;
 
-/* A reader or writer, or the loop's own wake-up descriptor. */
+/* A reader or writer, an I/O watcher, or the loop's own wake-up descriptor. */
 struct poll_req {
         struct proactor_loop *pl;
         loop_handle_t *h;               /* the callback; NULL once removed */
+        loop_io_t *io;                  /* or the watcher; NULL once removed */
         struct poll_req *prev, *next;   /* pl->reqs: every live request */
         int fd;
         dev_t dev;                      /* the file the request watches: the fd */
         ino_t ino;                      /* number may name another one later */
-        uint32_t events;                /* POLLIN or POLLOUT */
+        uint32_t events;                /* POLLIN or POLLOUT (a watcher: either, both or none) */
         bool wake;                      /* the wake-up fd: drained, no callback */
         bool armed;                     /* the multishot request is in the kernel */
         bool probing;                   /* a probe is in the kernel */
@@ -160,7 +176,9 @@ struct fdslot {
         } paused[2];
         struct pop *op[2];              /* receiving (recv*, accept), sending (send*, connect) */
         struct stash *stash;
+        loop_io_t *watchers;            /* I/O watchers, first added first */
         bool wake;
+        bool watchers_queued;           /* run_watchers is in the ready queue for this fd */
 };
 
 struct proactor_loop {
@@ -202,6 +220,11 @@ static int ensure_fd(struct proactor_loop *pl, int fd) {
 
 /* ---- readers and writers ------------------------------------------------- */
 
+/* A callback (or the wake-up drain) still wants the request's events. */
+static inline bool req_live(const struct poll_req *req) {
+        return req->h || req->io || req->wake;
+}
+
 static void drop_handle(struct proactor_loop *pl, loop_handle_t *h) {
         if (!h)
                 return;
@@ -226,7 +249,7 @@ static int req_arm(struct poll_req *req) {
 static void req_maybe_free(struct poll_req *req) {
         struct proactor_loop *pl = req->pl;
 
-        if (req->h || req->wake || req->armed || req->probing || req->dispatched)
+        if (req_live(req) || req->armed || req->probing || req->dispatched)
                 return;
         if (req->prev)
                 req->prev->next = req->next;
@@ -271,8 +294,12 @@ static int req_later(struct poll_req *req) {
         return 0;
 }
 
-/* The request's fd is ready: run its callback this iteration (once). */
-static void req_dispatch(struct poll_req *req) {
+static int run_watchers(loop_t *loop, void *userdata);
+static void watch_dispatch(struct poll_req *req, int res);
+
+/* The request's fd is ready (res: the poll mask): run its callback this
+ * iteration (once). */
+static void req_dispatch(struct poll_req *req, int res) {
         struct proactor_loop *pl = req->pl;
         loop_handle_t *h = req->h;
 
@@ -286,6 +313,8 @@ static void req_dispatch(struct poll_req *req) {
                 pl->n_events++;
                 return;
         }
+        if (req->io)
+                return watch_dispatch(req, res);
         if (!h || req->queued_iteration == pl->iteration)
                 return;
         if (req_later(req) < 0) {
@@ -322,9 +351,9 @@ static void queue_probes(struct proactor_loop *pl) {
                         req->rearm = false;
                 } else if (req->rearm) {
                         req->rearm = false;
-                        if ((req->h || req->wake) && !req->armed && req_arm(req) < 0)
+                        if (req_live(req) && !req->armed && req_arm(req) < 0)
                                 loop__report(&pl->base, "Cannot watch file descriptor", -EAGAIN, NULL, req->fd);
-                } else if (req->h && !req->probing &&
+                } else if ((req->h || req->io) && !req->probing &&
                            pl->ops->poll_add(pl->be, req->fd, req->events | POLLERR | POLLHUP, false,
                                              tag(req, TAG_PROBE)) >= 0) {
                         req->probing = true;
@@ -335,6 +364,14 @@ static void queue_probes(struct proactor_loop *pl) {
         pl->n_dispatched = 0;
 }
 
+/* A poll result that says what req waits for. The kernel adds POLLRDHUP
+ * to io_uring's poll results: a full socket whose peer shut down its
+ * sending side completes a POLLOUT poll with POLLRDHUP alone, and it is
+ * not writable. */
+static inline bool is_ready(const struct poll_req *req, int res) {
+        return res > 0 && (res & (int) (req->events | POLLERR | POLLHUP | POLLNVAL));
+}
+
 static void on_poll(struct poll_req *req, int res, uint32_t flags) {
         struct proactor_loop *pl = req->pl;
 
@@ -342,21 +379,29 @@ static void on_poll(struct poll_req *req, int res, uint32_t flags) {
                 req->armed = false;
                 pl->n_inflight--;
         }
-        if (res > 0)
-                req_dispatch(req);
-        if (req->armed && !req->h && !req->wake && !pl->closing)
+        /* While a probe is in the kernel, it says whether the fd is ready
+         * now; this completion may be older than the callback's last run
+         * (a wake-up posted before the callback drained the fd), and would
+         * call it with nothing to read. */
+        if (is_ready(req, res) && !req->probing)
+                req_dispatch(req, res);
+        if (req->armed && !req_live(req) && !pl->closing)
                 /* Removed, yet still armed: the POLL_REMOVE met the
                  * request while it was posting this completion and failed.
                  * Ask again. */
                 (void) pl->ops->poll_remove(pl->be, tag(req, TAG_POLL));
-        if (!req->armed && (req->h || req->wake) && !pl->closing) {
+        if (!req->armed && req_live(req) && !pl->closing) {
                 if (res < 0 && res != -ECANCELED) {
                         /* The descriptor went bad (closed before the batch
                          * went in): asyncio would raise in add_reader; here
                          * the add was deferred, so the exception handler
                          * hears it, as on the selector loop. */
                         loop__report(&pl->base, "Cannot watch file descriptor", res, NULL, req->fd);
-                        if (!req->wake) {
+                        if (req->io) {
+                                loop__io_lost(req->io);
+                                req->io->priv = NULL;
+                                req->io = NULL;
+                        } else if (!req->wake) {
                                 struct fdslot *s = &pl->fds[req->fd];
                                 for (int d = 0; d < 2; d++)
                                         if (s->io[d] == req)
@@ -378,6 +423,10 @@ static void req_remove(struct poll_req *req) {
 
         drop_handle(pl, req->h);
         req->h = NULL;
+        if (req->io) {
+                req->io->priv = NULL;
+                req->io = NULL;
+        }
         /* Failing to queue the removal leaves the request armed; its
          * completions find no callback, and loop_close() tries again. */
         if (req->armed)
@@ -397,6 +446,39 @@ static void req_unlink(struct poll_req *req) {
         req_remove(req);
 }
 
+/* End the request of an enabled watcher (disabled, removed, changed). */
+static void watch_end(loop_io_t *io) {
+        struct poll_req *req = io->priv;
+
+        if (req)
+                req_remove(req);        /* clears io->priv */
+}
+
+/*
+ * fd was found closed behind the loop's back (loop_add_reader(3): remove,
+ * then close) while its requests keep the file, and its readiness, alive:
+ * said once; its readers and writers go, its watchers are disabled.
+ */
+static void fd_closed(struct proactor_loop *pl, int fd) {
+        struct fdslot *s = &pl->fds[fd];
+        bool any = s->io[0] || s->io[1];
+
+        for (loop_io_t *io = s->watchers; io; io = io->next)
+                any |= io->enabled;
+        if (!any)
+                return;
+        loop__report(&pl->base, "File descriptor closed while watched; its callbacks were removed", -EBADF, NULL, fd);
+        for (int d = 0; d < 2; d++) {
+                s->paused[d].cb = NULL;
+                if (s->io[d])
+                        req_unlink(s->io[d]);
+        }
+        for (loop_io_t *io = s->watchers; io; io = io->next) {
+                watch_end(io);
+                loop__io_lost(io);
+        }
+}
+
 /*
  * A probe polls the fd by its number, the multishot request holds the
  * file: a probe failing with EBADF means the number was closed behind our
@@ -408,12 +490,11 @@ static void on_probe(struct poll_req *req, int res) {
 
         req->probing = false;
         pl->n_inflight--;
-        if (res > 0)
-                req_dispatch(req);
-        else if (res == -EBADF && req->h && !pl->closing) {
-                loop__report(&pl->base, "File descriptor closed while watched; its callbacks were removed", -EBADF,
-                             NULL, req->fd);
-                req_unlink(req);
+        if (is_ready(req, res))
+                req_dispatch(req, res);
+        else if (res == -EBADF && (req->h || req->io) && !pl->closing) {
+                /* Every callback of the number goes, said once. */
+                fd_closed(pl, req->fd);
                 return;
         }
         req_maybe_free(req);
@@ -424,14 +505,9 @@ static void on_probe(struct poll_req *req, int res) {
 static void proactor_io_closed(loop_t *loop, int fd) {
         struct proactor_loop *pl = proactor_loop(loop);
 
-        if ((size_t) fd >= pl->n_fds || (!pl->fds[fd].io[0] && !pl->fds[fd].io[1]))
+        if ((size_t) fd >= pl->n_fds)
                 return;
-        loop__report(loop, "File descriptor closed while watched; its callbacks were removed", -EBADF, NULL, fd);
-        for (int d = 0; d < 2; d++) {
-                pl->fds[fd].paused[d].cb = NULL;
-                if (pl->fds[fd].io[d])
-                        req_unlink(pl->fds[fd].io[d]);
-        }
+        fd_closed(pl, fd);
 }
 
 static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata) {
@@ -549,6 +625,176 @@ static int proactor_pause_io(loop_t *loop, int fd, uint32_t event, bool pause) {
          * callback stays paused. */
         r = proactor_add_io(loop, fd, event, s->paused[d].cb, s->paused[d].userdata);
         return r < 0 ? r : 0;
+}
+
+/* ---- I/O watchers (io.c) ------------------------------------------------------ */
+
+static uint32_t poll_events_of(uint32_t events) {
+        return (events & LOOP_IO_READABLE ? POLLIN : 0) | (events & LOOP_IO_WRITABLE ? POLLOUT : 0);
+}
+
+/* A watcher's request completed with the poll mask res: mark the watcher,
+ * queue its descriptor's entry (once), and probe next batch. */
+static void watch_dispatch(struct poll_req *req, int res) {
+        struct proactor_loop *pl = req->pl;
+        struct fdslot *s = &pl->fds[req->fd];
+        loop_io_t *io = req->io;
+        uint32_t cond = (res & POLLIN ? LOOP_IO_READABLE : 0) | (res & POLLOUT ? LOOP_IO_WRITABLE : 0) |
+                        (res & POLLERR ? LOOP_IO_ERROR : 0) | (res & POLLHUP ? LOOP_IO_HANGUP : 0);
+        bool was_marked = io->revents != 0;
+
+        if (!loop__io_mark(io, cond))
+                return;
+        if (req_later(req) < 0)
+                goto nomem;
+        if (!s->watchers_queued) {
+                if (ready_push(&pl->base.ready, run_watchers, (void *) (intptr_t) req->fd, NULL) < 0)
+                        goto nomem;
+                s->watchers_queued = true;
+        }
+        if (!was_marked)
+                pl->n_events++;
+        return;
+nomem:
+        io->revents = 0;
+        loop__report(&pl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, req->fd);
+}
+
+/* Run fd's watchers that were marked ready, each once, in the order
+ * added; one removed or disabled meanwhile is no longer marked. */
+static int run_watchers(loop_t *loop, void *userdata) {
+        struct proactor_loop *pl = proactor_loop(loop);
+        int fd = (int) (intptr_t) userdata;
+        uint32_t revents;
+        unsigned k = 0;
+        loop_io_t *io;
+
+        pl->fds[fd].watchers_queued = false;
+        /* The list head is read again after each callback: the table may
+         * have moved, the list changed. */
+        while ((io = loop__io_take(pl->fds[fd].watchers, &revents))) {
+                loop__io_call(loop, io, revents);
+                k++;
+        }
+        loop__io_ran(loop, k);
+        return 0;
+}
+
+/* Arm a request for io (enabled), checking its descriptor first: the
+ * request only reaches the kernel with the next batch. */
+static int watch_start(struct proactor_loop *pl, loop_io_t *io) {
+        struct poll_req *req;
+        struct stat st;
+        int r;
+
+        if (fstat(io->fd, &st) < 0)
+                return -errno;
+        req = req_new(pl, io->fd, poll_events_of(io->events));
+        if (!req)
+                return -ENOMEM;
+        req->io = io;
+        req->dev = st.st_dev;
+        req->ino = st.st_ino;
+        r = req_arm(req);
+        if (r < 0) {
+                req->io = NULL;
+                req_maybe_free(req);
+                return r;
+        }
+        io->priv = req;
+        return 0;
+}
+
+static int proactor_io_attach(loop_t *loop, loop_io_t *io) {
+        struct proactor_loop *pl = proactor_loop(loop);
+        int fd = io->fd;
+        int r;
+
+        r = ensure_fd(pl, fd);
+        if (r < 0)
+                return r;
+        struct fdslot *s = &pl->fds[fd];
+        if (s->wake)
+                return -EBUSY;
+        r = watch_start(pl, io);
+        if (r < 0)
+                return r;
+        /* Last on the list: watchers of a descriptor run in the order added. */
+        loop_io_t *last = s->watchers;
+        while (last && last->next)
+                last = last->next;
+        io->prev = last;
+        io->next = NULL;
+        *(last ? &last->next : &s->watchers) = io;
+        return 0;
+}
+
+static int proactor_io_update(loop_t *loop, loop_io_t *io, uint32_t old_events, bool was_enabled) {
+        struct proactor_loop *pl = proactor_loop(loop);
+        struct poll_req *old = io->priv;
+        int r;
+
+        if (!io->enabled) {
+                watch_end(io);
+                return 0;
+        }
+        if (was_enabled && poll_events_of(old_events) == poll_events_of(io->events))
+                return 0;
+        /* A new request for the new mask, then the old one goes (a
+         * multishot request's mask cannot change). */
+        io->priv = NULL;
+        r = watch_start(pl, io);
+        if (r < 0) {
+                io->priv = old;
+                return r;
+        }
+        if (old) {
+                old->io = NULL;
+                req_remove(old);
+        }
+        return 0;
+}
+
+static void proactor_io_detach(loop_t *loop, loop_io_t *io) {
+        struct proactor_loop *pl = proactor_loop(loop);
+        struct fdslot *s = &pl->fds[io->fd];
+
+        if (io->prev)
+                io->prev->next = io->next;
+        else
+                s->watchers = io->next;
+        if (io->next)
+                io->next->prev = io->prev;
+        io->prev = io->next = NULL;
+        if (loop__inherited(loop)) {
+                /* The ring is the parent's too: nothing is submitted; the
+                 * request's memory goes with the loop's. */
+                struct poll_req *req = io->priv;
+                if (req)
+                        req->io = NULL;
+                io->priv = NULL;
+                return;
+        }
+        watch_end(io);
+}
+
+static bool proactor_describe(const loop_t *loop, const struct loop__ready_entry *e, struct loop__entry_info *info) {
+        const struct proactor_loop *pl = (const struct proactor_loop *) loop;
+
+        if (e->cb != run_watchers)
+                return false;
+        int fd = (int) (intptr_t) e->userdata;
+        /* Named after the first watcher it will run. */
+        const loop_io_t *io = pl->fds[fd].watchers;
+        while (io && !io->revents)
+                io = io->next;
+        *info = (struct loop__entry_info) {
+                .fn = io ? (void *) (uintptr_t) io->cb : (void *) (uintptr_t) run_watchers,
+                .userdata = io ? io->userdata : NULL,
+                .fd = fd,
+                .cancelled = !io,
+        };
+        return true;
 }
 
 /* ---- socket operations ------------------------------------------------------- */
@@ -1198,7 +1444,7 @@ static bool is_live(void *ctx, uint64_t user_data, int res, uint32_t flags) {
                 return !op->cancelled;
         case TAG_POLL:
         case TAG_PROBE:
-                return req->h || req->wake;
+                return req_live(req);
         }
         return false;
 }
@@ -1242,7 +1488,7 @@ static uint64_t proactor_count_fds(loop_t *loop) {
 
         for (size_t fd = 0; fd < pl->n_fds; fd++)
                 n += pl->fds[fd].io[0] || pl->fds[fd].io[1] || pl->fds[fd].paused[0].cb ||
-                     pl->fds[fd].paused[1].cb;
+                     pl->fds[fd].paused[1].cb || pl->fds[fd].watchers;
         return n;
 }
 
@@ -1251,7 +1497,8 @@ static void proactor_dump(loop_t *loop, FILE *f) {
 
         for (size_t fd = 0; fd < pl->n_fds; fd++) {
                 const struct fdslot *s = &pl->fds[fd];
-                if (!s->io[0] && !s->io[1] && !s->op[0] && !s->op[1] && !s->paused[0].cb && !s->paused[1].cb)
+                if (!s->io[0] && !s->io[1] && !s->op[0] && !s->op[1] && !s->paused[0].cb && !s->paused[1].cb &&
+                    !s->watchers)
                         continue;
                 /* "registered": what the kernel has a poll request for. */
                 fprintf(f, "fd %zu registered=%s%s", fd, s->io[0] && s->io[0]->armed ? "r" : "",
@@ -1265,6 +1512,10 @@ static void proactor_dump(loop_t *loop, FILE *f) {
                                 fprintf(f, " %s=%p %s_userdata=%p %s_paused", name[d],
                                         (void *) (uintptr_t) s->paused[d].cb, name[d], s->paused[d].userdata, name[d]);
                 }
+                for (const loop_io_t *io = s->watchers; io; io = io->next)
+                        fprintf(f, " io=%p io_userdata=%p io_events=%s%s%s", (void *) (uintptr_t) io->cb, io->userdata,
+                                io->events & LOOP_IO_READABLE ? "r" : "", io->events & LOOP_IO_WRITABLE ? "w" : "",
+                                io->enabled ? "" : " io_disabled");
                 if (s->op[0])
                         fprintf(f, " receiving=%p", (void *) s->op[0]->future);
                 if (s->op[1])
@@ -1363,6 +1614,13 @@ static void proactor_close(loop_t *loop) {
                                 s->io[d] = NULL;
                         }
                 }
+                /* Their requests end below with the others. */
+                for (loop_io_t *io = s->watchers; io; io = io->next) {
+                        struct poll_req *req = io->priv;
+                        if (req)
+                                req->io = NULL;
+                        io->priv = NULL;
+                }
         }
         if (pl->wake)
                 pl->wake->wake = false;
@@ -1401,11 +1659,19 @@ static void proactor_close(loop_t *loop) {
 free_memory:
         pl->be = NULL;
         pl->wake = NULL;
-        for (size_t fd = 0; fd < pl->n_fds; fd++)
+        for (size_t fd = 0; fd < pl->n_fds; fd++) {
                 if (pl->fds[fd].stash) {
                         free(pl->fds[fd].stash->data);
                         free(pl->fds[fd].stash);
                 }
+                /* Watchers outlive the loop as detached objects while the
+                 * caller holds them; the loop's own go now. */
+                while (pl->fds[fd].watchers) {
+                        loop_io_t *io = pl->fds[fd].watchers;
+                        pl->fds[fd].watchers = io->next;
+                        loop__io_loop_closed(io);
+                }
+        }
         free(pl->fds);
         pl->fds = NULL;
         pl->n_fds = 0;
@@ -1434,7 +1700,11 @@ static const struct loop__impl proactor_impl = {
         .remove_io = proactor_remove_io,
         .pause_io = proactor_pause_io,
         .sock_call = proactor_sock_call,
+        .describe = proactor_describe,
         .io_closed = proactor_io_closed,
+        .io_attach = proactor_io_attach,
+        .io_update = proactor_io_update,
+        .io_detach = proactor_io_detach,
 };
 
 static int proactor_loop_new(const struct loop_proactor_ops *ops, loop_t **ret) {

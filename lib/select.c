@@ -13,8 +13,17 @@
  * - The kernel scans 0..maxfd; maxfd is lowered lazily when the highest
  *   descriptor goes away.
  * - pselect() takes a timespec: no microsecond rounding games.
+ * - select() says readable or writable, nothing about errors and hang-ups
+ *   (it counts them as readiness), and cannot wait for them alone. I/O
+ *   watchers need them apart: for a descriptor registered with
+ *   LOOP_EVENT_ERROR that select found ready, one poll() with no timeout
+ *   says which conditions hold, and its answer is what is reported (as the
+ *   poll selector would). A descriptor registered with ERROR alone is in
+ *   no set and never reported: on select, a watcher must ask for readiness
+ *   to hear of errors and hang-ups.
  */
 #include <fcntl.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <sys/select.h>
 
@@ -23,6 +32,7 @@
 
 struct select_state {
         fd_set readers, writers;
+        fd_set details;         /* registered with LOOP_EVENT_ERROR: ask poll() what holds */
         int max_fd;             /* highest watched descriptor, -1 if none */
 };
 
@@ -33,6 +43,7 @@ static int select_init(void **ret) {
                 return -ENOMEM;
         FD_ZERO(&st->readers);
         FD_ZERO(&st->writers);
+        FD_ZERO(&st->details);
         st->max_fd = -1;
         *ret = st;
         return 0;
@@ -61,6 +72,10 @@ static int select_modify(void *state, int fd, uint32_t old_events, uint32_t new_
                 FD_SET(fd, &st->writers);
         else
                 FD_CLR(fd, &st->writers);
+        if (new_events & LOOP_EVENT_ERROR)
+                FD_SET(fd, &st->details);
+        else
+                FD_CLR(fd, &st->details);
         if (new_events && fd > st->max_fd)
                 st->max_fd = fd;
         while (st->max_fd >= 0 && !FD_ISSET(st->max_fd, &st->readers) && !FD_ISSET(st->max_fd, &st->writers))
@@ -80,6 +95,31 @@ static int report_bad_fds(struct select_state *st, loop_selector_ready_t ready, 
                 }
         }
         return n;
+}
+
+/* What holds for fd, which select found ready with ev: poll()'s answer,
+ * or ev if poll has nothing to say (any more). */
+static uint32_t details(const struct select_state *st, int fd, uint32_t ev) {
+        struct pollfd p = {
+                .fd = fd,
+                .events = (short) ((FD_ISSET(fd, &st->readers) ? POLLIN : 0) |
+                                   (FD_ISSET(fd, &st->writers) ? POLLOUT : 0)),
+        };
+        uint32_t d = 0;
+
+        if (poll(&p, 1, 0) <= 0)
+                return ev;
+        if (p.revents & POLLNVAL)
+                return LOOP_EVENT_CLOSED;
+        if (p.revents & POLLIN)
+                d |= LOOP_EVENT_READ;
+        if (p.revents & POLLOUT)
+                d |= LOOP_EVENT_WRITE;
+        if (p.revents & POLLERR)
+                d |= LOOP_EVENT_ERROR;
+        if (p.revents & POLLHUP)
+                d |= LOOP_EVENT_HANGUP;
+        return d;
 }
 
 static int select_select(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx) {
@@ -108,6 +148,8 @@ static int select_select(void *state, int64_t timeout_ns, loop_selector_ready_t 
                         ev |= LOOP_EVENT_WRITE;
                         left--;
                 }
+                if (ev && FD_ISSET(fd, &st->details))
+                        ev = details(st, fd, ev);
                 if (ev)
                         ready(ctx, fd, ev);
         }

@@ -36,6 +36,22 @@
 #define LOOP_EVENT_CLOSED UINT32_C(4)
 #define LOOP_EVENT_STALE UINT32_C(8)
 
+/*
+ * Conditions beside readiness, for I/O watchers (loop_add_io), which are
+ * told them apart. In ready(): ERROR is POLLERR, HANGUP is POLLHUP, and
+ * READ and WRITE then say what the kernel said (POLLIN, POLLOUT), no more:
+ * the loop itself gives readers and writers asyncio's mapping (an error or
+ * a hang-up wakes both). In modify(): ERROR in the mask means "watched for
+ * errors and hang-ups, even with neither READ nor WRITE" (a watcher whose
+ * mask is 0 is told of them, as poll(2) with no events is). epoll and
+ * poll report them anyway, so it asks nothing more of the kernel there
+ * (epoll registers a descriptor with no events for it alone); select,
+ * which cannot wait for them alone, asks poll() for the details of a
+ * descriptor it found ready.
+ */
+#define LOOP_EVENT_ERROR UINT32_C(16)
+#define LOOP_EVENT_HANGUP UINT32_C(32)
+
 /* Called by ->select once per ready descriptor, from inside ->select. */
 typedef void (*loop_selector_ready_t)(void *ctx, int fd, uint32_t events);
 
@@ -79,8 +95,9 @@ struct loop_selector_ops {
 
         /*
          * Wait up to timeout_ns (< 0: forever, 0: poll) and call ready() for
-         * each descriptor with events. Errors and hang-ups are reported as
-         * READ|WRITE so both callbacks get to see them; a dead
+         * each descriptor with events, once per descriptor: READ and WRITE
+         * as the kernel says, plus ERROR and HANGUP (above; select only for
+         * descriptors registered with ERROR); a dead
          * registration as CLOSED or STALE (above), never silently and never
          * again and again. EINTR is not an error: return 0 with no events.
          * Returns the number of events or a negative errno. ready() never

@@ -32,11 +32,26 @@
  * callback clears the bit, so the queued entry then does nothing (asyncio
  * cancels the queued handle), without a handle per registration or a
  * reference count per event.
+ *
+ * I/O watchers (loop_add_io, io.c) sit beside readers and writers: a
+ * descriptor's watchers are a list (watchers[fd], in the order added),
+ * the union of what the enabled ones ask for is fdinfo.watch_want, and the
+ * backend watches want | watch_want, changed lazily through the same
+ * queue. A descriptor with watchers is "special", like the wake-up one, so
+ * its events leave on_ready's fast path by the test that was there
+ * already: readers and writers pay nothing for watchers existing. Its
+ * watchers are marked with the conditions they asked for and one entry,
+ * run_watchers with the descriptor number, runs the marked ones. The
+ * first watcher of a descriptor, and one enabled again, has the backend
+ * re-check the descriptor (reset), as adding a reader over one does: it
+ * costs one failing EPOLL_CTL_ADD when the file is the same, and libev
+ * pays the same on every ev_io_start.
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
+#include "io.h"
 #include "selector.h"
 
 struct fdio {
@@ -44,16 +59,22 @@ struct fdio {
         void *userdata;
 };
 
-enum { IO_READ, IO_WRITE };     /* index into fdinfo.io */
+enum { IO_READ, IO_WRITE, IO_WATCH };  /* index into fdinfo.io; IO_WATCH: the watchers' entry */
+
+enum {
+        SPECIAL_WAKE = 1,       /* the loop's own wake-up descriptor */
+        SPECIAL_WATCHED = 2,    /* has I/O watchers (enabled or not) */
+};
 
 struct fdinfo {
         struct fdio io[2];      /* the reader and the writer, active or paused */
         uint32_t registered;    /* what the backend watches now */
-        uint8_t want;           /* LOOP_EVENT_*: what it should watch (an active callback, or wake) */
-        uint8_t pending;        /* 1 << IO_*: its callback is in the ready queue */
+        uint8_t want;           /* LOOP_EVENT_*: what it should watch for the reader and writer (or wake) */
+        uint8_t watch_want;     /* LOOP_EVENT_*: what the enabled watchers need (ERROR if any) */
+        uint8_t pending;        /* 1 << IO_*: its callback (IO_WATCH: its watchers) in the ready queue */
+        uint8_t special;        /* SPECIAL_*: its events leave on_ready's fast path */
         bool queued;            /* on the change queue */
         bool reset;             /* all callbacks were removed since the last flush */
-        bool wake;              /* the loop's own wake-up descriptor */
         bool dead;              /* reported closed behind our back; cleared by the next add */
 };
 
@@ -65,6 +86,8 @@ struct selector_loop {
         int *changes;
         size_t n_changes, cap_changes;
         size_t n_watched;       /* descriptors the backend watches, the wake-up one aside */
+        loop_io_t **watchers;   /* per fd: its I/O watchers, first added first (NULL until the first) */
+        size_t n_watchers;
         bool embedded;          /* loop_fileno() was asked: an outer loop waits on the backend */
 };
 
@@ -108,11 +131,20 @@ static inline int queue_change(struct selector_loop *sl, struct fdinfo *fi, int 
         return 0;
 }
 
-/* Forget both callbacks; a queued one will not run. */
-static void drop_callbacks(struct fdinfo *fi) {
+static inline bool has_callbacks(const struct fdinfo *fi) {
+        return fi->io[IO_READ].cb || fi->io[IO_WRITE].cb || (fi->special & SPECIAL_WATCHED);
+}
+
+/* Forget both callbacks and disable the watchers; a queued one will not
+ * run. */
+static void drop_callbacks(struct selector_loop *sl, struct fdinfo *fi, int fd) {
         fi->io[IO_READ] = fi->io[IO_WRITE] = (struct fdio) {};
-        fi->want = fi->wake ? LOOP_EVENT_READ : 0;
+        fi->want = (fi->special & SPECIAL_WAKE) ? LOOP_EVENT_READ : 0;
         fi->pending = 0;
+        if (fi->special & SPECIAL_WATCHED)
+                for (loop_io_t *io = sl->watchers[fd]; io; io = io->next)
+                        loop__io_lost(io);
+        fi->watch_want = 0;
 }
 
 /* Apply the queued changes: once per iteration, right before waiting. */
@@ -122,7 +154,7 @@ static void flush_changes(struct selector_loop *sl) {
         for (size_t i = 0; i < sl->n_changes; i++) {
                 int fd = sl->changes[i];
                 struct fdinfo *fi = &sl->fds[fd];
-                uint32_t w = fi->want;
+                uint32_t w = fi->want | fi->watch_want;
                 bool reset = fi->reset && w != 0;
 
                 fi->queued = false;
@@ -136,7 +168,7 @@ static void flush_changes(struct selector_loop *sl) {
                          * add was deferred, so the exception handler hears it. */
                         set_registered(sl, fi, 0);
                         loop__report(&sl->base, "Cannot watch file descriptor", r, NULL, fd);
-                        drop_callbacks(fi);
+                        drop_callbacks(sl, fi, fd);
                         continue;
                 }
                 set_registered(sl, fi, w);
@@ -188,9 +220,9 @@ static void on_dead(struct selector_loop *sl, int fd, uint32_t events) {
                              "no longer watched", -EBADF, NULL, fd);
                 return;
         }
-        if (fi->wake)
+        if (fi->special & SPECIAL_WAKE)
                 return;         /* ours, never closed behind our back */
-        drop_callbacks(fi);
+        drop_callbacks(sl, fi, fd);
         fi->reset = true;
         fi->dead = true;
         /* Without room to queue the removal the next wait reports fd
@@ -204,22 +236,85 @@ static void on_dead(struct selector_loop *sl, int fd, uint32_t events) {
 static void selector_io_closed(loop_t *loop, int fd) {
         struct selector_loop *sl = selector_loop(loop);
 
-        if ((size_t) fd < sl->n_fds && (sl->fds[fd].io[IO_READ].cb || sl->fds[fd].io[IO_WRITE].cb))
+        if ((size_t) fd < sl->n_fds && has_callbacks(&sl->fds[fd]))
                 on_dead(sl, fd, LOOP_EVENT_CLOSED);
 }
 
-/* The wake-up descriptor, a dead registration, or no room for two
- * entries: grow the queue, then queue as usual (a grown queue has room
- * for at least 256 more). */
-static __attribute__((noinline)) void on_ready_slow(struct selector_loop *sl, int fd, uint32_t events) {
-        if (events & (LOOP_EVENT_CLOSED | LOOP_EVENT_STALE))
-                on_dead(sl, fd, events);
-        else if (sl->fds[fd].wake)
-                loop__threadsafe_drain(&sl->base);
-        else if (loop__ready_grow(&sl->base.ready) < 0)
+/* Run fd's watchers that were marked ready, each once, in the order
+ * added; one removed or disabled meanwhile is no longer marked. */
+static int run_watchers(loop_t *loop, void *userdata) {
+        struct selector_loop *sl = selector_loop(loop);
+        int fd = (int) (intptr_t) userdata;
+        uint32_t revents;
+        unsigned k = 0;
+        loop_io_t *io;
+
+        if (!(sl->fds[fd].pending & (1u << IO_WATCH))) {
+                loop->n_stale++;
+                return 0;
+        }
+        sl->fds[fd].pending &= ~(1u << IO_WATCH);
+        /* The list head is read again after each callback: the table may
+         * have moved, the list changed. */
+        while ((io = loop__io_take(sl->watchers[fd], &revents))) {
+                loop__io_call(loop, io, revents);
+                k++;
+        }
+        loop__io_ran(loop, k);
+        return 0;
+}
+
+/* LOOP_EVENT_* as the backend reported them, in the watchers' terms. */
+static uint32_t io_conditions(uint32_t events) {
+        return (events & LOOP_EVENT_READ ? LOOP_IO_READABLE : 0) | (events & LOOP_EVENT_WRITE ? LOOP_IO_WRITABLE : 0) |
+               (events & LOOP_EVENT_ERROR ? LOOP_IO_ERROR : 0) | (events & LOOP_EVENT_HANGUP ? LOOP_IO_HANGUP : 0);
+}
+
+static void queue_entry(struct selector_loop *sl, struct fdinfo *fi, int fd, unsigned which) {
+        static const loop_callback_t run[] = { run_reader, run_writer, run_watchers };
+
+        if (ready_push(&sl->base.ready, run[which], (void *) (intptr_t) fd, NULL) < 0) {
                 loop__report(&sl->base, "Cannot queue an I/O callback", -ENOMEM, NULL, fd);
-        else
-                on_ready(sl, fd, events);
+                return;
+        }
+        fi->pending |= 1u << which;
+}
+
+static void queue_watchers(struct selector_loop *sl, struct fdinfo *fi, int fd, uint32_t events) {
+        uint32_t cond = io_conditions(events);
+        bool any = false;
+
+        for (loop_io_t *io = sl->watchers[fd]; io; io = io->next)
+                any |= loop__io_mark(io, cond);
+        if (any && !(fi->pending & (1u << IO_WATCH))) {
+                queue_entry(sl, fi, fd, IO_WATCH);
+                if (!(fi->pending & (1u << IO_WATCH)))
+                        for (loop_io_t *io = sl->watchers[fd]; io; io = io->next)
+                                io->revents = 0;        /* no entry will run them */
+        }
+}
+
+/* What leaves on_ready's fast path: a dead registration, the wake-up
+ * descriptor, a descriptor with watchers, an error or a hang-up, or no
+ * room for two entries (the queue grows). */
+static __attribute__((noinline)) void on_ready_slow(struct selector_loop *sl, int fd, uint32_t events) {
+        struct fdinfo *fi = &sl->fds[fd];
+
+        if (events & (LOOP_EVENT_CLOSED | LOOP_EVENT_STALE))
+                return on_dead(sl, fd, events);
+        if (fi->special & SPECIAL_WAKE)
+                return loop__threadsafe_drain(&sl->base);
+        if (fi->special & SPECIAL_WATCHED)
+                queue_watchers(sl, fi, fd, events);
+        /* asyncio's mapping for readers and writers: an error or a hang-up
+         * wakes both (the backend said only what the kernel said). */
+        if (events & (LOOP_EVENT_ERROR | LOOP_EVENT_HANGUP))
+                events |= LOOP_EVENT_READ | LOOP_EVENT_WRITE;
+        events &= fi->want;
+        if (events & LOOP_EVENT_READ)
+                queue_entry(sl, fi, fd, IO_READ);
+        if (events & LOOP_EVENT_WRITE)
+                queue_entry(sl, fi, fd, IO_WRITE);
 }
 
 static void on_ready(void *ctx, int fd, uint32_t events) {
@@ -230,9 +325,10 @@ static void on_ready(void *ctx, int fd, uint32_t events) {
         if (unlikely((size_t) fd >= sl->n_fds))
                 return;
         /* The common case calls nothing (no registers to save): room for
-         * both entries, and not the wake-up descriptor. */
+         * both entries, readiness only, and neither the wake-up descriptor
+         * nor one with watchers. */
         struct fdinfo *fi = &sl->fds[fd];
-        if (unlikely(fi->wake || q->window.end - q->window.tail < 2 ||
+        if (unlikely(fi->special || q->window.end - q->window.tail < 2 ||
                      events > (LOOP_EVENT_READ | LOOP_EVENT_WRITE)))
                 return on_ready_slow(sl, fd, events);
         /* want, not io[].cb: a paused callback keeps its slot, and until
@@ -256,10 +352,25 @@ static bool selector_describe(const loop_t *loop, const struct loop__ready_entry
                 which = IO_READ;
         else if (e->cb == run_writer)
                 which = IO_WRITE;
+        else if (e->cb == run_watchers)
+                which = IO_WATCH;
         else
                 return false;
         int fd = (int) (intptr_t) e->userdata;
         const struct fdinfo *fi = &sl->fds[fd];
+        if (which == IO_WATCH) {
+                /* Named after the first watcher it will run. */
+                const loop_io_t *io = sl->watchers[fd];
+                while (io && !io->revents)
+                        io = io->next;
+                *info = (struct loop__entry_info) {
+                        .fn = io ? (void *) (uintptr_t) io->cb : (void *) (uintptr_t) run_watchers,
+                        .userdata = io ? io->userdata : NULL,
+                        .fd = fd,
+                        .cancelled = !(fi->pending & (1u << IO_WATCH)),
+                };
+                return true;
+        }
         *info = (struct loop__entry_info) {
                 .fn = (void *) (uintptr_t) fi->io[which].cb,
                 .userdata = fi->io[which].userdata,
@@ -292,6 +403,17 @@ static int selector_poll(loop_t *loop, int64_t timeout_ns) {
 static void selector_close(loop_t *loop) {
         struct selector_loop *sl = selector_loop(loop);
 
+        /* Watchers outlive the loop as detached objects while the caller
+         * holds them; the loop's own go now. */
+        for (size_t fd = 0; fd < sl->n_watchers; fd++)
+                while (sl->watchers[fd]) {
+                        loop_io_t *io = sl->watchers[fd];
+                        sl->watchers[fd] = io->next;
+                        loop__io_loop_closed(io);
+                }
+        free(sl->watchers);
+        sl->watchers = NULL;
+        sl->n_watchers = 0;
         free(sl->fds);
         free(sl->changes);
         sl->fds = NULL;
@@ -308,7 +430,7 @@ static uint64_t selector_count_fds(loop_t *loop) {
         uint64_t n = 0;
 
         for (size_t fd = 0; fd < sl->n_fds; fd++)
-                n += sl->fds[fd].io[IO_READ].cb || sl->fds[fd].io[IO_WRITE].cb;
+                n += has_callbacks(&sl->fds[fd]);
         return n;
 }
 
@@ -318,7 +440,7 @@ static void selector_dump(loop_t *loop, FILE *f) {
         for (size_t fd = 0; fd < sl->n_fds; fd++) {
                 const struct fdinfo *fi = &sl->fds[fd];
                 const struct fdio *rd = &fi->io[IO_READ], *wr = &fi->io[IO_WRITE];
-                if (!rd->cb && !wr->cb)
+                if (!has_callbacks(fi))
                         continue;
                 fprintf(f, "fd %zu registered=%s%s", fd, fi->registered & LOOP_EVENT_READ ? "r" : "",
                         fi->registered & LOOP_EVENT_WRITE ? "w" : "");
@@ -328,6 +450,11 @@ static void selector_dump(loop_t *loop, FILE *f) {
                 if (wr->cb)
                         fprintf(f, " writer=%p writer_userdata=%p%s", (void *) (uintptr_t) wr->cb, wr->userdata,
                                 fi->want & LOOP_EVENT_WRITE ? "" : " writer_paused");
+                if (fi->special & SPECIAL_WATCHED)
+                        for (const loop_io_t *io = sl->watchers[fd]; io; io = io->next)
+                                fprintf(f, " io=%p io_userdata=%p io_events=%s%s%s", (void *) (uintptr_t) io->cb,
+                                        io->userdata, io->events & LOOP_IO_READABLE ? "r" : "",
+                                        io->events & LOOP_IO_WRITABLE ? "w" : "", io->enabled ? "" : " io_disabled");
                 fputc('\n', f);
         }
 }
@@ -348,6 +475,9 @@ static int selector_fileno(loop_t *loop) {
 static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata);
 static int remove_io(loop_t *loop, int fd, uint32_t event);
 static int pause_io(loop_t *loop, int fd, uint32_t event, bool pause);
+static int selector_io_attach(loop_t *loop, loop_io_t *io);
+static int selector_io_update(loop_t *loop, loop_io_t *io, uint32_t old_events, bool was_enabled);
+static void selector_io_detach(loop_t *loop, loop_io_t *io);
 
 const struct loop__impl loop__selector_impl = {
         .poll = selector_poll,
@@ -361,6 +491,9 @@ const struct loop__impl loop__selector_impl = {
         .pause_io = pause_io,
         .describe = selector_describe,
         .io_closed = selector_io_closed,
+        .io_attach = selector_io_attach,
+        .io_update = selector_io_update,
+        .io_detach = selector_io_detach,
 };
 
 LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
@@ -390,7 +523,7 @@ LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
                 loop_unref(&sl->base);
                 return r;
         }
-        sl->fds[wfd].wake = true;
+        sl->fds[wfd].special = SPECIAL_WAKE;
         sl->fds[wfd].want = LOOP_EVENT_READ;
         sl->fds[wfd].registered = LOOP_EVENT_READ;
         *ret = &sl->base;
@@ -407,14 +540,15 @@ LOOP_EXPORT loop_selector_t *loop_get_selector(loop_t *loop) {
  * added: at once if the backend watches nothing for it yet, so a bad
  * descriptor is the caller's error; else at the next flush. */
 static LOOP_ALWAYS_INLINE int watch(struct selector_loop *sl, struct fdinfo *fi, int fd, uint32_t want) {
+        uint32_t all = want | fi->watch_want;
         int r;
 
         if (fi->registered == 0) {
-                r = sl->sel->ops->modify(sl->sel->state, fd, 0, want, 0);
+                r = sl->sel->ops->modify(sl->sel->state, fd, 0, all, 0);
                 if (r < 0)
                         return r;
-                set_registered(sl, fi, want);
-        } else if (want != fi->registered || fi->reset) {
+                set_registered(sl, fi, all);
+        } else if (all != fi->registered || fi->reset) {
                 r = queue_change(sl, fi, fd);
                 if (r < 0)
                         return r;
@@ -428,7 +562,7 @@ static LOOP_ALWAYS_INLINE int watch(struct selector_loop *sl, struct fdinfo *fi,
  * callback that left want runs again (on_ready looks at want). */
 static LOOP_ALWAYS_INLINE void unwatch(struct selector_loop *sl, struct fdinfo *fi, int fd) {
         if (queue_change(sl, fi, fd) < 0) {
-                uint32_t w = fi->want;
+                uint32_t w = fi->want | fi->watch_want;
                 if (w != fi->registered && sl->sel->ops->modify(sl->sel->state, fd, fi->registered, w, 0) >= 0)
                         set_registered(sl, fi, w);
         }
@@ -451,7 +585,7 @@ static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, v
                 return r;
 
         struct fdinfo *fi = &sl->fds[fd];
-        if (fi->wake)
+        if (fi->special & SPECIAL_WAKE)
                 return -EBUSY;
         /* Adding over a callback is asyncio's replace, but also what a
          * caller does who closed fd without removing it and got the number
@@ -490,8 +624,8 @@ static int remove_io(loop_t *loop, int fd, uint32_t event) {
         fi->want &= ~event;
         fi->pending &= ~(1u << which);
         /* Only a descriptor nobody holds a callback on may be closed and
-         * reused: a paused one is still the caller's. */
-        if (!fi->io[IO_READ].cb && !fi->io[IO_WRITE].cb)
+         * reused: a paused one, or a watcher, is still the caller's. */
+        if (!has_callbacks(fi))
                 fi->reset = true;
         unwatch(sl, fi, fd);
         return 1;
@@ -520,4 +654,120 @@ static int pause_io(loop_t *loop, int fd, uint32_t event, bool pause) {
         fi->pending &= ~(1u << which);
         unwatch(sl, fi, fd);
         return 0;
+}
+
+/* ---- I/O watchers (io.c) ---------------------------------------------------- */
+
+/* The union of what fd's enabled watchers need, as LOOP_EVENT_*. */
+static uint8_t watchers_want(struct selector_loop *sl, int fd) {
+        uint32_t w = 0;
+
+        for (const loop_io_t *io = sl->watchers[fd]; io; io = io->next)
+                w |= loop__io_wants(io);
+        return (uint8_t) ((w & LOOP_IO_READABLE ? LOOP_EVENT_READ : 0) | (w & LOOP_IO_WRITABLE ? LOOP_EVENT_WRITE : 0) |
+                          (w ? LOOP_EVENT_ERROR : 0));
+}
+
+/*
+ * fd's watchers changed: have the backend watch the new union. At once if
+ * it watches nothing for fd yet (a bad descriptor is then the caller's
+ * error, as for readers), else at the next flush. recheck: a watcher
+ * starts watching, so the backend checks which file the number names
+ * (see the top of the file).
+ */
+static int rewatch(struct selector_loop *sl, int fd, bool recheck) {
+        struct fdinfo *fi = &sl->fds[fd];
+        uint8_t old = fi->watch_want;
+        int r;
+
+        fi->watch_want = watchers_want(sl, fd);
+        uint32_t all = fi->want | fi->watch_want;
+        if (fi->registered == 0 && all != 0) {
+                r = sl->sel->ops->modify(sl->sel->state, fd, 0, all, 0);
+                if (r < 0) {
+                        fi->watch_want = old;
+                        return r;
+                }
+                set_registered(sl, fi, all);
+                return 0;
+        }
+        if (recheck && all != 0)
+                fi->reset = true;
+        if (!has_callbacks(fi))
+                fi->reset = true;       /* the last one went: the number may be reused */
+        if (all == fi->registered && !fi->reset)
+                return 0;
+        unwatch(sl, fi, fd);
+        return 0;
+}
+
+static int selector_io_attach(loop_t *loop, loop_io_t *io) {
+        struct selector_loop *sl = selector_loop(loop);
+        const struct loop_selector_ops *ops = sl->sel->ops;
+        int fd = io->fd;
+        int r;
+
+        if (ops->check_fd) {
+                r = ops->check_fd(sl->sel->state, fd);
+                if (r < 0)
+                        return r;
+        }
+        r = ensure_fd(sl, fd);
+        if (r < 0)
+                return r;
+        r = loop__fd_table_reserve((void **) &sl->watchers, &sl->n_watchers, sizeof(*sl->watchers), fd);
+        if (r < 0)
+                return r;
+        struct fdinfo *fi = &sl->fds[fd];
+        if (fi->special & SPECIAL_WAKE)
+                return -EBUSY;
+
+        /* Last on the list: watchers of a descriptor run in the order added. */
+        loop_io_t *last = sl->watchers[fd];
+        while (last && last->next)
+                last = last->next;
+        io->prev = last;
+        io->next = NULL;
+        *(last ? &last->next : &sl->watchers[fd]) = io;
+        uint8_t special = fi->special;
+        fi->special |= SPECIAL_WATCHED;
+        r = rewatch(sl, fd, true);
+        if (r < 0) {
+                *(last ? &last->next : &sl->watchers[fd]) = NULL;
+                fi->special = special;
+                return r;
+        }
+        fi->dead = false;
+        return 0;
+}
+
+static int selector_io_update(loop_t *loop, loop_io_t *io, uint32_t old_events, bool was_enabled) {
+        struct selector_loop *sl = selector_loop(loop);
+        bool starts = io->enabled && !was_enabled;
+        int r;
+
+        (void) old_events;
+        r = rewatch(sl, io->fd, starts);
+        if (r >= 0 && starts)
+                sl->fds[io->fd].dead = false;   /* a new closing is news again */
+        return r;
+}
+
+static void selector_io_detach(loop_t *loop, loop_io_t *io) {
+        struct selector_loop *sl = selector_loop(loop);
+        int fd = io->fd;
+
+        if (io->prev)
+                io->prev->next = io->next;
+        else
+                sl->watchers[fd] = io->next;
+        if (io->next)
+                io->next->prev = io->prev;
+        io->prev = io->next = NULL;
+        if (!sl->watchers[fd])
+                sl->fds[fd].special &= (uint8_t) ~SPECIAL_WATCHED;
+        /* In a fork child the backend is the parent's too: memory only. */
+        if (loop__inherited(loop))
+                return;
+        (void) rewatch(sl, fd, false);
 }

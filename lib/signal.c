@@ -1,7 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * Signal handlers (asyncio's loop.add_signal_handler): the callback runs in
- * the loop's thread as an ordinary callback, never in signal context.
+ * Signal handlers and signal watchers: asyncio's loop.add_signal_handler
+ * (one callback per signal per loop, replaced on add) and, beneath it,
+ * sd_event_add_signal-style watchers (any number per signal per loop,
+ * each an object of its own). Callbacks run in the loop's thread as
+ * ordinary callbacks, never in signal context.
  *
  * Why not signalfd: a signalfd only sees a signal that is blocked, and it
  * has to be blocked in every thread of the process, since the kernel hands
@@ -13,50 +16,76 @@
  * scheme (libuv, CPython's signal.set_wakeup_fd) with one descriptor per
  * loop:
  *
- * - A process-wide table, indexed by signal number, says which loop owns
- *   each signal and holds the disposition that was in place before (saved
- *   by sigaction, restored when the loop lets go). One loop per signal: a
- *   second loop asking for the same signal gets -EBUSY, the same loop
- *   asking again replaces its callback (as asyncio does). The table is
- *   changed under a mutex, from the threads that run the loops.
+ * - A process-wide table, indexed by signal number, has SLOTS slots per
+ *   signal, one for each loop that handles the signal; a loop holds a
+ *   slot while it has at least one watcher for the signal (the asyncio
+ *   handler is a watcher too). A slot is the loop's wake-up descriptor
+ *   (stored plus one, so that zeroed memory means "free") and a pending
+ *   flag. The table also counts the loops per signal and keeps the
+ *   disposition that was in place before the first of them: sigaction()
+ *   installs ours when the count goes from 0 to 1 and restores the saved
+ *   one when it goes back to 0, so one loop letting go never takes the
+ *   signal from the others. A loop beyond the SLOTS-th gets -EBUSY: the
+ *   handler may only read memory that is never freed, and a fixed array
+ *   of atomics is the simplest such memory (libuv's handler walks a
+ *   red-black tree of handles instead, under a lock made of a pipe, so
+ *   it can block until a thread has finished changing the tree). The
+ *   table is changed under a mutex, from the threads that run the loops;
+ *   a per-signal high-water mark keeps the handler's walk to the slots
+ *   that may be in use.
  *
  * - The sigaction handler is async-signal-safe and touches only lock-free
- *   atomics: it sets the signal's pending flag, reads the owner's wake-up
- *   descriptor from a per-signal atomic int (once) and writes to it (an
+ *   atomics: for each slot below the mark, it sets the pending flag, then
+ *   reads the descriptor and, if the slot is taken, writes to it (an
  *   eventfd increment, or one byte to a pipe; non-blocking, so a full pipe
  *   is simply "already awake"), keeping errno. It runs with every signal
  *   blocked and with SA_RESTART, so the interrupted code sees no EINTR
- *   from the calls that can be restarted.
+ *   from the calls that can be restarted. Taking a slot stores the
+ *   descriptor, raises the mark, then clears the flag: a flag that
+ *   survives the clear was set by a handler that reads the descriptor
+ *   afterwards, so a set flag is always followed by a write to its loop
+ *   (a flag set on a free slot is cleared by whoever takes it).
  *
- * - The loop watches its descriptor with an ordinary reader while it has
- *   at least one handler. The reader drains the descriptor first, then
- *   swaps each of its signals' pending flags to 0 and queues the callbacks
- *   of those that were set with loop_call_soon. The order (flag, then
- *   write; drain, then swap) is what makes signals impossible to lose: a
- *   flag set after the swap is followed by a write after the drain, so
- *   the loop looks again. Signals that arrive together coalesce into one
- *   call, but one that arrives while its callback is queued or running
- *   gets a call of its own after that one: a burst gives at least one
- *   call, and always one after the last signal.
+ * - The loop watches its descriptor with an ordinary reader while it holds
+ *   at least one slot. The reader drains the descriptor first, then swaps
+ *   the flag of each slot it holds to 0 and, for those that were set,
+ *   queues one call with loop_call_soon that runs the signal's watchers.
+ *   The order (flag, then write; drain, then swap) is what makes signals
+ *   impossible to lose: a flag set after the swap is followed by a write
+ *   after the drain, so the loop looks again. Signals that arrive together
+ *   coalesce into one call, but one that arrives while its call is queued
+ *   or running gets a call of its own after that one: a burst gives each
+ *   loop at least one call, and always one after the last signal.
+ *
+ * - The call runs the signal's enabled watchers in the order they were
+ *   added. Any callback may add, remove, disable or free any watcher, so
+ *   the walk keeps no pointer across a callback: each call stamps the
+ *   watchers it has visited with a generation number and, after every
+ *   callback, starts again from the head for the first unstamped one
+ *   (quadratic in the watchers of one signal in one loop, which are few;
+ *   no allocation, so it cannot fail). A watcher added during the walk is
+ *   born stamped: the signal came before it.
  *
  * - Descriptors versus concurrent handlers: a handler running in another
  *   thread may have read the descriptor just before the loop let go of
- *   the signal. Letting go only stores -1 in the table; the descriptors
- *   stay open until the loop is closed, and the close hook, after taking
- *   every signal back, waits until no handler is running anywhere (a
- *   counter the handler raises and lowers) before it closes them. A stale
- *   write in between is a harmless spurious wake-up.
+ *   the slot. Letting go only clears the slot; the descriptors stay open
+ *   until the loop is closed, and the close hook, after letting go of
+ *   every slot, waits until no handler is running anywhere (a counter the
+ *   handler raises and lowers) before it closes them. A stale write in
+ *   between is a harmless spurious wake-up.
  *
  * - fork: the child inherits the table, the handlers and the descriptors,
- *   which are shared with the parent's loop; the child's loops are dead
+ *   which are shared with the parent's loops; the child's loops are dead
  *   (-ECHILD). An atfork handler therefore gives every signal back in the
- *   child: it stops the writes to the parent's descriptors and restores
- *   the dispositions that were in place before the parent's loops took the
- *   signals, so a forked worker dies on SIGTERM again instead of ignoring
- *   it. Closing an inherited loop then only frees memory: the descriptor
+ *   child: it empties every slot, which stops the writes to the parent's
+ *   descriptors, and restores the dispositions that were in place before
+ *   the parent's loops took the signals, so a forked worker dies on
+ *   SIGTERM again instead of ignoring it. Closing an inherited loop, or
+ *   dropping a watcher of one, then only frees memory: the descriptor
  *   numbers are not closed, since the child may have reused them (they are
  *   close-on-exec).
  */
+#include <assert.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
@@ -66,14 +95,34 @@
 
 #include "internal.h"
 
+/* Loops that may handle one signal at once; loop_add_signal(3) says so. */
+#define SLOTS 64
+
 /* The signal handler may only use atomics that never take a lock. */
 _Static_assert(__atomic_always_lock_free(sizeof(int), 0), "int atomics must be lock-free");
+_Static_assert(__atomic_always_lock_free(sizeof(unsigned), 0), "unsigned atomics must be lock-free");
 
-struct handler {
-        loop_signal_callback_t cb;      /* NULL: this loop does not handle the signal */
-        void *userdata;
+struct loop_signal {
+        unsigned n_ref;                 /* the caller's references; a floating watcher has none */
+        bool floating;                  /* the loop owns it: freed when removed */
+        bool enabled;
+        bool closed;                    /* removed because its loop was closed */
         int signum;
-        bool queued;                    /* a run_handler call is in the ready queue */
+        loop_signal_callback_t cb;      /* the asyncio-style handler's, or NULL */
+        loop_signal_handler_t handler;  /* a watcher's (loop_add_signal), or NULL */
+        void *userdata;
+        loop_t *loop;                   /* NULL once removed */
+        uint64_t generation;            /* the last walk that visited it */
+        loop_signal_t *prev, *next;     /* the signal's watchers in this loop, in order added */
+};
+
+/* One signal in one loop. */
+struct per_signal {
+        int slot;                       /* the loop's slot in the table, -1 when none */
+        bool queued;                    /* a run_watchers call is in the ready queue */
+        uint64_t generation;            /* of the latest walk */
+        loop_signal_t *head, *tail;
+        loop_signal_t *handler;         /* the asyncio-style handler (floating), or NULL */
 };
 
 struct loop__signals {
@@ -81,20 +130,23 @@ struct loop__signals {
         loop_t *loop;
         int read_fd, write_fd;          /* the same eventfd on Linux, a pipe elsewhere */
         bool reading;                   /* the reader on read_fd is registered */
-        unsigned n_handlers;
-        struct handler handlers[NSIG];
+        unsigned n_slots;               /* slots held, over every signal */
+        struct per_signal sig[NSIG];
 };
 
-/* Which loop owns each signal; only the threads running loops use it. */
+/* The counts and saved dispositions; only the threads running loops use them. */
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
-        loop_t *owner;                  /* NULL: the previous disposition is in force */
-        struct sigaction previous;      /* valid while owner is set */
+        unsigned loops;                 /* slots taken; 0: the previous disposition is in force */
+        struct sigaction previous;      /* valid while loops > 0 */
 } table[NSIG];
 
-/* What the signal handler reads: lock-free atomics only. */
-static int wake_fd[NSIG];               /* the owner's write_fd, -1 when none */
-static int pending[NSIG];               /* the signal arrived since its owner last looked */
+/* What the signal handler reads: lock-free atomics only, never freed. */
+static struct {
+        int wake;                       /* the loop's write_fd + 1; 0: the slot is free */
+        int pending;                    /* the signal arrived since the loop last looked */
+} slots[NSIG][SLOTS];
+static unsigned slots_used[NSIG];       /* every taken slot is below this mark */
 static unsigned in_handler;             /* handlers running now, in any thread */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -105,11 +157,15 @@ static void on_signal(int signum) {
 
         __atomic_add_fetch(&in_handler, 1, __ATOMIC_SEQ_CST);
         if (signum > 0 && signum < NSIG) {
-                /* The flag before the write: see the top of the file. */
-                __atomic_store_n(&pending[signum], 1, __ATOMIC_SEQ_CST);
-                int fd = __atomic_load_n(&wake_fd[signum], __ATOMIC_SEQ_CST);
-                if (fd >= 0)
-                        loop__wakeup_write(fd);
+                unsigned n = __atomic_load_n(&slots_used[signum], __ATOMIC_SEQ_CST);
+
+                for (unsigned i = 0; i < n && i < SLOTS; i++) {
+                        /* The flag before the read and the write: see the top of the file. */
+                        __atomic_store_n(&slots[signum][i].pending, 1, __ATOMIC_SEQ_CST);
+                        int fd = __atomic_load_n(&slots[signum][i].wake, __ATOMIC_SEQ_CST) - 1;
+                        if (fd >= 0)
+                                loop__wakeup_write(fd);
+                }
         }
         __atomic_sub_fetch(&in_handler, 1, __ATOMIC_SEQ_CST);
         errno = saved_errno;
@@ -126,14 +182,15 @@ static void table_parent_after_fork(void) {
 
 static void table_child_after_fork(void) {
         for (int sig = 1; sig < NSIG; sig++) {
-                if (!table[sig].owner)
+                if (table[sig].loops == 0)
                         continue;
-                /* First stop writing to the parent's descriptor, then put back
-                 * what was there before the parent's loop took the signal. */
-                __atomic_store_n(&wake_fd[sig], -1, __ATOMIC_SEQ_CST);
+                /* First stop writing to the parent's descriptors, then put
+                 * back what was there before the parent's loops took the signal. */
+                for (unsigned i = 0; i < SLOTS; i++)
+                        __atomic_store_n(&slots[sig][i].wake, 0, __ATOMIC_SEQ_CST);
+                __atomic_store_n(&slots_used[sig], 0, __ATOMIC_SEQ_CST);
                 (void) sigaction(sig, &table[sig].previous, NULL);
-                __atomic_store_n(&pending[sig], 0, __ATOMIC_SEQ_CST);
-                table[sig].owner = NULL;
+                table[sig].loops = 0;
         }
         /* Only the forking thread exists here, and it was not in a handler:
          * a count left by the parent's other threads would hang a close. */
@@ -142,8 +199,6 @@ static void table_child_after_fork(void) {
 }
 
 static void init(void) {
-        for (int sig = 0; sig < NSIG; sig++)
-                __atomic_store_n(&wake_fd[sig], -1, __ATOMIC_SEQ_CST);
         init_error = -pthread_atfork(table_prepare_fork, table_parent_after_fork, table_child_after_fork);
 }
 
@@ -153,59 +208,66 @@ static bool valid_signal(int signum) {
         return signum > 0 && signum < NSIG && signum != SIGKILL && signum != SIGSTOP;
 }
 
-/* Make signum's handler write to s's descriptor; -EBUSY if another loop has it. */
+/* Give s a slot for signum, installing the handler if it is the first
+ * loop; -EBUSY when SLOTS loops have the signal already. */
 static int claim(struct loop__signals *s, int signum) {
         struct sigaction sa = {
                 .sa_handler = on_signal,
                 .sa_flags = SA_RESTART,
         };
+        unsigned i;
         int r = 0;
 
         /* Nothing else runs in this thread's handler: no nesting to reason about. */
         sigfillset(&sa.sa_mask);
 
         pthread_mutex_lock(&table_lock);
-        if (table[signum].owner) {
+        for (i = 0; i < SLOTS; i++)
+                if (__atomic_load_n(&slots[signum][i].wake, __ATOMIC_SEQ_CST) == 0)
+                        break;
+        if (i == SLOTS) {
                 r = -EBUSY;
                 goto unlock;
         }
-        /* A flag left from before belongs to no one: it must not make the
-         * new callback run. Cleared before the handler can set it again. */
-        __atomic_store_n(&pending[signum], 0, __ATOMIC_SEQ_CST);
-        __atomic_store_n(&wake_fd[signum], s->write_fd, __ATOMIC_SEQ_CST);
-        if (sigaction(signum, &sa, &table[signum].previous) < 0) {
+        /* Descriptor, mark, then flag: a flag left from before (a previous
+         * owner's, or set on the free slot) must not make the new watchers
+         * run, and one set from here on is followed by a write to us. */
+        __atomic_store_n(&slots[signum][i].wake, s->write_fd + 1, __ATOMIC_SEQ_CST);
+        if (i >= __atomic_load_n(&slots_used[signum], __ATOMIC_SEQ_CST))
+                __atomic_store_n(&slots_used[signum], i + 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&slots[signum][i].pending, 0, __ATOMIC_SEQ_CST);
+        if (table[signum].loops == 0 && sigaction(signum, &sa, &table[signum].previous) < 0) {
                 r = -errno;
-                __atomic_store_n(&wake_fd[signum], -1, __ATOMIC_SEQ_CST);
+                __atomic_store_n(&slots[signum][i].wake, 0, __ATOMIC_SEQ_CST);
                 goto unlock;
         }
-        table[signum].owner = s->loop;
+        table[signum].loops++;
+        s->sig[signum].slot = (int) i;
 unlock:
         pthread_mutex_unlock(&table_lock);
         return r;
 }
 
-static void release(loop_t *loop, int signum) {
+static void release(struct loop__signals *s, int signum) {
+        unsigned i = (unsigned) s->sig[signum].slot;
+
         pthread_mutex_lock(&table_lock);
-        if (table[signum].owner == loop) {
-                /* Restore first: from here on the signal goes where it went
+        if (--table[signum].loops == 0)
+                /* The last loop: from here on the signal goes where it went
                  * before, and a handler already running only wakes us. */
                 (void) sigaction(signum, &table[signum].previous, NULL);
-                __atomic_store_n(&wake_fd[signum], -1, __ATOMIC_SEQ_CST);
-                table[signum].owner = NULL;
-        }
+        __atomic_store_n(&slots[signum][i].wake, 0, __ATOMIC_SEQ_CST);
+        /* Shorten the handler's walk; a handler still using the old mark
+         * only sets the flags of free slots. */
+        unsigned n = __atomic_load_n(&slots_used[signum], __ATOMIC_SEQ_CST);
+        while (n > 0 && __atomic_load_n(&slots[signum][n - 1].wake, __ATOMIC_SEQ_CST) == 0)
+                n--;
+        __atomic_store_n(&slots_used[signum], n, __ATOMIC_SEQ_CST);
         pthread_mutex_unlock(&table_lock);
+        s->sig[signum].slot = -1;
 }
 
-static int run_handler(loop_t *loop, void *userdata) {
-        struct handler *h = userdata;
-
-        /* Cleared first: a signal during the callback queues another call. */
-        h->queued = false;
-        /* Removed after the signal came in: asyncio's cancelled handle. */
-        if (!h->cb)
-                return 0;
-        return h->cb(loop, h->signum, h->userdata);
-}
+static int run_watchers(loop_t *loop, void *userdata);
 
 static int on_wake(loop_t *loop, int fd, void *userdata) {
         struct loop__signals *s = userdata;
@@ -213,23 +275,24 @@ static int on_wake(loop_t *loop, int fd, void *userdata) {
         /* Drain before looking at the flags: see the top of the file. */
         loop__wakeup_drain(fd);
         for (int sig = 1; sig < NSIG; sig++) {
-                struct handler *h = &s->handlers[sig];
+                struct per_signal *p = &s->sig[sig];
 
-                if (!h->cb || !__atomic_load_n(&pending[sig], __ATOMIC_SEQ_CST))
+                if (p->slot < 0)
                         continue;
-                if (!__atomic_exchange_n(&pending[sig], 0, __ATOMIC_SEQ_CST))
+                int *pending = &slots[sig][p->slot].pending;
+                if (!__atomic_load_n(pending, __ATOMIC_SEQ_CST) || !__atomic_exchange_n(pending, 0, __ATOMIC_SEQ_CST))
                         continue;
                 /* A call not run yet will run after this signal: it covers it. */
-                if (h->queued)
+                if (p->queued)
                         continue;
-                int r = loop_call_soon(loop, run_handler, h, NULL);
+                int r = loop_call_soon(loop, run_watchers, p, NULL);
                 if (r < 0) {
                         /* Keep the signal: the next wake-up tries again. */
-                        __atomic_store_n(&pending[sig], 1, __ATOMIC_SEQ_CST);
+                        __atomic_store_n(pending, 1, __ATOMIC_SEQ_CST);
                         loop__report(loop, "Cannot queue a signal handler", r, NULL, -1);
                         continue;
                 }
-                h->queued = true;
+                p->queued = true;
         }
         return 0;
 }
@@ -255,6 +318,97 @@ static void stop_reading(struct loop__signals *s) {
         s->reading = false;
 }
 
+static int run_watchers(loop_t *loop, void *userdata) {
+        struct per_signal *p = userdata;
+        uint64_t generation = ++p->generation;
+        int signum = (int) (p - loop->signals->sig);
+
+        /* Cleared first: a signal during a callback queues another call. */
+        p->queued = false;
+        for (;;) {
+                loop_signal_t *w;
+
+                /* From the head every time: the last callback may have
+                 * changed the list in any way (see the top of the file). */
+                for (w = p->head; w; w = w->next)
+                        if (w->generation != generation) {
+                                w->generation = generation;
+                                if (w->enabled)
+                                        break;
+                        }
+                if (!w)
+                        return 0;
+                /* w may be gone when the callback returns: copy nothing back. */
+                int r = w->handler ? w->handler(w, signum, w->userdata) : w->cb(loop, signum, w->userdata);
+                if (r < 0)
+                        loop__report(loop, "Exception in callback", r, NULL, -1);
+        }
+}
+
+/* Append w to its signal's watchers in s, taking a slot for the first. */
+static int attach(struct loop__signals *s, loop_signal_t *w) {
+        struct per_signal *p = &s->sig[w->signum];
+        int r;
+
+        if (p->slot < 0) {
+                /* The reader first: once the handler is installed, nothing may fail. */
+                r = start_reading(s);
+                if (r < 0)
+                        return r;
+                r = claim(s, w->signum);
+                if (r < 0) {
+                        if (s->n_slots == 0)
+                                stop_reading(s);
+                        return r;
+                }
+                s->n_slots++;
+        }
+        w->loop = s->loop;
+        /* Born visited: a walk going on now is for a signal that came before. */
+        w->generation = p->generation;
+        w->prev = p->tail;
+        w->next = NULL;
+        if (p->tail)
+                p->tail->next = w;
+        else
+                p->head = w;
+        p->tail = w;
+        return 0;
+}
+
+static void unlink_watcher(struct per_signal *p, loop_signal_t *w) {
+        if (w->prev)
+                w->prev->next = w->next;
+        else
+                p->head = w->next;
+        if (w->next)
+                w->next->prev = w->prev;
+        else
+                p->tail = w->prev;
+        w->prev = w->next = NULL;
+        if (p->handler == w)
+                p->handler = NULL;
+        w->loop = NULL;
+}
+
+/* Remove w from its loop; the last watcher of its signal gives the slot back. */
+static void detach(loop_signal_t *w) {
+        loop_t *loop = w->loop;
+        struct loop__signals *s = loop->signals;
+        struct per_signal *p = &s->sig[w->signum];
+
+        unlink_watcher(p, w);
+        /* In a fork child the atfork handler gave the slots back already. */
+        if (!p->head && !loop__inherited(loop)) {
+                release(s, w->signum);
+                if (--s->n_slots == 0)
+                        stop_reading(s);
+        }
+        /* A call already queued finds no watcher, or only the others. */
+        if (w->floating)
+                free(w);
+}
+
 static void wait_for_handlers(void) {
         /* Handlers are a few instructions long and cannot block. */
         while (__atomic_load_n(&in_handler, __ATOMIC_SEQ_CST) > 0)
@@ -269,19 +423,32 @@ static void close_fds(struct loop__signals *s) {
 static void signals_close(loop_t *loop, struct loop__close_hook *hook) {
         struct loop__signals *s = (struct loop__signals *) hook;
 
-        loop->signals = NULL;
         /* In a fork child the atfork handler already gave the signals back,
          * and the descriptor numbers may have been reused: memory only. */
         if (!loop__inherited(loop)) {
                 for (int sig = 1; sig < NSIG; sig++)
-                        if (s->handlers[sig].cb)
-                                release(loop, sig);
+                        if (s->sig[sig].slot >= 0)
+                                release(s, sig);
                 /* Also after a plain remove: the handler that read the
                  * descriptor before it may still be about to write. */
                 wait_for_handlers();
                 close_fds(s);
         }
-        /* The reader's registration and a queued run_handler are dropped by
+        /* The caller's watchers outlive the loop, removed. */
+        for (int sig = 1; sig < NSIG; sig++) {
+                struct per_signal *p = &s->sig[sig];
+
+                while (p->head) {
+                        loop_signal_t *w = p->head;
+
+                        unlink_watcher(p, w);
+                        w->closed = true;
+                        if (w->floating)
+                                free(w);
+                }
+        }
+        loop->signals = NULL;
+        /* The reader's registration and a queued run_watchers are dropped by
          * loop_close() right after this without touching s. */
         free(s);
 }
@@ -308,7 +475,7 @@ static int get_signals(loop_t *loop, struct loop__signals **ret) {
                 return r;
         }
         for (int sig = 0; sig < NSIG; sig++)
-                s->handlers[sig] = (struct handler) { .signum = sig };
+                s->sig[sig].slot = -1;
         s->hook.fn = signals_close;
         loop__add_close_hook(loop, &s->hook);
         loop->signals = s;
@@ -316,59 +483,148 @@ static int get_signals(loop_t *loop, struct loop__signals **ret) {
         return 0;
 }
 
-LOOP_EXPORT int loop_add_signal_handler(loop_t *loop, int signum, loop_signal_callback_t cb, void *userdata) {
+/* A new watcher, attached to loop; floating ones belong to the loop. */
+static int add_watcher(loop_t *loop, int signum, loop_signal_callback_t cb, loop_signal_handler_t handler,
+                       void *userdata, bool floating, loop_signal_t **ret) {
         struct loop__signals *s;
-        struct handler *h;
+        loop_signal_t *w;
+        int r;
+
+        r = get_signals(loop, &s);
+        if (r < 0)
+                return r;
+        w = calloc(1, sizeof(*w));
+        if (!w)
+                return -ENOMEM;
+        *w = (loop_signal_t) {
+                .n_ref = floating ? 0 : 1,
+                .floating = floating,
+                .enabled = true,
+                .signum = signum,
+                .cb = cb,
+                .handler = handler,
+                .userdata = userdata,
+        };
+        r = attach(s, w);
+        if (r < 0) {
+                free(w);
+                return r;
+        }
+        if (ret)
+                *ret = w;
+        return 0;
+}
+
+LOOP_EXPORT int loop_add_signal_handler(loop_t *loop, int signum, loop_signal_callback_t cb, void *userdata) {
+        loop_signal_t *h;
         int r = loop__usable(loop);
 
         if (r < 0)
                 return r;
         return_if_fail(cb && valid_signal(signum), -EINVAL);
 
-        r = get_signals(loop, &s);
-        if (r < 0)
-                return r;
-        h = &s->handlers[signum];
-        /* Already ours (only this thread gives it away): replace the callback. */
-        if (h->cb) {
+        /* Already there: replace the callback, keeping its place in the order. */
+        h = loop->signals ? loop->signals->sig[signum].handler : NULL;
+        if (h) {
                 h->cb = cb;
                 h->userdata = userdata;
                 return 0;
         }
-        /* The reader first: once the handler is installed, nothing may fail. */
-        r = start_reading(s);
+        r = add_watcher(loop, signum, cb, NULL, userdata, true, &h);
         if (r < 0)
                 return r;
-        r = claim(s, signum);
-        if (r < 0) {
-                if (s->n_handlers == 0)
-                        stop_reading(s);
-                return r;
-        }
-        h->cb = cb;
-        h->userdata = userdata;
-        s->n_handlers++;
+        loop->signals->sig[signum].handler = h;
         return 0;
 }
 
 LOOP_EXPORT int loop_remove_signal_handler(loop_t *loop, int signum) {
-        struct loop__signals *s;
-        struct handler *h;
+        loop_signal_t *h;
         int r = loop__usable(loop);
 
         if (r < 0)
                 return r;
         return_if_fail(valid_signal(signum), -EINVAL);
 
-        s = loop->signals;
-        if (!s || !s->handlers[signum].cb)
+        h = loop->signals ? loop->signals->sig[signum].handler : NULL;
+        if (!h)
                 return 0;
-        h = &s->handlers[signum];
-        release(loop, signum);
-        /* A call already queued sees NULL and does nothing. */
-        h->cb = NULL;
-        h->userdata = NULL;
-        if (--s->n_handlers == 0)
-                stop_reading(s);
+        detach(h);
         return 1;
+}
+
+LOOP_EXPORT int loop_add_signal(loop_t *loop, int signum, loop_signal_handler_t handler, void *userdata,
+                                loop_signal_t **ret) {
+        int r = loop__usable(loop);
+
+        if (r < 0)
+                return r;
+        return_if_fail(handler && valid_signal(signum), -EINVAL);
+        return add_watcher(loop, signum, NULL, handler, userdata, !ret, ret);
+}
+
+LOOP_EXPORT loop_t *loop_signal_get_loop(const loop_signal_t *w) {
+        return w ? w->loop : NULL;
+}
+
+LOOP_EXPORT loop_signal_t *loop_signal_ref(loop_signal_t *w) {
+        if (w) {
+                assert(w->n_ref > 0);
+                w->n_ref++;
+        }
+        return w;
+}
+
+LOOP_EXPORT loop_signal_t *loop_signal_unref(loop_signal_t *w) {
+        if (!w)
+                return NULL;
+        assert(w->n_ref > 0);
+        if (--w->n_ref > 0)
+                return NULL;
+        /* The last reference removes it, as sd_event_source_unref() does. */
+        if (w->loop)
+                detach(w);
+        free(w);
+        return NULL;
+}
+
+/* 0 if w is attached to a usable loop, else why not. */
+static int watcher_usable(const loop_signal_t *w) {
+        if (w->loop)
+                return loop__usable(w->loop);
+        return w->closed ? -ESHUTDOWN : -ESTALE;
+}
+
+LOOP_EXPORT int loop_signal_remove(loop_signal_t *w) {
+        int r;
+
+        return_if_fail(w, -EINVAL);
+        r = watcher_usable(w);
+        if (r == -ESTALE)
+                return 0;
+        if (r < 0)
+                return r;
+        detach(w);
+        return 1;
+}
+
+LOOP_EXPORT int loop_signal_get_signum(const loop_signal_t *w) {
+        return_if_fail(w, -EINVAL);
+        return w->signum;
+}
+
+LOOP_EXPORT int loop_signal_set_enabled(loop_signal_t *w, int enabled) {
+        int r;
+
+        return_if_fail(w, -EINVAL);
+        r = watcher_usable(w);
+        if (r < 0)
+                return r;
+        /* The slot stays taken while disabled: the signal stays caught. */
+        w->enabled = enabled != 0;
+        return 0;
+}
+
+LOOP_EXPORT int loop_signal_get_enabled(const loop_signal_t *w) {
+        return_if_fail(w, -EINVAL);
+        return w->enabled;
 }

@@ -664,6 +664,157 @@ START_TEST(test_closed_behind_plain) {
 }
 END_TEST
 
+/* Found by tests/fuzz (crashes/epoll-dup-readd-empty-spin): a reader
+ * replaced (its re-check queued), the file kept alive in a dup(), data
+ * arriving, then the descriptor closed before the queued change is
+ * applied. The change fails (EBADF) and the callbacks go, but epoll's
+ * registration lives on: it must not make every wait return at once. */
+START_TEST(test_closed_behind_queued_change) {
+        loop_t *loop = tu_loop_new();
+        struct dead_rec d = {.writer = 0};
+        int sv[2], keep, n;
+
+        tu_socketpair(sv);
+        d.fd = sv[0];
+        ck_assert_int_eq(loop_set_exception_handler(loop, dead_handler, &d), 0);
+        ck_assert_int_eq(loop_add_reader(loop, sv[0], dead_io_cb, &d), 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        ck_assert_int_eq(loop_add_reader(loop, sv[0], dead_io_cb, &d), 0);
+        keep = dup(sv[0]);
+        ck_assert_int_ge(keep, 0);
+        tu_write_byte(sv[1]);
+        ck_assert_int_eq(close(sv[0]), 0);
+        n = iterations_for(loop, 100 * TU_MSEC);
+        ck_assert_msg(n < 40, "%s: %d iterations in 100 ms: the loop spins", tu_selector_name(loop), n);
+        ck_assert_int_ge(d.reports, 1);
+        ck_assert_int_le(d.runs, 1);
+        tu_assert_usable(loop);
+        loop_unref(loop);
+        ck_assert_int_eq(close(keep), 0);
+        ck_assert_int_eq(close(sv[1]), 0);
+}
+END_TEST
+
+/* Found by tests/fuzz (crashes/epoll-dup-reuse-stale): the number of a
+ * reader's descriptor closed behind the loop's back goes to a new file,
+ * the old file lives on in a dup() and is readable, and the reader is not
+ * added again. epoll keeps reporting the old file under the number, so
+ * the reader would run on every iteration for a file that is not ready;
+ * the loop finds the registration dead within about a hundred events,
+ * says so once, and blocks again. */
+START_TEST(test_closed_behind_reused_not_readded) {
+        loop_t *loop = tu_loop_new();
+        struct io_rec r = {.fd = -1};
+        struct dead_rec d = {.writer = 0};
+        int a[2], b[2], keep, n;
+
+        tu_socketpair(a);
+        tu_socketpair(b);
+        d.fd = a[0];
+        ck_assert_int_eq(loop_set_exception_handler(loop, dead_handler, &d), 0);
+        ck_assert_int_eq(loop_add_reader(loop, a[0], rec_cb, &r), 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        keep = dup(a[0]);
+        ck_assert_int_ge(keep, 0);
+        tu_write_byte(a[1]);
+        ck_assert_int_eq(dup2(b[0], a[0]), a[0]);      /* the number, for another file */
+        ck_assert_int_eq(close(b[0]), 0);
+        (void) iterations_for(loop, 50 * TU_MSEC);
+        int runs = r.count;
+        ck_assert_msg(runs <= 200, "%s: the reader ran %d times for a file that is not ready",
+                      tu_selector_name(loop), runs);
+        n = iterations_for(loop, 100 * TU_MSEC);
+        ck_assert_msg(n < 40, "%s: %d iterations in 100 ms: the loop still spins", tu_selector_name(loop), n);
+        ck_assert_int_le(r.count - runs, 1);
+        ck_assert_int_le(d.reports, 1);
+        if (tu_selector_is(loop, "epoll"))
+                ck_assert_int_eq(d.reports, 1);
+        /* The number's new file is what the reader watches now. */
+        tu_write_byte(b[1]);
+        tu_run_until(loop, &r.count, runs + 1, 2 * TU_SEC);
+        ck_assert_int_ge(r.count, runs + 1);
+        ck_assert_int_eq(loop_remove_reader(loop, a[0]), 1);
+        loop_unref(loop);
+        ck_assert_int_eq(close(keep), 0);
+        tu_close_pair(a);
+        ck_assert_int_eq(close(b[1]), 0);
+}
+END_TEST
+
+/* Found by tests/fuzz (crashes/uring-writer-rdhup-spin): a writer on a full
+ * socket whose peer shut down its sending side is not writable, although
+ * the kernel adds POLLRDHUP to io_uring's poll result: no call, no spin. */
+START_TEST(test_writer_full_after_peer_shutdown) {
+        loop_t *loop = tu_loop_new();
+        struct io_rec w = {.fd = -1};
+        int sv[2];
+
+        tu_socketpair(sv);
+        tu_fill(sv[0]);
+        ck_assert_int_eq(shutdown(sv[1], SHUT_WR), 0);
+        ck_assert_int_eq(loop_add_writer(loop, sv[0], rec_cb, &w), 0);
+        int n = iterations_for(loop, 60 * TU_MSEC);
+        ck_assert_msg(n < 40, "%s: %d iterations in 60 ms: the loop spins", tu_selector_name(loop), n);
+        ck_assert_msg(w.count == 0, "%s: the writer ran %d times on a full socket", tu_selector_name(loop),
+                      w.count);
+        ck_assert_int_eq(loop_remove_writer(loop, sv[0]), 1);
+        loop_unref(loop);
+        tu_close_pair(sv);
+}
+END_TEST
+
+/* Found by tests/fuzz (crashes/uring-reader-stale-readiness): a byte sent
+ * in every iteration by a callback that runs before the reader, which
+ * drains the socket. A reader is called only when there is something to
+ * read: never with a readiness that predates its last run. */
+struct trickle {
+        int fd;                 /* written to */
+        int left;
+};
+
+static int trickle_cb(loop_t *loop, void *userdata) {
+        struct trickle *t = userdata;
+
+        if (t->left-- <= 0)
+                return 0;
+        tu_write_byte(t->fd);
+        return loop_call_soon(loop, trickle_cb, t, NULL);
+}
+
+struct drain_rec {
+        int calls, empty;
+};
+
+static int drain_rec_cb(loop_t *loop, int fd, void *userdata) {
+        struct drain_rec *r = userdata;
+
+        (void) loop;
+        r->calls++;
+        if (tu_drain(fd) == 0)
+                r->empty++;
+        return 0;
+}
+
+START_TEST(test_reader_never_called_stale) {
+        loop_t *loop = tu_loop_new();
+        struct drain_rec r = {0};
+        int sv[2];
+
+        tu_socketpair(sv);
+        struct trickle t = {.fd = sv[1], .left = 300};
+        ck_assert_int_eq(loop_call_soon(loop, trickle_cb, &t, NULL), 0);
+        ck_assert_int_eq(loop_add_reader(loop, sv[0], drain_rec_cb, &r), 0);
+        for (int i = 0; i < 400 && (t.left > 0 || i < 310); i++)
+                ck_assert_int_ge(loop_run_once(loop, 2 * TU_MSEC), 0);
+        ck_assert_int_ge(r.calls, 100);
+        ck_assert_msg(r.empty == 0, "%s: %d of %d reader calls found nothing to read", tu_selector_name(loop),
+                      r.empty, r.calls);
+        ck_assert_int_eq(loop_remove_reader(loop, sv[0]), 1);
+        loop_unref(loop);
+        tu_close_pair(sv);
+}
+END_TEST
+
 /* ---- hang-ups and errors ------------------------------------------------ */
 
 START_TEST(test_hangup_wakes_reader_socketpair) {
@@ -1148,6 +1299,10 @@ static Suite *io_suite(void) {
         tcase_add_loop_test(tc, test_closed_behind_dup, 0, 2);
         tcase_add_test(tc, test_closed_behind_reused);
         tcase_add_test(tc, test_closed_behind_plain);
+        tcase_add_test(tc, test_closed_behind_queued_change);
+        tcase_add_test(tc, test_closed_behind_reused_not_readded);
+        tcase_add_test(tc, test_writer_full_after_peer_shutdown);
+        tcase_add_test(tc, test_reader_never_called_stale);
 
         tc = tu_tcase(s, "hangup");
         tcase_add_test(tc, test_hangup_wakes_reader_socketpair);

@@ -1,9 +1,13 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * loop_add_signal_handler / loop_remove_signal_handler: delivery in the
- * loop's thread (never inside raise()), from other threads, bursts that are
- * never lost, one loop per signal (-EBUSY), replacing, removing, restoring
- * the previous disposition (on remove, close and in a fork child), errors.
+ * loop_add_signal_handler / loop_remove_signal_handler and the loop_add_signal
+ * watchers: delivery in the loop's thread (never inside raise()), from
+ * other threads, bursts that are never lost, several loops sharing a signal
+ * (in one thread and in several, a storm that reaches every loop, the limit
+ * of loops per signal), several watchers in one loop (in order, enabled,
+ * removed from their own callbacks), replacing, removing, restoring the
+ * previous disposition only when the last loop lets go (on remove, close
+ * and in a fork child), errors.
  *
  * Only SIGUSR1, SIGUSR2 and SIGHUP are used. A checked fixture installs a
  * counting "previous" handler on each before every test and puts back the
@@ -498,56 +502,6 @@ START_TEST(test_restores_previous_disposition) {
 }
 END_TEST
 
-START_TEST(test_other_loop_ebusy) {
-        loop_t *a = tu_loop_new(), *b = tu_loop_new();
-        struct rec ra, rb;
-
-        rec_init(&ra, a);
-        rec_init(&rb, b);
-        ck_assert_int_eq(loop_add_signal_handler(a, SIGUSR1, rec_cb, &ra), 0);
-        ck_assert_int_eq(loop_add_signal_handler(b, SIGUSR1, rec_cb, &rb), -EBUSY);
-        /* The failed add left nothing behind in b. */
-        ck_assert_uint_eq(fds_watched(b), 0);
-        ck_assert_int_eq(loop_remove_signal_handler(b, SIGUSR1), 0);
-        ck_assert(is_caught_by_library(SIGUSR1));
-
-        /* Another signal is free; each signal reaches its own loop. */
-        ck_assert_int_eq(loop_add_signal_handler(b, SIGUSR2, rec_cb, &rb), 0);
-        ck_assert_int_eq(raise(SIGUSR2), 0);
-        tu_run_until(b, &rb.count, 1, 5 * TU_SEC);
-        tu_run_for(a, 10 * TU_MSEC);
-        ck_assert_int_eq(rb.count, 1);
-        ck_assert_int_eq(rb.last_signum, SIGUSR2);
-        ck_assert_int_eq(ra.count, 0);
-
-        ck_assert_int_eq(raise(SIGUSR1), 0);
-        tu_run_until(a, &ra.count, 1, 5 * TU_SEC);
-        tu_run_for(b, 10 * TU_MSEC);
-        ck_assert_int_eq(ra.count, 1);
-        ck_assert_int_eq(rb.count, 1);
-
-        /* Once a lets go, b may have it. */
-        ck_assert_int_eq(loop_remove_signal_handler(a, SIGUSR1), 1);
-        ck_assert_int_eq(loop_add_signal_handler(b, SIGUSR1, rec_cb, &rb), 0);
-        ck_assert_int_eq(loop_add_signal_handler(a, SIGUSR1, rec_cb, &ra), -EBUSY);
-        ck_assert_int_eq(raise(SIGUSR1), 0);
-        tu_run_until(b, &rb.count, 2, 5 * TU_SEC);
-        tu_run_for(a, 10 * TU_MSEC);
-        ck_assert_int_eq(rb.count, 2);
-        ck_assert_int_eq(rb.last_signum, SIGUSR1);
-        ck_assert_int_eq(ra.count, 1);
-        assert_rec_clean(&ra);
-        assert_rec_clean(&rb);
-
-        /* b's removal restores what was there before a took the signal. */
-        ck_assert_int_eq(loop_remove_signal_handler(b, SIGUSR1), 1);
-        ck_assert(is_previous(SIGUSR1));
-        loop_unref(a);
-        loop_unref(b);
-        ck_assert(is_previous(SIGUSR2));
-}
-END_TEST
-
 /* A loop in its own thread that handles SIGUSR2 while the test's loop has SIGUSR1. */
 struct other {
         pthread_t thread;
@@ -597,8 +551,6 @@ START_TEST(test_loops_in_two_threads) {
         while (atomic_load(&o.ready) == 0 && tu_now_ns() < deadline)
                 tu_sleep_ns(TU_MSEC);
         ck_assert_int_eq(atomic_load(&o.ready), 1);
-        /* Adding is under a process-wide lock: the other thread's loop has it. */
-        ck_assert_int_eq(loop_add_signal_handler(loop, SIGUSR2, rec_cb, &r), -EBUSY);
 
         /* Raised here, handled by the other thread's loop in that thread. */
         ck_assert_int_eq(raise(SIGUSR2), 0);
@@ -740,6 +692,739 @@ START_TEST(test_error_reaches_exception_handler) {
 }
 END_TEST
 
+START_TEST(test_other_loop_shares) {
+        loop_t *a = tu_loop_new(), *b = tu_loop_new();
+        struct rec ra, rb;
+
+        rec_init(&ra, a);
+        rec_init(&rb, b);
+        ck_assert_int_eq(loop_add_signal_handler(a, SIGUSR1, rec_cb, &ra), 0);
+        /* A second loop shares the signal (it used to get -EBUSY). */
+        ck_assert_int_eq(loop_add_signal_handler(b, SIGUSR1, rec_cb, &rb), 0);
+        ck_assert(is_caught_by_library(SIGUSR1));
+
+        /* One signal reaches both loops, once each. */
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_until(a, &ra.count, 1, 5 * TU_SEC);
+        tu_run_until(b, &rb.count, 1, 5 * TU_SEC);
+        tu_run_for(a, 10 * TU_MSEC);
+        tu_run_for(b, 10 * TU_MSEC);
+        ck_assert_int_eq(ra.count, 1);
+        ck_assert_int_eq(rb.count, 1);
+        ck_assert_int_eq(rb.last_signum, SIGUSR1);
+
+        /* The loop that saved the disposition lets go first: b keeps the
+         * signal, and the library's handler stays installed. */
+        ck_assert_int_eq(loop_remove_signal_handler(a, SIGUSR1), 1);
+        ck_assert(is_caught_by_library(SIGUSR1));
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_until(b, &rb.count, 2, 5 * TU_SEC);
+        tu_run_for(a, 10 * TU_MSEC);
+        ck_assert_int_eq(rb.count, 2);
+        ck_assert_int_eq(ra.count, 1);
+        ck_assert_int_eq(prev_count[SIGUSR1], 0);
+
+        /* a takes it again, b lets go: a alone. */
+        ck_assert_int_eq(loop_add_signal_handler(a, SIGUSR1, rec_cb, &ra), 0);
+        ck_assert_int_eq(loop_remove_signal_handler(b, SIGUSR1), 1);
+        ck_assert(is_caught_by_library(SIGUSR1));
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_until(a, &ra.count, 2, 5 * TU_SEC);
+        tu_run_for(b, 10 * TU_MSEC);
+        ck_assert_int_eq(ra.count, 2);
+        ck_assert_int_eq(rb.count, 2);
+        assert_rec_clean(&ra);
+        assert_rec_clean(&rb);
+
+        /* The last removal restores what was there before the first add. */
+        ck_assert_int_eq(loop_remove_signal_handler(a, SIGUSR1), 1);
+        ck_assert(is_previous(SIGUSR1));
+        ck_assert_int_eq(prev_count[SIGUSR1], 0);
+
+        /* Closing one sharing loop leaves the signal to the other. */
+        ck_assert_int_eq(loop_add_signal_handler(a, SIGUSR2, rec_cb, &ra), 0);
+        ck_assert_int_eq(loop_add_signal_handler(b, SIGUSR2, rec_cb, &rb), 0);
+        loop_unref(a);
+        ck_assert(is_caught_by_library(SIGUSR2));
+        ck_assert_int_eq(raise(SIGUSR2), 0);
+        tu_run_until(b, &rb.count, 3, 5 * TU_SEC);
+        ck_assert_int_eq(rb.count, 3);
+        ck_assert_int_eq(rb.last_signum, SIGUSR2);
+        loop_unref(b);
+        ck_assert(is_previous(SIGUSR2));
+        ck_assert_int_eq(prev_count[SIGUSR2], 0);
+}
+END_TEST
+
+/*
+ * A loop in a thread of its own that handles sig beside the test's loop,
+ * driven by commands: it counts its calls, removes its handler on
+ * SHARER_REMOVE, and closes its loop on SHARER_QUIT.
+ */
+enum { SHARER_RUN, SHARER_REMOVE, SHARER_QUIT };
+
+struct sharer {
+        pthread_t thread;
+        int sig;
+        atomic_int ready;       /* 1: handler added, -errno: failed */
+        atomic_int command;
+        atomic_int removed;     /* what loop_remove_signal_handler returned, once done */
+        atomic_int calls;
+        atomic_int wrong_thread;
+        atomic_int error;
+};
+
+static int sharer_cb(loop_t *loop, int signum, void *userdata) {
+        struct sharer *sh = userdata;
+
+        (void) loop;
+        if (!pthread_equal(pthread_self(), sh->thread) || signum != sh->sig)
+                atomic_fetch_add(&sh->wrong_thread, 1);
+        atomic_fetch_add(&sh->calls, 1);
+        return 0;
+}
+
+static void *sharer_main(void *arg) {
+        struct sharer *sh = arg;
+        loop_t *loop = NULL;
+        bool removed = false;
+        int r = loop_new(&loop);
+
+        if (r == 0)
+                r = loop_add_signal_handler(loop, sh->sig, sharer_cb, sh);
+        if (r < 0) {
+                atomic_store(&sh->ready, r);
+                loop_unref(loop);
+                return NULL;
+        }
+        atomic_store(&sh->ready, 1);
+        for (;;) {
+                int cmd = atomic_load(&sh->command);
+
+                if (cmd == SHARER_QUIT)
+                        break;
+                if (cmd == SHARER_REMOVE && !removed) {
+                        atomic_store(&sh->removed, loop_remove_signal_handler(loop, sh->sig) + 100);
+                        removed = true;
+                }
+                r = loop_run_once(loop, 5 * TU_MSEC);
+                if (r < 0) {
+                        atomic_store(&sh->error, r);
+                        break;
+                }
+        }
+        loop_unref(loop);
+        return NULL;
+}
+
+/* Waits (up to 5 s) for *v to become nonzero; returns it. */
+static int wait_nonzero(atomic_int *v) {
+        int64_t deadline = tu_now_ns() + 5 * TU_SEC;
+
+        while (atomic_load(v) == 0 && tu_now_ns() < deadline)
+                tu_sleep_ns(TU_MSEC);
+        return atomic_load(v);
+}
+
+static void wait_calls(atomic_int *calls, int want) {
+        int64_t deadline = tu_now_ns() + 5 * TU_SEC;
+
+        while (atomic_load(calls) < want && tu_now_ns() < deadline)
+                tu_sleep_ns(TU_MSEC);
+}
+
+START_TEST(test_two_threads_share) {
+        struct sigaction dfl = { .sa_handler = SIG_DFL }, want;
+        struct sharer sh = { .sig = SIGUSR1 };
+        loop_t *loop = tu_loop_new();
+        struct rec r;
+
+        /* The default action ends the process: a signal that reached it
+         * while a loop still handles SIGUSR1 would end the test. */
+        sigemptyset(&dfl.sa_mask);
+        ck_assert_int_eq(sigaction(SIGUSR1, &dfl, NULL), 0);
+        ck_assert_int_eq(sigaction(SIGUSR1, NULL, &want), 0);
+
+        rec_init(&r, loop);
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGUSR1, rec_cb, &r), 0);
+        ck_assert_int_eq(pthread_create(&sh.thread, NULL, sharer_main, &sh), 0);
+        ck_assert_int_eq(wait_nonzero(&sh.ready), 1);
+
+        /* Both loops, each in its own thread, get the signal once. */
+        ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
+        tu_run_until(loop, &r.count, 1, 5 * TU_SEC);
+        wait_calls(&sh.calls, 1);
+        tu_run_for(loop, 20 * TU_MSEC);
+        ck_assert_int_eq(r.count, 1);
+        ck_assert_int_eq(atomic_load(&sh.calls), 1);
+
+        /* The other thread's loop lets go: this one still gets the signal,
+         * and the disposition is still the library's. */
+        atomic_store(&sh.command, SHARER_REMOVE);
+        ck_assert_int_eq(wait_nonzero(&sh.removed), 101);
+        ck_assert(is_caught_by_library(SIGUSR1));
+        ck_assert_int_eq(kill(getpid(), SIGUSR1), 0);
+        tu_run_until(loop, &r.count, 2, 5 * TU_SEC);
+        tu_run_for(loop, 20 * TU_MSEC);
+        ck_assert_int_eq(r.count, 2);
+        ck_assert_int_eq(atomic_load(&sh.calls), 1);
+
+        /* Its loop closes: still ours. */
+        atomic_store(&sh.command, SHARER_QUIT);
+        ck_assert_int_eq(pthread_join(sh.thread, NULL), 0);
+        ck_assert_int_eq(atomic_load(&sh.error), 0);
+        ck_assert_int_eq(atomic_load(&sh.wrong_thread), 0);
+        ck_assert(is_caught_by_library(SIGUSR1));
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_until(loop, &r.count, 3, 5 * TU_SEC);
+        ck_assert_int_eq(r.count, 3);
+        assert_rec_clean(&r);
+
+        /* The last handler in the process goes: SIG_DFL is back. */
+        ck_assert_int_eq(loop_remove_signal_handler(loop, SIGUSR1), 1);
+        ck_assert(disposition_is(SIGUSR1, &want));
+        loop_unref(loop);
+}
+END_TEST
+
+#define STORM 10000
+
+/* One callback in the storm: what it saw, read by the test's thread. */
+struct storm_cb_data {
+        const atomic_int *sent;
+        atomic_int seen;        /* sent, as the latest call read it */
+        atomic_int calls;
+};
+
+static int storm_cb(loop_t *loop, int signum, void *userdata) {
+        struct storm_cb_data *d = userdata;
+
+        (void) loop;
+        (void) signum;
+        atomic_fetch_add(&d->calls, 1);
+        atomic_store(&d->seen, atomic_load(d->sent));
+        return 0;
+}
+
+/* The same callbacks as watchers (loop_signal_handler_t): the watcher
+ * first, its loop through loop_signal_get_loop(). */
+static int storm_w(loop_signal_t *w, int signum, void *userdata) {
+        return storm_cb(loop_signal_get_loop(w), signum, userdata);
+}
+
+struct storm_loop {
+        pthread_t thread;
+        struct storm_cb_data handler, watcher;
+        atomic_int ready;
+        atomic_int quit;
+        atomic_int error;
+};
+
+static void *storm_loop_main(void *arg) {
+        struct storm_loop *sl = arg;
+        loop_t *loop = NULL;
+        int r = loop_new(&loop);
+
+        /* The asyncio-style handler and a watcher the loop owns. */
+        if (r == 0)
+                r = loop_add_signal_handler(loop, SIGUSR2, storm_cb, &sl->handler);
+        if (r == 0)
+                r = loop_add_signal(loop, SIGUSR2, storm_w, &sl->watcher, NULL);
+        if (r < 0) {
+                atomic_store(&sl->ready, r);
+                loop_unref(loop);
+                return NULL;
+        }
+        atomic_store(&sl->ready, 1);
+        while (!atomic_load(&sl->quit)) {
+                r = loop_run_once(loop, 5 * TU_MSEC);
+                if (r < 0) {
+                        atomic_store(&sl->error, r);
+                        break;
+                }
+        }
+        loop_unref(loop);
+        return NULL;
+}
+
+struct storm_sender {
+        pthread_t thread;
+        atomic_int sent;        /* number of the signal about to be sent */
+        atomic_int error;
+};
+
+static void *storm_sender_main(void *arg) {
+        struct storm_sender *s = arg;
+
+        for (int i = 1; i <= STORM; i++) {
+                /* Stored before sending: a call that reads N ran after signal N. */
+                atomic_store(&s->sent, i);
+                if (kill(getpid(), SIGUSR2) != 0) {
+                        atomic_store(&s->error, errno);
+                        break;
+                }
+        }
+        return NULL;
+}
+
+static bool storm_done(struct storm_loop *sl) {
+        for (int i = 0; i < 2; i++)
+                if (atomic_load(&sl[i].handler.seen) != STORM || atomic_load(&sl[i].watcher.seen) != STORM)
+                        return false;
+        return true;
+}
+
+START_TEST(test_storm_two_loops) {
+        struct storm_sender sender = { .sent = 0 };
+        struct storm_loop sl[2];
+        int64_t deadline;
+
+        for (int i = 0; i < 2; i++) {
+                sl[i] = (struct storm_loop) { .ready = 0 };
+                sl[i].handler.sent = sl[i].watcher.sent = &sender.sent;
+                ck_assert_int_eq(pthread_create(&sl[i].thread, NULL, storm_loop_main, &sl[i]), 0);
+                ck_assert_int_eq(wait_nonzero(&sl[i].ready), 1);
+        }
+        ck_assert_int_eq(pthread_create(&sender.thread, NULL, storm_sender_main, &sender), 0);
+        ck_assert_int_eq(pthread_join(sender.thread, NULL), 0);
+        ck_assert_int_eq(atomic_load(&sender.error), 0);
+        /* Every callback of both loops runs after the last signal. */
+        deadline = tu_now_ns() + 20 * TU_SEC;
+        while (!storm_done(sl) && tu_now_ns() < deadline)
+                tu_sleep_ns(TU_MSEC);
+        for (int i = 0; i < 2; i++) {
+                atomic_store(&sl[i].quit, 1);
+                ck_assert_int_eq(pthread_join(sl[i].thread, NULL), 0);
+                ck_assert_int_eq(atomic_load(&sl[i].error), 0);
+                ck_assert_int_eq(atomic_load(&sl[i].handler.seen), STORM);
+                ck_assert_int_eq(atomic_load(&sl[i].watcher.seen), STORM);
+                ck_assert_int_ge(atomic_load(&sl[i].handler.calls), 1);
+                ck_assert_int_le(atomic_load(&sl[i].handler.calls), STORM);
+                /* Both callbacks of a loop run in the same calls. */
+                ck_assert_int_eq(atomic_load(&sl[i].handler.calls), atomic_load(&sl[i].watcher.calls));
+        }
+        ck_assert(is_previous(SIGUSR2));
+        ck_assert_int_eq(prev_count[SIGUSR2], 0);
+}
+END_TEST
+
+/* Watchers: each callback appends its id to an order log. */
+struct order {
+        int log[32];
+        int n;
+        loop_signal_t *remove_self;     /* order_remove_cb: the watcher that removes itself */
+        loop_signal_t *remove_other;    /* order_remove_cb: one it removes too */
+};
+
+struct order_entry {
+        struct order *o;
+        int id;
+};
+
+static int order_cb(loop_t *loop, int signum, void *userdata) {
+        struct order_entry *e = userdata;
+
+        (void) loop;
+        if (signum != SIGUSR1)
+                return -EPROTO;
+        if (e->o->n < (int) ELEMENTS(e->o->log))
+                e->o->log[e->o->n] = e->id;
+        e->o->n++;
+        return 0;
+}
+
+static int order_w(loop_signal_t *w, int signum, void *userdata) {
+        return order_cb(loop_signal_get_loop(w), signum, userdata);
+}
+
+static void assert_order(struct order *o, const int *want, int n) {
+        ck_assert_int_eq(o->n, n);
+        for (int i = 0; i < n; i++)
+                ck_assert_msg(o->log[i] == want[i], "call %d: watcher %d, want %d", i, o->log[i], want[i]);
+        o->n = 0;
+}
+
+/* Raises SIGUSR1 and runs loop until o has n calls and a little longer. */
+static void raise_and_run(loop_t *loop, struct order *o, int n) {
+        o->n = 0;
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_until(loop, &o->n, n, 5 * TU_SEC);
+        tu_run_for(loop, 10 * TU_MSEC);
+}
+
+START_TEST(test_watchers_in_order) {
+        loop_t *loop = tu_loop_new();
+        struct order o = { .n = 0 };
+        struct order_entry e[6];
+        loop_signal_t *w1 = NULL, *w3 = NULL, *w5 = NULL;
+
+        for (int i = 0; i < 6; i++)
+                e[i] = (struct order_entry) { .o = &o, .id = i };
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, order_w, &e[1], &w1), 0);
+        ck_assert_ptr_nonnull(w1);
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGUSR1, order_cb, &e[2]), 0);
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, order_w, &e[3], &w3), 0);
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, order_w, &e[4], NULL), 0);   /* the loop's */
+        ck_assert_int_eq(loop_signal_get_signum(w1), SIGUSR1);
+        ck_assert_int_eq(loop_signal_get_enabled(w1), 1);
+        /* One descriptor for the loop, however many watchers. */
+        ck_assert_uint_eq(fds_watched(loop), 1);
+
+        raise_and_run(loop, &o, 4);
+        assert_order(&o, (int[]) { 1, 2, 3, 4 }, 4);
+
+        /* Replacing the asyncio-style handler keeps its place. */
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGUSR1, order_cb, &e[0]), 0);
+        raise_and_run(loop, &o, 4);
+        assert_order(&o, (int[]) { 1, 0, 3, 4 }, 4);
+
+        /* Disabled: skipped, and the others still run. */
+        ck_assert_int_eq(loop_signal_set_enabled(w1, 0), 0);
+        ck_assert_int_eq(loop_signal_get_enabled(w1), 0);
+        raise_and_run(loop, &o, 3);
+        assert_order(&o, (int[]) { 0, 3, 4 }, 3);
+        ck_assert_int_eq(loop_signal_set_enabled(w1, 1), 0);
+        ck_assert_int_eq(loop_signal_get_enabled(w1), 1);
+        raise_and_run(loop, &o, 4);
+        assert_order(&o, (int[]) { 1, 0, 3, 4 }, 4);
+
+        /* Disabled watchers are skipped; the loop's own one still runs. */
+        ck_assert_int_eq(loop_signal_set_enabled(w1, 0), 0);
+        ck_assert_int_eq(loop_signal_set_enabled(w3, 0), 0);
+        ck_assert_int_eq(loop_remove_signal_handler(loop, SIGUSR1), 1);
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, order_w, &e[5], &w5), 0);
+        ck_assert_int_eq(loop_signal_set_enabled(w5, 0), 0);
+        raise_and_run(loop, &o, 1);
+        /* Only the loop's own watcher 4 is enabled. */
+        assert_order(&o, (int[]) { 4 }, 1);
+        ck_assert(is_caught_by_library(SIGUSR1));
+        ck_assert_int_eq(prev_count[SIGUSR1], 0);
+
+        /* Removing the asyncio-style handler leaves the watchers; adding it
+         * again puts it last. */
+        ck_assert_int_eq(loop_signal_set_enabled(w1, 1), 0);
+        ck_assert_int_eq(loop_signal_set_enabled(w3, 1), 0);
+        ck_assert_int_eq(loop_signal_set_enabled(w5, 1), 0);
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGUSR1, order_cb, &e[2]), 0);
+        raise_and_run(loop, &o, 5);
+        assert_order(&o, (int[]) { 1, 3, 4, 5, 2 }, 5);
+
+        /* Removing one watcher leaves the others; removing twice says 0. */
+        ck_assert_int_eq(loop_signal_remove(w3), 1);
+        ck_assert_int_eq(loop_signal_remove(w3), 0);
+        ck_assert_int_eq(loop_signal_get_signum(w3), SIGUSR1);
+        /* A removed watcher cannot be enabled again. */
+        ck_assert_int_eq(loop_signal_set_enabled(w3, 1), -ESTALE);
+        raise_and_run(loop, &o, 4);
+        assert_order(&o, (int[]) { 1, 4, 5, 2 }, 4);
+        ck_assert_ptr_null(loop_signal_unref(w3));
+
+        /* Dropping the last reference removes it. */
+        ck_assert_ptr_eq(loop_signal_ref(w5), w5);
+        ck_assert_ptr_null(loop_signal_unref(w5));
+        raise_and_run(loop, &o, 4);
+        assert_order(&o, (int[]) { 1, 4, 5, 2 }, 4);
+        ck_assert_ptr_null(loop_signal_unref(w5));
+        raise_and_run(loop, &o, 3);
+        assert_order(&o, (int[]) { 1, 4, 2 }, 3);
+
+        /* The loop's own watcher holds the signal after the others go. */
+        ck_assert_int_eq(loop_remove_signal_handler(loop, SIGUSR1), 1);
+        ck_assert_int_eq(loop_signal_remove(w1), 1);
+        ck_assert(is_caught_by_library(SIGUSR1));
+        raise_and_run(loop, &o, 1);
+        assert_order(&o, (int[]) { 4 }, 1);
+
+        /* Closing the loop removes and frees it; w1 outlives the loop. */
+        ck_assert_int_eq(loop_close(loop), 0);
+        ck_assert(is_previous(SIGUSR1));
+        ck_assert_uint_eq(prev_count[SIGUSR1], 0);
+        ck_assert_int_eq(loop_signal_remove(w1), 0);
+        ck_assert_ptr_null(loop_signal_unref(w1));
+        loop_unref(loop);
+}
+END_TEST
+
+static int order_remove_cb(loop_signal_t *w, int signum, void *userdata) {
+        struct order_entry *e = userdata;
+        struct order *o = e->o;
+        loop_signal_t *self = o->remove_self, *other = o->remove_other;
+
+        if (self != w)
+                return -EPROTO;
+        order_cb(loop_signal_get_loop(w), signum, userdata);
+        o->remove_self = o->remove_other = NULL;
+        /* Removes the watcher after it, then itself, and frees itself. */
+        if (other && loop_signal_remove(other) != 1)
+                return -EPROTO;
+        if (loop_signal_remove(self) != 1)
+                return -EPROTO;
+        loop_signal_unref(self);
+        return 0;
+}
+
+static int order_add_cb(loop_signal_t *w, int signum, void *userdata) {
+        struct order_entry *e = userdata;
+        loop_t *loop = loop_signal_get_loop(w);
+
+        order_cb(loop, signum, userdata);
+        /* Added while the signal is being handled: not called for it. */
+        return loop_add_signal(loop, SIGUSR1, order_w, e + 1, NULL);
+}
+
+static int count_sig_cb(loop_t *loop, int signum, void *userdata) {
+        (void) loop;
+        (void) signum;
+        (*(int *) userdata)++;
+        return 0;
+}
+
+/* A watcher the loop owns (ret NULL) reaches itself through the callback's
+ * first argument, and its loop through loop_signal_get_loop(). */
+struct once {
+        loop_t *loop;
+        int calls;
+        int removed;
+};
+
+static int once_cb(loop_signal_t *w, int signum, void *userdata) {
+        struct once *o = userdata;
+
+        if (signum != SIGUSR1 || loop_signal_get_loop(w) != o->loop)
+                return -EPROTO;
+        o->calls++;
+        o->removed = loop_signal_remove(w);
+        return 0;
+}
+
+START_TEST(test_watcher_floating_removes_itself) {
+        loop_t *loop = tu_loop_new();
+        struct once o = { .loop = loop };
+        int count = 0;
+
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, once_cb, &o, NULL), 0);
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGUSR1, count_sig_cb, &count), 0);
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_until(loop, &count, 1, 5 * TU_SEC);
+        ck_assert_int_eq(o.calls, 1);
+        ck_assert_int_eq(o.removed, 1);
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_until(loop, &count, 2, 5 * TU_SEC);
+        ck_assert_int_eq(o.calls, 1);
+        ck_assert_ptr_null(loop_signal_get_loop(NULL));
+        loop_unref(loop);
+}
+END_TEST
+
+START_TEST(test_watcher_remove_in_callback) {
+        loop_t *loop = tu_loop_new();
+        struct order o = { .n = 0 };
+        struct order_entry e[6];
+        struct seen_exception ex = { .calls = 0 };
+        loop_signal_t *w1 = NULL, *w2 = NULL, *w3 = NULL, *w4 = NULL;
+
+        for (int i = 0; i < 6; i++)
+                e[i] = (struct order_entry) { .o = &o, .id = i };
+        ck_assert_int_eq(loop_set_exception_handler(loop, exception_cb, &ex), 0);
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, order_w, &e[1], &w1), 0);
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, order_remove_cb, &e[2], &w2), 0);
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, order_w, &e[3], &w3), 0);
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, order_add_cb, &e[4], &w4), 0);
+        o.remove_self = w2;
+        o.remove_other = w3;
+
+        /* 2 removes 3 (which therefore does not run) and itself; 4 adds 5. */
+        raise_and_run(loop, &o, 2);
+        assert_order(&o, (int[]) { 1, 2, 4 }, 3);
+        ck_assert_int_eq(ex.calls, 0);
+        ck_assert_int_eq(loop_signal_remove(w3), 0);
+        ck_assert_ptr_null(loop_signal_unref(w3));
+
+        /* The next signal: 4 adds another 5, so 1, 4, 5. */
+        raise_and_run(loop, &o, 3);
+        assert_order(&o, (int[]) { 1, 4, 5 }, 3);
+        ck_assert_int_eq(ex.calls, 0);
+
+        /* A callback that fails is reported; the others still run. */
+        ck_assert_int_eq(loop_signal_remove(w4), 1);
+        ck_assert_ptr_null(loop_signal_unref(w4));
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGUSR1, order_cb, &e[0]), 0);
+        ck_assert_int_eq(raise(SIGUSR2), 0);   /* the fixture's handler: not ours */
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR2, order_w, &e[0], NULL), 0);
+        ck_assert_int_eq(raise(SIGUSR2), 0);   /* order_cb refuses SIGUSR2 */
+        tu_run_until(loop, &ex.calls, 1, 5 * TU_SEC);
+        ck_assert_int_eq(ex.calls, 1);
+        ck_assert_int_eq(ex.error, -EPROTO);
+        ck_assert_str_eq(ex.message, "Exception in callback");
+        raise_and_run(loop, &o, 4);
+        assert_order(&o, (int[]) { 1, 5, 5, 0 }, 4);
+
+        ck_assert_ptr_null(loop_signal_unref(w1));
+        loop_unref(loop);
+        ck_assert(is_previous(SIGUSR1));
+        ck_assert(is_previous(SIGUSR2));
+        ck_assert_int_eq(prev_count[SIGUSR1], 0);
+        ck_assert_int_eq(prev_count[SIGUSR2], 1);
+}
+END_TEST
+
+static int count_sig_w(loop_signal_t *w, int signum, void *userdata) {
+        return count_sig_cb(loop_signal_get_loop(w), signum, userdata);
+}
+
+START_TEST(test_loops_per_signal_limit) {
+        enum { MAX = 256 };
+        loop_t *loops[MAX];
+        int n = 0, r, count = 0;
+
+        /* The documented limit: 64 loops per signal (loop_add_signal(3)). */
+        for (;;) {
+                ck_assert_int_lt(n, MAX);
+                loops[n] = tu_loop_new();
+                r = loop_add_signal(loops[n], SIGHUP, count_sig_w, &count, NULL);
+                if (r < 0)
+                        break;
+                n++;
+        }
+        ck_assert_int_eq(r, -EBUSY);
+        ck_assert_int_eq(n, 64);
+        /* The refused loop is left as it was; other signals are free. */
+        ck_assert_uint_eq(fds_watched(loops[n]), 0);
+        ck_assert_int_eq(loop_add_signal_handler(loops[n], SIGHUP, count_sig_cb, &count), -EBUSY);
+        ck_assert_int_eq(loop_add_signal_handler(loops[n], SIGUSR2, count_sig_cb, &count), 0);
+        ck_assert_int_eq(loop_remove_signal_handler(loops[n], SIGUSR2), 1);
+        /* One lets go: there is room. */
+        loops[0] = loop_unref(loops[0]);
+        ck_assert_int_eq(loop_add_signal(loops[n], SIGHUP, count_sig_w, &count, NULL), 0);
+        ck_assert(is_caught_by_library(SIGHUP));
+        ck_assert_int_eq(raise(SIGHUP), 0);
+        tu_run_until(loops[n], &count, 1, 5 * TU_SEC);
+        ck_assert_int_eq(count, 1);
+        for (int i = 1; i <= n; i++)
+                loop_unref(loops[i]);
+        ck_assert(is_previous(SIGHUP));
+        ck_assert_int_eq(prev_count[SIGHUP], 0);
+}
+END_TEST
+
+START_TEST(test_watcher_invalid) {
+        static const int bad[] = { 0, -1, INT_MIN, SIGKILL, SIGSTOP, NSIG, NSIG + 1, INT_MAX };
+        loop_t *loop = tu_loop_new();
+        loop_signal_t *w = NULL;
+        int count = 0;
+
+        for (size_t i = 0; i < ELEMENTS(bad); i++)
+                ck_assert_int_eq(loop_add_signal(loop, bad[i], count_sig_w, &count, &w), -EINVAL);
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, NULL, &count, &w), -EINVAL);
+        ck_assert_int_eq(loop_add_signal(NULL, SIGUSR1, count_sig_w, &count, &w), -EINVAL);
+        ck_assert_ptr_null(w);
+        ck_assert_int_eq(loop_signal_remove(NULL), -EINVAL);
+        ck_assert_int_eq(loop_signal_get_signum(NULL), -EINVAL);
+        ck_assert_int_eq(loop_signal_set_enabled(NULL, 1), -EINVAL);
+        ck_assert_int_eq(loop_signal_get_enabled(NULL), -EINVAL);
+        ck_assert_ptr_null(loop_signal_ref(NULL));
+        ck_assert_ptr_null(loop_signal_unref(NULL));
+        ck_assert(is_previous(SIGUSR1));
+        ck_assert_uint_eq(fds_watched(loop), 0);
+
+        /* Disabled, and the only one: the signal stays caught, nothing runs. */
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, count_sig_w, &count, &w), 0);
+        ck_assert_int_eq(loop_signal_set_enabled(w, 0), 0);
+        ck_assert_int_eq(loop_signal_set_enabled(w, 0), 0);
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_for(loop, 20 * TU_MSEC);
+        ck_assert_int_eq(count, 0);
+        ck_assert_int_eq(prev_count[SIGUSR1], 0);
+        ck_assert(is_caught_by_library(SIGUSR1));
+        ck_assert_int_eq(loop_signal_set_enabled(w, 1), 0);
+
+        /* A closed loop. */
+        ck_assert_int_eq(loop_close(loop), 0);
+        ck_assert(is_previous(SIGUSR1));
+        ck_assert_int_eq(loop_add_signal(loop, SIGUSR1, count_sig_w, &count, NULL), -ESHUTDOWN);
+        ck_assert_int_eq(loop_signal_remove(w), -ESHUTDOWN);
+        ck_assert_int_eq(loop_signal_set_enabled(w, 0), -ESHUTDOWN);
+        ck_assert_int_eq(loop_signal_get_enabled(w), 1);
+        ck_assert_int_eq(loop_signal_get_signum(w), SIGUSR1);
+        ck_assert_ptr_null(loop_signal_unref(w));
+        loop_unref(loop);
+        ck_assert_int_eq(count, 0);
+}
+END_TEST
+
+/* In the child: bit set per failed check, so the parent can say which. */
+static int child_shared_checks(loop_t *a, loop_t *b, loop_signal_t *w) {
+        loop_t *fresh = NULL;
+        int fail = 0, count = 0;
+
+        if (loop_signal_remove(w) != -ECHILD)
+                fail |= 1 << 0;
+        if (loop_signal_set_enabled(w, 0) != -ECHILD)
+                fail |= 1 << 1;
+        if (loop_add_signal(a, SIGUSR1, count_sig_w, &count, NULL) != -ECHILD)
+                fail |= 1 << 2;
+        /* Both of the parent's loops are dead here: every saved disposition is back. */
+        if (!is_previous(SIGUSR1) || !is_previous(SIGUSR2))
+                fail |= 1 << 3;
+        prev_count[SIGUSR1] = 0;
+        if (raise(SIGUSR1) != 0 || prev_count[SIGUSR1] != 1)
+                fail |= 1 << 4;
+        /* A loop of the child's own may take the signal. */
+        if (loop_new(&fresh) < 0)
+                return fail | 1 << 5;
+        if (loop_add_signal(fresh, SIGUSR1, count_sig_w, &count, NULL) != 0 || raise(SIGUSR1) != 0)
+                fail |= 1 << 6;
+        for (int i = 0; i < 500 && count == 0; i++)
+                loop_run_once(fresh, 10 * TU_MSEC);
+        if (count != 1)
+                fail |= 1 << 7;
+        loop_unref(fresh);
+        if (!is_previous(SIGUSR1))
+                fail |= 1 << 8;
+        /* Letting go of what was inherited touches nothing of the parent's. */
+        loop_signal_unref(w);
+        loop_unref(a);
+        loop_unref(b);
+        return fail;
+}
+
+START_TEST(test_fork_shared) {
+        loop_t *a = tu_loop_new(), *b = tu_loop_new();
+        loop_signal_t *w = NULL;
+        int ca = 0, cb = 0, c2 = 0, status;
+        pid_t pid;
+
+        ck_assert_int_eq(loop_add_signal_handler(a, SIGUSR1, count_sig_cb, &ca), 0);
+        ck_assert_int_eq(loop_add_signal(b, SIGUSR1, count_sig_w, &cb, &w), 0);
+        ck_assert_int_eq(loop_add_signal(b, SIGUSR2, count_sig_w, &c2, NULL), 0);
+        pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0)
+                _exit(child_shared_checks(a, b, w));
+        ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+        ck_assert(WIFEXITED(status));
+        ck_assert_msg(WEXITSTATUS(status) == 0, "child failed checks 0x%x", WEXITSTATUS(status));
+
+        /* The parent is unaffected: both loops still get the signal. */
+        ck_assert(is_caught_by_library(SIGUSR1));
+        ck_assert(is_caught_by_library(SIGUSR2));
+        ck_assert_int_eq(raise(SIGUSR1), 0);
+        tu_run_until(a, &ca, 1, 5 * TU_SEC);
+        tu_run_until(b, &cb, 1, 5 * TU_SEC);
+        ck_assert_int_eq(ca, 1);
+        ck_assert_int_eq(cb, 1);
+        ck_assert_int_eq(c2, 0);
+        ck_assert_int_eq(prev_count[SIGUSR1], 0);
+        loop_unref(a);
+        ck_assert(is_caught_by_library(SIGUSR1));
+        ck_assert_ptr_null(loop_signal_unref(w));
+        ck_assert(is_previous(SIGUSR1));
+        ck_assert(is_caught_by_library(SIGUSR2));
+        loop_unref(b);
+        ck_assert(is_previous(SIGUSR2));
+}
+END_TEST
+
 /* In the child: bit set per failed check, so the parent can say which. */
 static int child_checks(loop_t *inherited) {
         struct rec r;
@@ -820,6 +1505,11 @@ static Suite *signal_suite(void) {
         tcase_add_test(tc, test_two_signals);
         tcase_add_test(tc, test_loops_in_two_threads);
         tcase_add_test(tc, test_error_reaches_exception_handler);
+        tcase_add_test(tc, test_two_threads_share);
+        tcase_add_test(tc, test_storm_two_loops);
+        tcase_add_test(tc, test_watchers_in_order);
+        tcase_add_test(tc, test_watcher_remove_in_callback);
+        tcase_add_test(tc, test_watcher_floating_removes_itself);
 
         tc = tu_tcase(s, "registration");
         tcase_add_checked_fixture(tc, setup, teardown);
@@ -827,11 +1517,14 @@ static Suite *signal_suite(void) {
         tcase_add_test(tc, test_remove);
         tcase_add_test(tc, test_remove_from_callback);
         tcase_add_test(tc, test_restores_previous_disposition);
-        tcase_add_test(tc, test_other_loop_ebusy);
+        tcase_add_test(tc, test_other_loop_shares);
+        tcase_add_test(tc, test_loops_per_signal_limit);
+        tcase_add_test(tc, test_watcher_invalid);
         tcase_add_test(tc, test_invalid);
         tcase_add_test(tc, test_closed_loop);
         tcase_add_test(tc, test_close_restores);
         tcase_add_test(tc, test_fork);
+        tcase_add_test(tc, test_fork_shared);
         return s;
 }
 
