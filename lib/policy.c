@@ -28,6 +28,7 @@
 struct loop_policy {
         unsigned n_ref;         /* atomic */
         bool immortal;          /* the built-in default: never freed */
+        uint64_t id;            /* never reused: keys the per-thread "set called" records */
         struct loop_policy_ops ops;
         void *userdata;
         loop_policy_t *base;
@@ -49,14 +50,58 @@ static inline void leave(void) {
 
 /* ---- the default policy: one loop per thread, on the two primitives ------ */
 
+/*
+ * asyncio's _set_called: once a default policy's set_event_loop has been
+ * called in a thread (explicitly, or by get_event_loop creating a loop),
+ * that policy no longer creates one on demand in that thread, so
+ * set_event_loop(NULL) forbids any implicit loop. Per policy and thread,
+ * as CPython keeps it in the policy's threading.local; forgotten in a fork
+ * child, whose policy starts afresh (CPython resets _local at fork). A
+ * thread remembers the last few policies it set a loop through.
+ */
+#define SET_CALLED_MAX 8
+
+static uint64_t last_policy_id = 1;     /* 1: builtin_default */
+static __thread struct {
+        uint64_t fork_generation;
+        unsigned n;
+        uint64_t ids[SET_CALLED_MAX];
+} set_called;
+
+static bool was_set(const loop_policy_t *p) {
+        if (set_called.fork_generation != __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED))
+                return false;
+        for (unsigned i = 0; i < set_called.n; i++)
+                if (set_called.ids[i] == p->id)
+                        return true;
+        return false;
+}
+
+static void mark_set(const loop_policy_t *p) {
+        uint64_t gen = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED);
+
+        if (set_called.fork_generation != gen) {
+                set_called.fork_generation = gen;
+                set_called.n = 0;
+        }
+        if (was_set(p))
+                return;
+        if (set_called.n == SET_CALLED_MAX) {
+                memmove(set_called.ids, set_called.ids + 1, (SET_CALLED_MAX - 1) * sizeof(set_called.ids[0]));
+                set_called.n--;
+        }
+        set_called.ids[set_called.n++] = p->id;
+}
+
 static int default_get_event_loop(loop_policy_t *self, loop_t **ret) {
         int r = loop_thread_get_loop(ret);
 
         if (r != -ENOENT)
                 return r;
-        /* asyncio creates a loop on demand in the main thread only; any
+        /* asyncio creates a loop on demand in the main thread only, and
+         * only until a loop has been set there through this policy; any
          * other thread must have set one (RuntimeError there, -ENOENT here). */
-        if (!loop__is_main_thread())
+        if (!loop__is_main_thread() || was_set(self))
                 return -ENOENT;
         /* self.set_event_loop(self.new_event_loop()), with Python's self. */
         loop_policy_t *creator = outermost ? outermost : self;
@@ -74,7 +119,11 @@ static int default_get_event_loop(loop_policy_t *self, loop_t **ret) {
 }
 
 static int default_set_event_loop(loop_policy_t *self, loop_t *loop) {
-        return loop_thread_set_loop(loop);
+        int r = loop_thread_set_loop(loop);
+
+        if (r >= 0)
+                mark_set(self);
+        return r;
 }
 
 static int default_new_event_loop(loop_policy_t *self, loop_t **ret) {
@@ -87,6 +136,7 @@ static int default_new_event_loop(loop_policy_t *self, loop_t **ret) {
 static loop_policy_t builtin_default = {
         .n_ref = 1,
         .immortal = true,
+        .id = 1,
         .ops = {
                 .size = sizeof(struct loop_policy_ops),
                 .get_event_loop = default_get_event_loop,
@@ -114,6 +164,7 @@ LOOP_EXPORT int loop_policy_new(const struct loop_policy_ops *ops, void *userdat
                 return -EINVAL;         /* nothing to fall back to */
         }
         p->n_ref = 1;
+        p->id = __atomic_add_fetch(&last_policy_id, 1, __ATOMIC_RELAXED);
         p->userdata = userdata;
         p->base = loop_policy_ref(base);
         *ret = p;

@@ -230,13 +230,40 @@ START_TEST(test_main_thread_autocreate)
         ck_assert_int_eq(loop_thread_get_loop(&cur), -ENOENT);
         ck_assert_int_eq(tu_count_fds(), fds);
 
-        /* Cleared, the main thread gets a fresh loop again on demand. */
-        ck_assert_int_eq(loop_get_event_loop(&a), 0);
-        ck_assert_ptr_ne(a, NULL);
+        /* Cleared after a loop was set (here by the creation on demand):
+         * no implicit loop any more (CPython's
+         * test_get_event_loop_after_set_none). */
+        ck_assert_int_eq(loop_get_event_loop(&a), -ENOENT);
+        ck_assert_int_eq(loop_thread_get_loop(&cur), -ENOENT);
+        /* A policy of its own has its own record: it creates one again. */
+        loop_policy_t *p = NULL;
+        ck_assert_int_eq(loop_policy_new_default(&p), 0);
+        ck_assert_int_eq(loop_policy_get_event_loop(p, &a), 0);
         tu_assert_usable(a);
         loop_unref(a);
-        ck_assert_int_eq(loop_set_event_loop(NULL), 0);
+        ck_assert_int_eq(loop_policy_set_event_loop(p, NULL), 0);
+        ck_assert_int_eq(loop_policy_get_event_loop(p, &a), -ENOENT);
+        loop_policy_unref(p);
         ck_assert_int_eq(tu_count_fds(), fds);
+}
+END_TEST
+
+/* An explicit set_event_loop(NULL) before any loop existed forbids the
+ * implicit one too; setting a loop makes it the answer again. */
+START_TEST(test_set_none_forbids_implicit_loop)
+{
+        loop_t *a = NULL, *got = NULL;
+
+        ck_assert_int_eq(loop_set_event_loop(NULL), 0);
+        ck_assert_int_eq(loop_get_event_loop(&got), -ENOENT);
+        ck_assert_int_eq(loop_new_event_loop(&a), 0);
+        ck_assert_int_eq(loop_set_event_loop(a), 0);
+        ck_assert_int_eq(loop_get_event_loop(&got), 0);
+        ck_assert_ptr_eq(got, a);
+        loop_unref(got);
+        ck_assert_int_eq(loop_set_event_loop(NULL), 0);
+        ck_assert_int_eq(loop_get_event_loop(&got), -ENOENT);
+        loop_unref(a);
 }
 END_TEST
 
@@ -1383,6 +1410,7 @@ static Suite *policy_suite(void)
         tc = tu_tcase(s, "default");
         tcase_add_checked_fixture(tc, reset_globals, reset_globals);
         tcase_add_test(tc, test_main_thread_autocreate);
+        tcase_add_test(tc, test_set_none_forbids_implicit_loop);
         tcase_add_test(tc, test_new_event_loop_not_installed);
         tcase_add_test(tc, test_non_main_thread_enoent);
         tcase_add_test(tc, test_thread_set_then_get);
