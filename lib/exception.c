@@ -93,7 +93,7 @@ LOOP_EXPORT int loop_set_debug(loop_t *loop, int enabled) {
 
         if (r < 0)
                 return r;
-        loop->debug = enabled != 0;
+        loop__set_debug(loop, enabled != 0);
         return 0;
 }
 

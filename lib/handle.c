@@ -288,6 +288,8 @@ static __attribute__((noinline)) int call_soon_slow(loop_t *loop, loop_callback_
                                                     loop_handle_t **ret) {
         int r = loop__usable(loop);
 
+        if (r == 0)
+                r = loop__check_thread(loop, "loop_call_soon");
         if (r < 0)
                 return r;
         return_if_fail(cb, -EINVAL);
@@ -357,6 +359,8 @@ static __attribute__((noinline)) int call_at_slow(loop_t *loop, int64_t when_ns,
                                                   void *userdata, loop_handle_t **ret) {
         int r = loop__usable(loop);
 
+        if (r == 0)
+                r = loop__check_thread(loop, "loop_call_at/loop_call_later");
         if (r < 0)
                 return r;
         return_if_fail(cb, -EINVAL);

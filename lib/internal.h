@@ -236,7 +236,15 @@ struct loop {
         void *exception_userdata;
         bool debug;
         int64_t slow_callback_ns;
+        /* In debug mode the soon window's generation points here: a value
+         * no open_generation ever has, so every call that is not
+         * thread-safe leaves its fast path (the header's inline
+         * loop_call_soon too) for the slow one, where the thread is
+         * checked. Debug off, nothing extra is paid. */
+        uint64_t debug_gate;
 };
+
+#define LOOP__DEBUG_GATE (UINT64_MAX - 1)       /* never a fork generation, not LOOP__CLOSED */
 
 /* Bumped in every fork child: a loop created under another value was inherited. */
 extern LOOP_HIDDEN uint64_t loop__fork_generation;
@@ -256,8 +264,10 @@ _Static_assert(offsetof(struct loop__ready_entry, cb) == 0 &&
                        sizeof(struct loop__ready_entry) == 2 * sizeof(void *),
                "loop.h: struct loop__ready_entry changed; that breaks programs built against libloop.so.1");
 
+/* Open, made in this process, and not in debug mode: through the window's
+ * generation pointer, as the header's inline loop_call_soon tests it. */
 static inline bool loop__open_here(const loop_t *loop) {
-        return loop->ready.window.open_generation == __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED);
+        return loop->ready.window.open_generation == __atomic_load_n(loop->ready.window.generation, __ATOMIC_RELAXED);
 }
 
 static inline bool loop__inherited(const loop_t *loop) {
@@ -281,6 +291,22 @@ static inline int loop__usable(const loop_t *loop) {
 
 /* loop.c */
 extern LOOP_HIDDEN __thread loop_t *loop__running_loop;   /* the loop running in this thread */
+int loop__wrong_thread(loop_t *loop, const char *call);
+void loop__set_debug(loop_t *loop, bool enabled);
+
+/*
+ * asyncio's _check_thread, in debug mode only: a call that is not
+ * thread-safe, made while the loop runs in another thread, fails (-EPERM)
+ * and is reported in the loop's thread. Called by those calls' slow paths,
+ * which debug mode sends every call to (debug_gate).
+ */
+static inline int loop__check_thread(loop_t *loop, const char *call) {
+        if (likely(!loop->debug))
+                return 0;
+        if (loop__running_loop == loop || !__atomic_load_n(&loop->running, __ATOMIC_ACQUIRE))
+                return 0;
+        return loop__wrong_thread(loop, call);
+}
 int loop__init(loop_t *loop, const struct loop__impl *impl);
 void loop__report(loop_t *loop, const char *message, int error, loop_handle_t *handle, int fd);
 

@@ -43,11 +43,12 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
                 .n_ref = 1,
                 .impl = impl,
                 .fork_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
-                .debug = loop__getenv_bool("LIBLOOP_DEBUG"),
+                .debug_gate = LOOP__DEBUG_GATE,
                 .slow_callback_ns = 100 * 1000 * 1000,   /* asyncio's 0.1 s */
                 .wake_read_fd = -1,
                 .wake_write_fd = -1,
         };
+        loop__set_debug(loop, loop__getenv_bool("LIBLOOP_DEBUG"));
         int r = loop__handle_pool_new(loop);
         if (r < 0)
                 return r;
@@ -122,11 +123,42 @@ LOOP_EXPORT int loop_close(loop_t *loop) {
         return 0;
 }
 
+void loop__set_debug(loop_t *loop, bool enabled) {
+        loop->debug = enabled;
+        /* Set in the loop's thread (loop_set_debug(3)); a shut window only
+         * sends the inline loop_call_soon to the function. */
+        loop->ready.window.generation = enabled ? &loop->debug_gate : &loop__fork_generation;
+}
+
+struct wrong_thread_report {
+        const char *call;
+};
+
+static int report_wrong_thread(loop_t *loop, void *userdata) {
+        char msg[160];
+
+        snprintf(msg, sizeof(msg),
+                 "Non-thread-safe operation invoked on an event loop other than the current one: %s() from "
+                 "another thread while the loop runs (use loop_call_soon_threadsafe)",
+                 (const char *) userdata);
+        loop__report(loop, msg, -EPERM, NULL, -1);
+        return 0;
+}
+
+/* Told in the loop's thread, where the exception handler runs; the caller
+ * gets the error at once. */
+int loop__wrong_thread(loop_t *loop, const char *call) {
+        (void) loop_call_soon_threadsafe(loop, report_wrong_thread, (void *) call, NULL);
+        return -EPERM;
+}
+
 /* Readers and writers belong to the loop kind: both the selector loop and
  * the proactor loop serve them. */
 LOOP_EXPORT int loop_add_reader(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata) {
         int r = loop__usable(loop);
 
+        if (r == 0)
+                r = loop__check_thread(loop, "loop_add_reader");
         if (r < 0)
                 return r;
         return_if_fail(cb, -EINVAL);
@@ -136,6 +168,8 @@ LOOP_EXPORT int loop_add_reader(loop_t *loop, int fd, loop_io_callback_t cb, voi
 LOOP_EXPORT int loop_add_writer(loop_t *loop, int fd, loop_io_callback_t cb, void *userdata) {
         int r = loop__usable(loop);
 
+        if (r == 0)
+                r = loop__check_thread(loop, "loop_add_writer");
         if (r < 0)
                 return r;
         return_if_fail(cb, -EINVAL);
@@ -145,6 +179,8 @@ LOOP_EXPORT int loop_add_writer(loop_t *loop, int fd, loop_io_callback_t cb, voi
 LOOP_EXPORT int loop_remove_reader(loop_t *loop, int fd) {
         int r = loop__usable(loop);
 
+        if (r == 0)
+                r = loop__check_thread(loop, "loop_remove_reader");
         if (r < 0)
                 return r;
         return loop->impl->remove_io(loop, fd, LOOP_EVENT_READ);
@@ -153,6 +189,8 @@ LOOP_EXPORT int loop_remove_reader(loop_t *loop, int fd) {
 LOOP_EXPORT int loop_remove_writer(loop_t *loop, int fd) {
         int r = loop__usable(loop);
 
+        if (r == 0)
+                r = loop__check_thread(loop, "loop_remove_writer");
         if (r < 0)
                 return r;
         return loop->impl->remove_io(loop, fd, LOOP_EVENT_WRITE);
@@ -161,6 +199,8 @@ LOOP_EXPORT int loop_remove_writer(loop_t *loop, int fd) {
 static int pause_io(loop_t *loop, int fd, uint32_t event, bool pause) {
         int r = loop__usable(loop);
 
+        if (r == 0)
+                r = loop__check_thread(loop, pause ? "loop_pause_reader/writer" : "loop_resume_reader/writer");
         if (r < 0)
                 return r;
         return loop->impl->pause_io(loop, fd, event, pause);

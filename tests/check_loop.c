@@ -747,6 +747,15 @@ static struct loop__soon_window *window_of(loop_t *loop) {
         return (struct loop__soon_window *) (void *) loop;
 }
 
+/* Debug mode (LIBLOOP_DEBUG) keeps the window shut, so that every call
+ * reaches the thread check: the inline tests run with it off. */
+static loop_t *inline_loop_new(void) {
+        loop_t *loop = tu_loop_new();
+
+        ck_assert_int_eq(loop_set_debug(loop, 0), 0);
+        return loop;
+}
+
 static bool window_open(loop_t *loop) {
         const struct loop__soon_window *w = window_of(loop);
 
@@ -759,7 +768,7 @@ static bool window_open(loop_t *loop) {
  * in the order they were scheduled, whichever way each went in.
  */
 START_TEST(test_call_soon_inline_fifo_with_function) {
-        loop_t *loop = tu_loop_new();
+        loop_t *loop = inline_loop_new();
         static struct order order;
         static struct order_item items[1500];
         loop_handle_t *h;
@@ -806,7 +815,7 @@ END_TEST
 
 /* Closing shuts the window for good, though the queue had room. */
 START_TEST(test_call_soon_inline_closed) {
-        loop_t *loop = tu_loop_new();
+        loop_t *loop = inline_loop_new();
         int count = 0;
 
         ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
@@ -825,7 +834,7 @@ END_TEST
 
 /* Bad arguments never reach the window: the function reports them. */
 START_TEST(test_call_soon_inline_bad_arguments) {
-        loop_t *loop = tu_loop_new();
+        loop_t *loop = inline_loop_new();
         int count = 0;
 
         ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
@@ -842,7 +851,7 @@ END_TEST
  * queue), yet the inline call must not take it, and answers -ECHILD.
  */
 START_TEST(test_call_soon_inline_fork_child) {
-        loop_t *loop = tu_loop_new();
+        loop_t *loop = inline_loop_new();
         int result[2], count = 0, status;
         unsigned char bad = 0xff;
         pid_t pid;
@@ -891,7 +900,7 @@ END_TEST
 
 /* Entries stored inline count as callbacks run in the metrics. */
 START_TEST(test_call_soon_inline_metrics) {
-        loop_t *loop = tu_loop_new();
+        loop_t *loop = inline_loop_new();
         struct loop_metrics m = {.size = sizeof(m)};
         int count = 0;
 

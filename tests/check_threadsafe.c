@@ -378,6 +378,84 @@ static void *stop_watchdog_main(void *arg) {
 }
 
 /*
+ * Debug mode checks threads, as asyncio's _check_thread: while the loop
+ * runs in one thread, a call that is not thread-safe from another fails
+ * with -EPERM and is reported in the loop's thread; the thread-safe calls
+ * still work. While it does not run, any thread may use it.
+ */
+struct debug_run {
+        loop_t *loop;
+        atomic_int started;
+        int reports;
+        int error;
+        char message[256];
+};
+
+static void debug_handler(loop_t *loop, const struct loop_exception_context *ctx, void *userdata) {
+        struct debug_run *d = userdata;
+
+        (void) loop;
+        d->reports++;
+        d->error = ctx->error;
+        snprintf(d->message, sizeof(d->message), "%s", ctx->message);
+}
+
+static int debug_started_cb(loop_t *loop, void *userdata) {
+        (void) loop;
+        atomic_store(&((struct debug_run *) userdata)->started, 1);
+        return 0;
+}
+
+static void *debug_run_main(void *arg) {
+        struct debug_run *d = arg;
+
+        if (loop_call_soon(d->loop, debug_started_cb, d, NULL) < 0 || loop_run_forever(d->loop) < 0)
+                abort();
+        return NULL;
+}
+
+START_TEST(test_debug_checks_thread) {
+        loop_t *loop = tu_loop_new();
+        struct debug_run d = {.loop = loop};
+        int sv[2], n = 0;
+        pthread_t t;
+
+        tu_socketpair(sv);
+        ck_assert_int_eq(loop_set_debug(loop, 1), 0);
+        ck_assert_int_eq(loop_set_exception_handler(loop, debug_handler, &d), 0);
+        /* Not running: any thread may schedule. */
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &n, NULL), 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, debug_run_main, &d), 0);
+        while (!atomic_load(&d.started))
+                tu_sleep_ns(TU_MSEC);
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &n, NULL), -EPERM);
+        ck_assert_int_eq((loop_call_soon)(loop, tu_count_cb, &n, NULL), -EPERM);
+        ck_assert_int_eq(loop_call_later(loop, 0.001, tu_count_cb, &n, NULL), -EPERM);
+        ck_assert_int_eq(loop_call_at_ns(loop, 0, tu_count_cb, &n, NULL), -EPERM);
+        ck_assert_int_eq(loop_add_reader(loop, sv[0], tu_io_count_cb, &n), -EPERM);
+        ck_assert_int_eq(loop_add_writer(loop, sv[0], tu_io_count_cb, &n), -EPERM);
+        ck_assert_int_eq(loop_remove_reader(loop, sv[0]), -EPERM);
+        /* Thread-safe calls are not refused. */
+        ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &n, NULL), 0);
+        ck_assert_int_eq(loop_stop(loop), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        /* Reported in the loop's thread, which has run everything by now. */
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        ck_assert_int_ge(d.reports, 1);
+        ck_assert_int_eq(d.error, -EPERM);
+        ck_assert_msg(strstr(d.message, "Non-thread-safe") != NULL, "report: %s", d.message);
+        ck_assert_int_eq(n, 2);
+        /* Debug off: no check, and the inline path is open again. */
+        ck_assert_int_eq(loop_set_debug(loop, 0), 0);
+        ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &n, NULL), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_int_eq(n, 3);
+        loop_unref(loop);
+        tu_close_pair(sv);
+}
+END_TEST
+
+/*
  * A control thread stops a loop that sleeps in run_forever with nothing
  * scheduled: the stop wakes it (the watchdog only rescues a loop that was
  * not woken, and then fails the test).
@@ -928,6 +1006,9 @@ static Suite *threadsafe_suite(void) {
         tcase_add_test(tc, test_wakes_sleeping_loop);
         tcase_add_test(tc, test_wakes_repeatedly);
         tcase_add_test(tc, test_wakes_loop_waiting_for_timer);
+
+        tc = tu_tcase(s, "debug");
+        tcase_add_test(tc, test_debug_checks_thread);
 
         tc = tu_tcase(s, "stop");
         tcase_add_test(tc, test_stop_from_thread_wakes_loop);
