@@ -86,7 +86,8 @@ int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t cb,
  * loop_call_soon() without a handle is inline: it stores the callback in
  * the loop's ready queue itself and calls the function only when it
  * cannot (no room left, a handle wanted, the loop closed or inherited
- * across fork(), a NULL argument); the function then does the rest or
+ * across fork(), a loop_call_soon_threadsafe() call waiting to be taken in
+ * first, debug mode, a NULL argument); the function then does the rest or
  * returns the error. A call into a shared library costs more than the
  * store does (bench/RESULTS.md in the source tree).
  *
@@ -107,21 +108,25 @@ struct loop__ready_entry {
 struct loop__soon_window {
         struct loop__ready_entry *tail;         /* the first free entry */
         struct loop__ready_entry *end;          /* one past the last free entry */
-        const uint64_t *generation;             /* changes in a fork() child */
+        const uint64_t *generation;             /* changes with a threadsafe post */
         uint64_t open_generation;               /* *generation while the window is open */
 };
 
 #if defined(__GNUC__)
 #define LOOP__LIKELY(x) __builtin_expect(!!(x), 1)
+/* Other threads change *generation (atomically): read it as an atomic
+ * too, which is the same plain load on every processor. */
+#define LOOP__LOAD(p) __atomic_load_n((p), __ATOMIC_RELAXED)
 #else
 #define LOOP__LIKELY(x) (x)
+#define LOOP__LOAD(p) (*(p))
 #endif
 
 static inline int loop__call_soon_inline(loop_t *loop, loop_callback_t cb, void *userdata,
                                          loop_handle_t **ret) {
         struct loop__soon_window *w = (struct loop__soon_window *) (void *) loop;
 
-        if (LOOP__LIKELY(loop && cb && !ret && w->tail != w->end && *w->generation == w->open_generation)) {
+        if (LOOP__LIKELY(loop && cb && !ret && w->tail != w->end && LOOP__LOAD(w->generation) == w->open_generation)) {
                 w->tail->cb = cb;
                 w->tail->userdata = userdata;
                 w->tail++;

@@ -293,6 +293,9 @@ static __attribute__((noinline)) int call_soon_slow(loop_t *loop, loop_callback_
         if (r < 0)
                 return r;
         return_if_fail(cb, -EINVAL);
+        /* Posted from any thread before this call: queued first, as
+         * asyncio's one ready queue has it (threadsafe.c). */
+        loop__threadsafe_take(loop);
 
         if (!ret)
                 return ready_push(&loop->ready, cb, userdata, NULL);

@@ -192,12 +192,16 @@ struct loop__sock_call {
 
 struct loop {
         /* First, at offset 0: its window is loop_call_soon's inline path
-         * (loop.h), whose layout is ABI. window.open_generation is
-         * fork_generation while the loop is open and LOOP__CLOSED once it
-         * is closed, so "open and not inherited" is one compare, inline
-         * or not. */
+         * (loop.h), whose layout is ABI. window.generation points at the
+         * call_soon_threadsafe ring's tail word (threadsafe.c), or at
+         * debug_gate in debug mode; window.open_generation is that tail as
+         * the loop last took everything posted, LOOP__CLOSED once the loop
+         * is closed, LOOP__INHERITED in a fork child. So "open, made here,
+         * nothing posted meanwhile, not in debug mode" is one compare,
+         * inline or not (atomic: other threads read it in loop__usable). */
         struct ready_queue ready;
         unsigned n_ref;                 /* atomic */
+        loop_t *registry_prev, *registry_next;  /* every loop of the process (loop.c), for fork */
         const struct loop__impl *impl;
 
         struct timer_heap timers;
@@ -244,7 +248,8 @@ struct loop {
         uint64_t debug_gate;
 };
 
-#define LOOP__DEBUG_GATE (UINT64_MAX - 1)       /* never a fork generation, not LOOP__CLOSED */
+#define LOOP__DEBUG_GATE (UINT64_MAX - 1)       /* no open_generation ever has it */
+#define LOOP__INHERITED (UINT64_MAX - 2)        /* open_generation of a loop a fork child inherited */
 
 /* Bumped in every fork child: a loop created under another value was inherited. */
 extern LOOP_HIDDEN uint64_t loop__fork_generation;
@@ -267,7 +272,8 @@ _Static_assert(offsetof(struct loop__ready_entry, cb) == 0 &&
 /* Open, made in this process, and not in debug mode: through the window's
  * generation pointer, as the header's inline loop_call_soon tests it. */
 static inline bool loop__open_here(const loop_t *loop) {
-        return loop->ready.window.open_generation == __atomic_load_n(loop->ready.window.generation, __ATOMIC_RELAXED);
+        return __atomic_load_n(&loop->ready.window.open_generation, __ATOMIC_RELAXED) ==
+               __atomic_load_n(loop->ready.window.generation, __ATOMIC_RELAXED);
 }
 
 static inline bool loop__inherited(const loop_t *loop) {
@@ -380,6 +386,8 @@ void loop__threadsafe_drain(loop_t *loop);
 void loop__threadsafe_poll(loop_t *loop);
 void loop__threadsafe_close(loop_t *loop);
 void loop__threadsafe_wake(loop_t *loop);      /* any thread: make a waiting loop return */
+void loop__threadsafe_take(loop_t *loop);      /* loop's thread: take the posts now, if any */
+const uint64_t *loop__threadsafe_gate(const loop_t *loop);
 void loop__threadsafe_free(loop_t *loop);
 
 /* selector_loop.c */

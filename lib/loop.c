@@ -20,25 +20,65 @@ __thread loop_t *loop__running_loop;
 
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
 
+/* Every loop of the process, so that a fork child can shut their soon
+ * windows: the inline loop_call_soon compares against the
+ * call_soon_threadsafe ring, which a fork does not change. The lock is
+ * held across fork() (prepare/parent/child), so the child's list is whole. */
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+static loop_t *registry;
+
+static void before_fork(void) {
+        pthread_mutex_lock(&registry_lock);
+}
+
+static void after_fork_in_parent(void) {
+        pthread_mutex_unlock(&registry_lock);
+}
+
 static void after_fork_in_child(void) {
         /* Marks every existing loop as inherited: checking a generation
          * number is cheaper than calling getpid() on every call. */
         __atomic_store_n(&loop__fork_generation, loop__fork_generation + 1, __ATOMIC_RELAXED);
         loop__running_loop = NULL;
+        for (loop_t *l = registry; l; l = l->registry_next)
+                __atomic_store_n(&l->ready.window.open_generation, LOOP__INHERITED, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&registry_lock);
 }
 
 static void install_atfork(void) {
-        pthread_atfork(NULL, NULL, after_fork_in_child);
+        pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+}
+
+static void registry_add(loop_t *loop) {
+        pthread_mutex_lock(&registry_lock);
+        loop->registry_next = registry;
+        if (registry)
+                registry->registry_prev = loop;
+        registry = loop;
+        pthread_mutex_unlock(&registry_lock);
+}
+
+static void registry_remove(loop_t *loop) {
+        pthread_mutex_lock(&registry_lock);
+        if (loop->registry_prev)
+                loop->registry_prev->registry_next = loop->registry_next;
+        else if (registry == loop)
+                registry = loop->registry_next;
+        if (loop->registry_next)
+                loop->registry_next->registry_prev = loop->registry_prev;
+        loop->registry_prev = loop->registry_next = NULL;
+        pthread_mutex_unlock(&registry_lock);
 }
 
 int loop__init(loop_t *loop, const struct loop__impl *impl) {
         pthread_once(&atfork_once, install_atfork);
         *loop = (loop_t) {
                 /* The window stays shut (tail == end) until the first call
-                 * through loop_call_soon() gives the queue an array. */
+                 * through loop_call_soon() gives the queue an array, and
+                 * until the ring exists, it points at the debug gate. */
                 .ready.window = {
-                        .generation = &loop__fork_generation,
-                        .open_generation = __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED),
+                        .generation = &loop->debug_gate,
+                        .open_generation = 0,
                 },
                 .n_ref = 1,
                 .impl = impl,
@@ -48,15 +88,20 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
                 .wake_read_fd = -1,
                 .wake_write_fd = -1,
         };
-        loop__set_debug(loop, loop__getenv_bool("LIBLOOP_DEBUG"));
         int r = loop__handle_pool_new(loop);
         if (r < 0)
                 return r;
         loop__timer_heap_init(&loop->timers, loop__handle_pool_chunks(loop));
         r = loop__threadsafe_init(loop);
-        if (r < 0)
+        if (r < 0) {
                 loop__handle_pool_release(loop);
-        return r;
+                return r;
+        }
+        /* Open: the ring's tail as it is, nothing posted yet. */
+        loop->ready.window.open_generation = *loop__threadsafe_gate(loop);
+        loop__set_debug(loop, loop__getenv_bool("LIBLOOP_DEBUG"));
+        registry_add(loop);
+        return 0;
 }
 
 LOOP_EXPORT int loop_new(loop_t **ret) {
@@ -84,6 +129,7 @@ LOOP_EXPORT loop_t *loop_ref(loop_t *loop) {
 }
 
 static void loop_free(loop_t *loop) {
+        registry_remove(loop);
         loop_close(loop);
         loop__threadsafe_free(loop);
         loop__handle_pool_release(loop);
@@ -105,7 +151,7 @@ LOOP_EXPORT int loop_close(loop_t *loop) {
          * gone), and closing must still work: it is how a child lets go. */
         if (!loop__inherited(loop) && __atomic_load_n(&loop->running, __ATOMIC_ACQUIRE))
                 return -EBUSY;
-        loop->ready.window.open_generation = LOOP__CLOSED;
+        __atomic_store_n(&loop->ready.window.open_generation, LOOP__CLOSED, __ATOMIC_RELAXED);
         if (loop__inherited(loop))
                 loop->closed = true;
         else
@@ -127,7 +173,7 @@ void loop__set_debug(loop_t *loop, bool enabled) {
         loop->debug = enabled;
         /* Set in the loop's thread (loop_set_debug(3)); a shut window only
          * sends the inline loop_call_soon to the function. */
-        loop->ready.window.generation = enabled ? &loop->debug_gate : &loop__fork_generation;
+        loop->ready.window.generation = enabled ? &loop->debug_gate : loop__threadsafe_gate(loop);
 }
 
 struct wrong_thread_report {

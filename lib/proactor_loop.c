@@ -275,6 +275,26 @@ static struct poll_req *req_new(struct proactor_loop *pl, int fd, uint32_t event
         return req;
 }
 
+/* A new request for the file st describes (fd's now), armed: it reaches
+ * the kernel with the next batch. The caller gives it its callback. */
+static int req_start(struct proactor_loop *pl, int fd, uint32_t events, const struct stat *st,
+                     struct poll_req **ret) {
+        struct poll_req *req = req_new(pl, fd, events);
+        int r;
+
+        if (!req)
+                return -ENOMEM;
+        req->dev = st->st_dev;
+        req->ino = st->st_ino;
+        r = req_arm(req);
+        if (r < 0) {
+                req_maybe_free(req);
+                return r;
+        }
+        *ret = req;
+        return 0;
+}
+
 /* Put req on the list the next batch goes through (queue_probes). */
 static int req_later(struct poll_req *req) {
         struct proactor_loop *pl = req->pl;
@@ -553,21 +573,12 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
                 req->h = h;
                 return 0;
         }
-        req = req_new(pl, fd, d == 0 ? POLLIN : POLLOUT);
-        if (!req) {
-                loop__handle_drop(loop, h);
-                return -ENOMEM;
-        }
-        req->h = h;
-        req->dev = st.st_dev;
-        req->ino = st.st_ino;
-        r = req_arm(req);
+        r = req_start(pl, fd, d == 0 ? POLLIN : POLLOUT, &st, &req);
         if (r < 0) {
-                req->h = NULL;
                 loop__handle_drop(loop, h);
-                req_maybe_free(req);
                 return r;
         }
+        req->h = h;
         s->io[d] = req;
         s->paused[d].cb = NULL;         /* a paused callback is replaced by an active one */
         return 0;
@@ -689,18 +700,10 @@ static int watch_start(struct proactor_loop *pl, loop_io_t *io) {
 
         if (fstat(io->fd, &st) < 0)
                 return -errno;
-        req = req_new(pl, io->fd, poll_events_of(io->events));
-        if (!req)
-                return -ENOMEM;
-        req->io = io;
-        req->dev = st.st_dev;
-        req->ino = st.st_ino;
-        r = req_arm(req);
-        if (r < 0) {
-                req->io = NULL;
-                req_maybe_free(req);
+        r = req_start(pl, io->fd, poll_events_of(io->events), &st, &req);
+        if (r < 0)
                 return r;
-        }
+        req->io = io;
         io->priv = req;
         return 0;
 }

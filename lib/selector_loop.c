@@ -110,6 +110,19 @@ static int ensure_fd(struct selector_loop *sl, int fd) {
         return loop__fd_table_reserve((void **) &sl->fds, &sl->n_fds, sizeof(*sl->fds), fd);
 }
 
+/* May fd be watched by this backend (select: below FD_SETSIZE)? Then make
+ * room for it. */
+static int reserve_fd(struct selector_loop *sl, int fd) {
+        const struct loop_selector_ops *ops = sl->sel->ops;
+
+        if (ops->check_fd) {
+                int r = ops->check_fd(sl->sel->state, fd);
+                if (r < 0)
+                        return r;
+        }
+        return ensure_fd(sl, fd);
+}
+
 static __attribute__((noinline)) int grow_changes(struct selector_loop *sl) {
         size_t cap = sl->cap_changes ? sl->cap_changes * 2 : 64;
         int *changes = realloc(sl->changes, cap * sizeof(*changes));
@@ -570,17 +583,11 @@ static LOOP_ALWAYS_INLINE void unwatch(struct selector_loop *sl, struct fdinfo *
 
 static int add_io(loop_t *loop, int fd, uint32_t event, loop_io_callback_t cb, void *userdata) {
         struct selector_loop *sl = selector_loop(loop);
-        const struct loop_selector_ops *ops = sl->sel->ops;
         int r;
 
         if (fd < 0)
                 return -EBADF;
-        if (ops->check_fd) {
-                r = ops->check_fd(sl->sel->state, fd);
-                if (r < 0)
-                        return r;
-        }
-        r = ensure_fd(sl, fd);
+        r = reserve_fd(sl, fd);
         if (r < 0)
                 return r;
 
@@ -703,16 +710,10 @@ static int rewatch(struct selector_loop *sl, int fd, bool recheck) {
 
 static int selector_io_attach(loop_t *loop, loop_io_t *io) {
         struct selector_loop *sl = selector_loop(loop);
-        const struct loop_selector_ops *ops = sl->sel->ops;
         int fd = io->fd;
         int r;
 
-        if (ops->check_fd) {
-                r = ops->check_fd(sl->sel->state, fd);
-                if (r < 0)
-                        return r;
-        }
-        r = ensure_fd(sl, fd);
+        r = reserve_fd(sl, fd);
         if (r < 0)
                 return r;
         r = loop__fd_table_reserve((void **) &sl->watchers, &sl->n_watchers, sizeof(*sl->watchers), fd);

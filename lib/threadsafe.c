@@ -27,17 +27,30 @@
  * CLOSED, set by loop_close() under the same mutex, turns posts away with
  * -ESHUTDOWN: a post either fails, or got in before the close (and is then
  * dropped with the loop, never run).
+ *
+ * Posts keep their place among call_soon's entries (asyncio appends both
+ * to one queue): the soon window's generation pointer (loop.h) points at
+ * the tail word, and open_generation is the tail as it was when the loop
+ * last took everything. Any post changes the tail, so the next
+ * loop_call_soon, inline or not, leaves its fast path, and the slow path
+ * takes the posts into the ready queue before its own entry. A post that
+ * happens before a call_soon (from the loop's own thread, or from a thread
+ * that was joined or handed off through a mutex) is therefore seen by it
+ * and runs first; the fast path costs nothing more (one compare it made
+ * anyway, against another word).
  */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-/* The tail word: the claim position above the flags. */
+/* The tail word: the claim position above the flags. LIVE is always set:
+ * a tail word is never 0 (see the soon window below). */
 #define TS_WAKE         UINT64_C(1)
 #define TS_OVERFLOW     UINT64_C(2)
 #define TS_CLOSED       UINT64_C(4)
-#define TS_POS_SHIFT    3
+#define TS_LIVE         UINT64_C(8)
+#define TS_POS_SHIFT    4
 
 /* 1024 slots of 24 bytes: a burst between two wake-ups rarely needs more. */
 #define TS_RING_SLOTS   1024u
@@ -115,6 +128,7 @@ int loop__threadsafe_init(loop_t *loop) {
                 return -ENOMEM;
         /* seq 0 is "published" for no position (position + 1 >= 1). */
         memset(loop->ts_ring, 0, sizeof(*loop->ts_ring));
+        loop->ts_ring->tail = TS_LIVE;
         int r = loop__wakeup_new(&loop->wake_read_fd, &loop->wake_write_fd);
         if (r < 0) {
                 free(loop->ts_ring);
@@ -195,7 +209,8 @@ static int post(loop_t *loop, struct loop__ready_entry e) {
                         t = now;
                         continue;
                 }
-                if (__atomic_compare_exchange_n(&loop->ts_ring->tail, &t, ((pos + 1) << TS_POS_SHIFT) | TS_WAKE, true,
+                if (__atomic_compare_exchange_n(&loop->ts_ring->tail, &t,
+                                                ((pos + 1) << TS_POS_SHIFT) | TS_WAKE | TS_LIVE, true,
                                                 __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
                         break;
         }
@@ -284,6 +299,21 @@ static bool take_ring(loop_t *loop, uint64_t end) {
         return true;
 }
 
+/* Everything up to head is taken: the window may open again, for as long
+ * as the tail stays as it is now (nothing claimed since, no flag). A slot
+ * still being published, or a post since, keeps it shut: the next call
+ * takes again. Never on a closed or inherited loop. */
+static void reopen_window(loop_t *loop) {
+        struct loop__soon_window *w = &loop->ready.window;
+        uint64_t open = __atomic_load_n(&w->open_generation, __ATOMIC_RELAXED);
+
+        if (open == LOOP__CLOSED || open == LOOP__INHERITED)
+                return;
+        __atomic_store_n(&w->open_generation,
+                         __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED) << TS_POS_SHIFT | TS_LIVE,
+                         __ATOMIC_RELAXED);
+}
+
 /* Take what was posted: clear WAKE (a post claimed after that sees the
  * flag clear and wakes us again), then take the ring up to where it was
  * claimed, then the overflow. */
@@ -292,8 +322,10 @@ static void take_posted(loop_t *loop) {
 
         if (!take_ring(loop, t >> TS_POS_SHIFT))
                 goto retry;
-        if (!(t & TS_OVERFLOW))
+        if (!(t & TS_OVERFLOW)) {
+                reopen_window(loop);
                 return;
+        }
 
         pthread_mutex_lock(&loop->ts_lock);
         /* OVERFLOW stops claims, so this end is final; the overflow comes
@@ -313,12 +345,29 @@ static void take_posted(loop_t *loop) {
         for (size_t i = 0; i < n; i++)
                 queue_taken(loop, items[i]);
         free(items);
+        reopen_window(loop);
         return;
 
 retry:
         /* A producer between its claim and its publish (preempted, most
          * likely): look again on the next iteration instead of waiting. */
         loop__wakeup_write(loop->wake_write_fd);
+}
+
+/* loop_call_soon's slow path, in the loop's thread, when the window is
+ * shut because something was posted: take it first, so it keeps its place
+ * before the caller's entry. The wake-up stays readable; the next wait
+ * reads it and finds nothing new. */
+void loop__threadsafe_take(loop_t *loop) {
+        uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE);
+
+        if ((t & ~TS_WAKE) != __atomic_load_n(&loop->ready.window.open_generation, __ATOMIC_RELAXED))
+                take_posted(loop);
+}
+
+/* Where the soon window's generation points outside debug mode. */
+const uint64_t *loop__threadsafe_gate(const loop_t *loop) {
+        return &loop->ts_ring->tail;
 }
 
 /* Called in the loop's thread when the wake-up descriptor is readable. */

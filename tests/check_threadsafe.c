@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 
 #include "testutil.h"
 
@@ -577,17 +578,130 @@ START_TEST(test_from_loop_thread) {
 }
 END_TEST
 
-/* Order between call_soon and call_soon_threadsafe from the same thread. */
+/*
+ * call_soon_threadsafe keeps its place among call_soon's entries, as in
+ * asyncio's one ready queue: from the loop's own thread (before the run
+ * and from a callback), and from a thread whose post happens before the
+ * call_soon (joined, or handed off through a mutex).
+ */
+struct seq {
+        int log[512];
+        int n;
+};
+
+struct seq_item {
+        struct seq *seq;
+        int id;
+};
+
+static int seq_cb(loop_t *loop, void *userdata) {
+        struct seq_item *it = userdata;
+
+        (void) loop;
+        if (it->seq->n < 512)
+                it->seq->log[it->seq->n] = it->id;
+        it->seq->n++;
+        return 0;
+}
+
+static void assert_in_order(const struct seq *s, int n) {
+        ck_assert_int_eq(s->n, n);
+        for (int i = 0; i < n; i++)
+                ck_assert_msg(s->log[i] == i, "call %d ran %d-th", s->log[i], i);
+}
+
+static int mixed_from_callback_cb(loop_t *loop, void *userdata) {
+        struct seq_item *it = userdata;
+
+        for (int i = 0; i < 50; i++)
+                if ((i % 2 ? loop_call_soon(loop, seq_cb, &it[i], NULL)
+                           : loop_call_soon_threadsafe(loop, seq_cb, &it[i], NULL)) < 0)
+                        return -EIO;
+        return 0;
+}
+
 START_TEST(test_mixed_with_call_soon) {
         loop_t *loop = tu_loop_new();
-        int count = 0, i;
+        static struct seq seq;
+        static struct seq_item items[200];
+        int i;
 
+        memset(&seq, 0, sizeof(seq));
+        for (i = 0; i < 200; i++)
+                items[i] = (struct seq_item){.seq = &seq, .id = i};
+        /* loop_call_soon_threadsafe(1); loop_call_soon(2): 1 runs first. */
         for (i = 0; i < 100; i++) {
-                ck_assert_int_eq(loop_call_soon_threadsafe(loop, tu_count_cb, &count, NULL), 0);
-                ck_assert_int_eq(loop_call_soon(loop, tu_count_cb, &count, NULL), 0);
+                if (i % 2)
+                        ck_assert_int_eq(loop_call_soon(loop, seq_cb, &items[i], NULL), 0);
+                else
+                        ck_assert_int_eq(loop_call_soon_threadsafe(loop, seq_cb, &items[i], NULL), 0);
         }
-        tu_run_until(loop, &count, 200, 5 * TU_SEC);
-        ck_assert_int_eq(count, 200);
+        ck_assert_int_eq(loop_run_once(loop, 0), 100);
+        assert_in_order(&seq, 100);
+        /* The same from inside a callback. */
+        memset(&seq, 0, sizeof(seq));
+        ck_assert_int_eq(loop_call_soon(loop, mixed_from_callback_cb, items, NULL), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 1);
+        ck_assert_int_eq(loop_run_once(loop, 0), 50);
+        assert_in_order(&seq, 50);
+        loop_unref(loop);
+}
+END_TEST
+
+struct handoff {
+        loop_t *loop;
+        struct seq_item *item;
+        pthread_mutex_t lock;
+        pthread_cond_t cond;
+        bool posted;
+};
+
+static void *post_and_hand_off(void *arg) {
+        struct handoff *h = arg;
+
+        if (loop_call_soon_threadsafe(h->loop, seq_cb, h->item, NULL) < 0)
+                abort();
+        pthread_mutex_lock(&h->lock);
+        h->posted = true;
+        pthread_cond_signal(&h->cond);
+        pthread_mutex_unlock(&h->lock);
+        return NULL;
+}
+
+START_TEST(test_cross_thread_happens_before) {
+        loop_t *loop = tu_loop_new();
+        static struct seq seq;
+        static struct seq_item items[120];
+        pthread_t t;
+        int i;
+
+        memset(&seq, 0, sizeof(seq));
+        for (i = 0; i < 120; i++)
+                items[i] = (struct seq_item){.seq = &seq, .id = i};
+        for (i = 0; i < 120; i += 2) {
+                struct handoff h = {.loop = loop, .item = &items[i]};
+                pthread_mutex_init(&h.lock, NULL);
+                pthread_cond_init(&h.cond, NULL);
+                ck_assert_int_eq(pthread_create(&t, NULL, post_and_hand_off, &h), 0);
+                if (i % 4 == 0) {
+                        /* Joined. */
+                        ck_assert_int_eq(pthread_join(t, NULL), 0);
+                } else {
+                        /* Handed off through a mutex. */
+                        pthread_mutex_lock(&h.lock);
+                        while (!h.posted)
+                                pthread_cond_wait(&h.cond, &h.lock);
+                        pthread_mutex_unlock(&h.lock);
+                        ck_assert_int_eq(pthread_join(t, NULL), 0);
+                }
+                ck_assert_int_eq(loop_call_soon(loop, seq_cb, &items[i + 1], NULL), 0);
+                pthread_cond_destroy(&h.cond);
+                pthread_mutex_destroy(&h.lock);
+                if (i % 20 == 18)
+                        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        }
+        tu_run_for(loop, 20 * TU_MSEC);
+        assert_in_order(&seq, 120);
         loop_unref(loop);
 }
 END_TEST
@@ -1018,6 +1132,7 @@ static Suite *threadsafe_suite(void) {
         tc = tu_tcase(s, "misc");
         tcase_add_test(tc, test_from_loop_thread);
         tcase_add_test(tc, test_mixed_with_call_soon);
+        tcase_add_test(tc, test_cross_thread_happens_before);
         tcase_add_test(tc, test_closed_loop);
         tcase_add_test(tc, test_cancel_before_run);
         tcase_add_test(tc, test_cancel_from_other_thread);

@@ -71,7 +71,6 @@ static void run_round(int loop_runs_meanwhile) {
         struct poster p[NTHREADS];
         loop_t *loop = tu_loop_new();
         int64_t deadline;
-        long failed = 0;
 
         ran = out_of_order = bad_id = 0;
         for (int i = 0; i < NTHREADS; i++)
@@ -99,7 +98,6 @@ static void run_round(int loop_runs_meanwhile) {
         for (int i = 0; i < NTHREADS; i++) {
                 ck_assert_msg(p[i].failed == 0, "thread %d: %d posts failed: %s", i, p[i].failed,
                               loop_strerror(p[i].error));
-                failed += p[i].failed;
         }
         st_note("%ld threadsafe posts from %d threads (%s), %ld ran, %ld out of order", TOTAL, NTHREADS,
                 loop_runs_meanwhile ? "the loop running" : "the loop idle", ran, out_of_order);
