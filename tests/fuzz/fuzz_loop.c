@@ -616,7 +616,12 @@ static int cb_io(loop_t *loop, int fd, void *userdata) {
               fd);
         check(!r->paused, "paused %s of fd %d ran", r->write ? "writer" : "reader", fd);
         check(fd == r->fd, "I/O callback for fd %d called with fd %d", r->fd, fd);
-        trace("  %s of fd %d runs (iteration %u)", r->write ? "writer" : "reader", fd, iterations());
+        if (cfg.verbose) {
+                struct pollfd pv = { .fd = fd, .events = POLLIN | POLLOUT | POLLRDHUP };
+                int pn = poll(&pv, 1, 0);
+                trace("  %s of fd %d runs (iteration %u; poll %d revents %#x)", r->write ? "writer" : "reader", fd,
+                      iterations(), pn, (unsigned) pv.revents);
+        }
         r->ran++;
         if (r->orphan) {
                 /* Closed behind the loop's back. The callback does what a
