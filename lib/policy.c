@@ -57,20 +57,24 @@ static inline void leave(void) {
  * set_event_loop(NULL) forbids any implicit loop. Per policy and thread,
  * as CPython keeps it in the policy's threading.local; forgotten in a fork
  * child, whose policy starts afresh (CPython resets _local at fork). A
- * thread remembers the last few policies it set a loop through.
+ * thread remembers the built-in policy's record for good and those of the
+ * last few policy objects it set a loop through.
  */
 #define SET_CALLED_MAX 8
 
 static uint64_t last_policy_id = 1;     /* 1: builtin_default */
 static __thread struct {
         uint64_t fork_generation;
+        bool builtin;                   /* the built-in policy's: never forgotten */
         unsigned n;
-        uint64_t ids[SET_CALLED_MAX];
+        uint64_t ids[SET_CALLED_MAX];   /* policy objects', the latest last */
 } set_called;
 
 static bool was_set(const loop_policy_t *p) {
         if (set_called.fork_generation != __atomic_load_n(&loop__fork_generation, __ATOMIC_RELAXED))
                 return false;
+        if (p->id == 1)
+                return set_called.builtin;
         for (unsigned i = 0; i < set_called.n; i++)
                 if (set_called.ids[i] == p->id)
                         return true;
@@ -82,7 +86,12 @@ static void mark_set(const loop_policy_t *p) {
 
         if (set_called.fork_generation != gen) {
                 set_called.fork_generation = gen;
+                set_called.builtin = false;
                 set_called.n = 0;
+        }
+        if (p->id == 1) {
+                set_called.builtin = true;
+                return;
         }
         if (was_set(p))
                 return;

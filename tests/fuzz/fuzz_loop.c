@@ -159,6 +159,7 @@ static struct {
         enum backend backend;
         loop_t *loop;
         loop_policy_t *policy;          /* our derived policy, while installed */
+        bool policy_set_called;         /* a loop was set through it (asyncio's _set_called) */
         bool closed;
 
         struct rec recs[MAX_RECS];
@@ -1406,6 +1407,28 @@ static void install_policy(void) {
         loop_policy_unref(base);
         check(loop_set_event_loop_policy(p) == 0, "loop_set_event_loop_policy");
         G.policy = p;
+        G.policy_set_called = false;
+}
+
+/*
+ * The default policy's "set called" rule (loop_policy(3)): once a loop was
+ * set through a default policy in a thread (explicitly, or by
+ * get_event_loop creating one), that policy creates no loop there on
+ * demand. Our derived policy has a fresh default base each time it is
+ * installed; the built-in default keeps its record for the life of the
+ * process, across inputs.
+ */
+static bool builtin_set_called;
+
+static bool *set_called_flag(void) {
+        return G.policy ? &G.policy_set_called : &builtin_set_called;
+}
+
+static void set_current(loop_t *loop, const char *what) {
+        int r = loop_set_event_loop(loop);
+
+        check(r == 0, "%s: %d", what, r);
+        *set_called_flag() = true;
 }
 
 static void uninstall_policy(void) {
@@ -1428,19 +1451,27 @@ static void policy_op(uint8_t how) {
                 uninstall_policy();
                 break;
         case 2:
-                r = loop_set_event_loop(G.closed ? NULL : G.loop);
-                check(r == 0, "loop_set_event_loop: %d", r);
+                set_current(G.closed ? NULL : G.loop, "loop_set_event_loop");
                 break;
         case 3:
-                check(loop_set_event_loop(NULL) == 0, "loop_set_event_loop(NULL)");
+                set_current(NULL, "loop_set_event_loop(NULL)");
                 break;
-        case 4:
-                /* Creates the main thread's loop if it has none: with our
-                 * policy installed, on the backend under test. */
+        case 4: {
+                /* Creates the main thread's loop if it has none, unless a
+                 * loop was set through the policy before: with our policy
+                 * installed, on the backend under test. */
+                loop_t *cur = NULL;
+                bool had = loop_thread_get_loop(&cur) == 0;
+                loop_unref(cur);
                 r = loop_get_event_loop(&l);
-                check(r == 0 && l, "loop_get_event_loop: %d", r);
+                if (had || !*set_called_flag()) {
+                        check(r == 0 && l, "loop_get_event_loop: %d", r);
+                        *set_called_flag() = true;
+                } else
+                        check(r == -ENOENT && !l, "loop_get_event_loop after a set: %d", r);
                 loop_unref(l);
                 break;
+        }
         case 5:
                 r = loop_new_event_loop(&l);
                 check(r == 0 && l, "loop_new_event_loop: %d", r);
@@ -1729,7 +1760,7 @@ static void teardown(void) {
                         future_release(i);
         for (int i = 0; i < MAX_FDS; i++)
                 release_ops(&G.fds[i]);
-        check(loop_set_event_loop(NULL) == 0, "clearing the current loop");
+        set_current(NULL, "clearing the current loop");
         uninstall_policy();
         G.loop = loop_unref(G.loop);
         for (int i = 0; i < MAX_FDS; i++)
