@@ -233,23 +233,22 @@ static int epoll_modify(void *state, int fd, uint32_t old_events, uint32_t new_e
         /* A new registration gets a new generation; a MOD keeps it. */
         st->tag[fd] = (op == EPOLL_CTL_ADD ? (old_tag & ~TAG_EVENTS) + TAG_GEN : old_tag & ~TAG_EVENTS) | new_events;
         ev = event_of(st, fd);
-        if (epoll_ctl(st->fd, op, fd, &ev) == 0)
-                return 0;
-        if (op == EPOLL_CTL_ADD && errno == EEXIST) {
+        r = epoll_ctl(st->fd, op, fd, &ev);
+        if (r < 0 && op == EPOLL_CTL_ADD && errno == EEXIST) {
                 if (same_mask) {
                         st->tag[fd] = old_tag;  /* the same registration goes on */
                         return 0;
                 }
                 op = EPOLL_CTL_MOD;     /* still registered through a surviving dup */
-        } else if (op == EPOLL_CTL_MOD && errno == ENOENT) {
+                r = epoll_ctl(st->fd, op, fd, &ev);
+        } else if (r < 0 && op == EPOLL_CTL_MOD && errno == ENOENT) {
                 /* The file was closed (and the number maybe reused). */
                 op = EPOLL_CTL_ADD;
                 st->tag[fd] += TAG_GEN;
                 ev = event_of(st, fd);
-        } else if (errno != EPERM) {
-                return failed(st, fd, old_tag);
+                r = epoll_ctl(st->fd, op, fd, &ev);
         }
-        if (errno != EPERM && epoll_ctl(st->fd, op, fd, &ev) == 0)
+        if (r == 0)
                 return 0;
         if (errno == EPERM && (op == EPOLL_CTL_ADD || reset)) {
                 /* Was a pollable file's registration: it is not any more. */

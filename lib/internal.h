@@ -253,7 +253,7 @@ struct loop {
 
 /* Bumped in every fork child: a loop created under another value was inherited. */
 extern LOOP_HIDDEN uint64_t loop__fork_generation;
-#define LOOP__CLOSED UINT64_MAX         /* never a fork generation */
+#define LOOP__CLOSED UINT64_MAX         /* no threadsafe ring tail is ever this */
 
 /* The inline path's layout is compiled into programs (loop.h): within
  * libloop.so.1 it stays where it is, field for field. */

@@ -176,10 +176,6 @@ void loop__set_debug(loop_t *loop, bool enabled) {
         loop->ready.window.generation = enabled ? &loop->debug_gate : loop__threadsafe_gate(loop);
 }
 
-struct wrong_thread_report {
-        const char *call;
-};
-
 static int report_wrong_thread(loop_t *loop, void *userdata) {
         char msg[160];
 

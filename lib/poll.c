@@ -113,23 +113,10 @@ static int poll_select(void *state, int64_t timeout_ns, loop_selector_ready_t re
          * so walking the array while reporting is safe. */
         for (size_t i = 0, left = (size_t) n; i < st->n && left > 0; i++) {
                 short re = st->pfds[i].revents;
-                uint32_t ev = 0;
                 if (!re)
                         continue;
                 left--;
-                if (re & POLLNVAL) {
-                        ready(ctx, st->pfds[i].fd, LOOP_EVENT_CLOSED);
-                        continue;
-                }
-                /* What the kernel said; the loop maps errors and
-                 * hang-ups to readers and writers the asyncio way. */
-                if (re & POLLIN)
-                        ev |= LOOP_EVENT_READ;
-                if (re & POLLOUT)
-                        ev |= LOOP_EVENT_WRITE;
-                if (unlikely(re & (POLLERR | POLLHUP)))
-                        ev |= (re & POLLERR ? LOOP_EVENT_ERROR : 0) | (re & POLLHUP ? LOOP_EVENT_HANGUP : 0);
-                ready(ctx, st->pfds[i].fd, ev);
+                ready(ctx, st->pfds[i].fd, loop__poll_revents(re));
         }
         return n;
 }

@@ -384,6 +384,34 @@ static void queue_probes(struct proactor_loop *pl) {
         pl->n_dispatched = 0;
 }
 
+static void req_remove(struct poll_req *req) {
+        struct proactor_loop *pl = req->pl;
+
+        drop_handle(pl, req->h);
+        req->h = NULL;
+        if (req->io) {
+                req->io->priv = NULL;
+                req->io = NULL;
+        }
+        /* Failing to queue the removal leaves the request armed; its
+         * completions find no callback, and loop_close() tries again. */
+        if (req->armed)
+                (void) pl->ops->poll_remove(pl->be, tag(req, TAG_POLL));
+        if (req->probing)
+                (void) pl->ops->poll_remove(pl->be, tag(req, TAG_PROBE));
+        req_maybe_free(req);
+}
+
+/* Take req's callback off its fd slot and end the request. */
+static void req_unlink(struct poll_req *req) {
+        struct fdslot *s = &req->pl->fds[req->fd];
+
+        for (int d = 0; d < 2; d++)
+                if (s->io[d] == req)
+                        s->io[d] = NULL;
+        req_remove(req);
+}
+
 /* A poll result that says what req waits for. The kernel adds POLLRDHUP
  * to io_uring's poll results: a full socket whose peer shut down its
  * sending side completes a POLLOUT poll with POLLRDHUP alone, and it is
@@ -417,17 +445,11 @@ static void on_poll(struct poll_req *req, int res, uint32_t flags) {
                          * the add was deferred, so the exception handler
                          * hears it, as on the selector loop. */
                         loop__report(&pl->base, "Cannot watch file descriptor", res, NULL, req->fd);
-                        if (req->io) {
-                                loop__io_lost(req->io);
-                                req->io->priv = NULL;
-                                req->io = NULL;
-                        } else if (!req->wake) {
-                                struct fdslot *s = &pl->fds[req->fd];
-                                for (int d = 0; d < 2; d++)
-                                        if (s->io[d] == req)
-                                                s->io[d] = NULL;
-                                drop_handle(pl, req->h);
-                                req->h = NULL;
+                        if (!req->wake) {
+                                if (req->io)
+                                        loop__io_lost(req->io);
+                                req_unlink(req);
+                                return;
                         }
                 } else {
                         req->rearm = true;
@@ -436,34 +458,6 @@ static void on_poll(struct poll_req *req, int res, uint32_t flags) {
                 }
         }
         req_maybe_free(req);
-}
-
-static void req_remove(struct poll_req *req) {
-        struct proactor_loop *pl = req->pl;
-
-        drop_handle(pl, req->h);
-        req->h = NULL;
-        if (req->io) {
-                req->io->priv = NULL;
-                req->io = NULL;
-        }
-        /* Failing to queue the removal leaves the request armed; its
-         * completions find no callback, and loop_close() tries again. */
-        if (req->armed)
-                (void) pl->ops->poll_remove(pl->be, tag(req, TAG_POLL));
-        if (req->probing)
-                (void) pl->ops->poll_remove(pl->be, tag(req, TAG_PROBE));
-        req_maybe_free(req);
-}
-
-/* Take req's callback off its fd slot and end the request. */
-static void req_unlink(struct poll_req *req) {
-        struct fdslot *s = &req->pl->fds[req->fd];
-
-        for (int d = 0; d < 2; d++)
-                if (s->io[d] == req)
-                        s->io[d] = NULL;
-        req_remove(req);
 }
 
 /* End the request of an enabled watcher (disabled, removed, changed). */

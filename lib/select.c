@@ -105,21 +105,10 @@ static uint32_t details(const struct select_state *st, int fd, uint32_t ev) {
                 .events = (short) ((FD_ISSET(fd, &st->readers) ? POLLIN : 0) |
                                    (FD_ISSET(fd, &st->writers) ? POLLOUT : 0)),
         };
-        uint32_t d = 0;
 
         if (poll(&p, 1, 0) <= 0)
                 return ev;
-        if (p.revents & POLLNVAL)
-                return LOOP_EVENT_CLOSED;
-        if (p.revents & POLLIN)
-                d |= LOOP_EVENT_READ;
-        if (p.revents & POLLOUT)
-                d |= LOOP_EVENT_WRITE;
-        if (p.revents & POLLERR)
-                d |= LOOP_EVENT_ERROR;
-        if (p.revents & POLLHUP)
-                d |= LOOP_EVENT_HANGUP;
-        return d;
+        return loop__poll_revents(p.revents);
 }
 
 static int select_select(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx) {

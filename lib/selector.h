@@ -52,6 +52,18 @@
 #define LOOP_EVENT_ERROR UINT32_C(16)
 #define LOOP_EVENT_HANGUP UINT32_C(32)
 
+#ifdef POLLIN
+/* poll(2)'s revents as LOOP_EVENT_* (POLLNVAL: CLOSED), for the backends
+ * that include <poll.h>: the kernel's answer, which the loop maps to
+ * readers and writers the asyncio way. */
+static inline uint32_t loop__poll_revents(short re) {
+        if (re & POLLNVAL)
+                return LOOP_EVENT_CLOSED;
+        return (re & POLLIN ? LOOP_EVENT_READ : 0) | (re & POLLOUT ? LOOP_EVENT_WRITE : 0) |
+               (re & POLLERR ? LOOP_EVENT_ERROR : 0) | (re & POLLHUP ? LOOP_EVENT_HANGUP : 0);
+}
+#endif
+
 /* Called by ->select once per ready descriptor, from inside ->select. */
 typedef void (*loop_selector_ready_t)(void *ctx, int fd, uint32_t events);
 
