@@ -19,6 +19,15 @@
  *   waitpid(pid, WNOHANG) reaps instead, which is as safe because a zombie's
  *   pid cannot be reused before it is reaped.
  *
+ * - a kqueue per child (macOS, the BSDs: no pidfds there): a queue of its
+ *   own with an EVFILT_PROC event for the child's exit (NOTE_EXIT), which
+ *   polls readable once the child has exited, just as a pidfd does, and
+ *   is watched and reaped the same way (waitpid(pid, WNOHANG)). It does
+ *   not reap (the kernel only reports the exit), and it works on every
+ *   selector, since a kqueue descriptor can itself be polled. macOS
+ *   refuses a process that is already a zombie (ESRCH): a thread then
+ *   finds it at once.
+ *
  * - a waiter thread per child, when pidfd_open() fails with ENOSYS (old
  *   kernels, valgrind 3.19 and older) or EPERM (seccomp filters that refuse
  *   system calls they do not know), on systems without pidfds, when a
@@ -68,8 +77,16 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef __linux__
+#ifdef HAVE_PTHREAD_NP_H
+#include <pthread_np.h>
+#endif
+#ifdef HAVE_PIDFD
 #include <sys/syscall.h>
+#elif defined(ENABLE_KQUEUE)
+#include <sys/types.h>
+#include <sys/event.h>
+#include <sys/time.h>
+#define CHILD_KQUEUE 1
 #endif
 #ifdef __APPLE__
 /* A shared library on macOS cannot link against environ directly. */
@@ -79,10 +96,10 @@
 
 #include "internal.h"
 
-/* A pidfd is Linux's; waitid's P_PIDFD (idtype 3) came with Linux 5.4 and
- * is missing from older C library headers. */
-#if defined(__linux__) && defined(SYS_pidfd_open)
-#define HAVE_PIDFD 1
+/* A pidfd is Linux's (configure's HAVE_PIDFD: SYS_pidfd_open); waitid's
+ * P_PIDFD (idtype 3) came with Linux 5.4 and is missing from older C
+ * library headers. */
+#ifdef HAVE_PIDFD
 #define CHILD_P_PIDFD ((idtype_t) 3)
 #endif
 
@@ -126,8 +143,10 @@ struct loop__children {
         struct child_mailbox *mailbox;  /* created with the first waiter thread */
 };
 
+#ifdef HAVE_PIDFD
 /* Set once pidfd_open() turned out not to exist here: no more tries. */
 static bool pidfd_unavailable;
+#endif
 
 /* ---- reaping ---------------------------------------------------------- */
 
@@ -245,7 +264,7 @@ static void finish(loop_t *loop, struct loop__children *c, struct child_watch *w
                 loop__report(loop, "Exception in callback", r, NULL, -1);
 }
 
-/* ---- the pidfd mechanism ---------------------------------------------- */
+/* ---- the pidfd (or kqueue) mechanism ---------------------------------- */
 
 static int on_pidfd(loop_t *loop, int fd, void *userdata) {
         (void) fd;
@@ -253,7 +272,8 @@ static int on_pidfd(loop_t *loop, int fd, void *userdata) {
         return 0;
 }
 
-/* A pidfd for pid, or a negative errno (-ENOSYS where there are none). */
+/* A pidfd for pid (a kqueue watching its exit where kqueue exists), or a
+ * negative errno (-ENOSYS: use a thread). */
 static int open_pidfd(pid_t pid) {
 #ifdef HAVE_PIDFD
         if (__atomic_load_n(&pidfd_unavailable, __ATOMIC_RELAXED))
@@ -270,6 +290,21 @@ static int open_pidfd(pid_t pid) {
         if (errno == ESRCH)
                 return -ECHILD;
         return -errno;
+#elif defined(CHILD_KQUEUE)
+        struct kevent ev;
+        int kq = kqueue();
+
+        if (kq < 0)
+                return -errno;
+        (void) fcntl(kq, F_SETFD, FD_CLOEXEC);
+        EV_SET(&ev, (uintptr_t) pid, EVFILT_PROC, EV_ADD, NOTE_EXIT, 0, NULL);
+        if (kevent(kq, &ev, 1, NULL, 0, NULL) < 0) {
+                int r = errno;
+                close(kq);
+                /* A zombie already (macOS): the thread sees it at once. */
+                return r == ESRCH ? -ENOSYS : -r;
+        }
+        return kq;
 #else
         (void) pid;
         return -ENOSYS;
@@ -365,9 +400,11 @@ static void *waiter_main(void *arg) {
         siginfo_t info;
         int r;
 
-#ifdef __linux__
         /* For ps and debuggers (and the tests, which count us). */
+#if defined(HAVE_PTHREAD_SETNAME_NP)
         pthread_setname_np(pthread_self(), "libloop-child");
+#elif defined(HAVE_PTHREAD_SETNAME_NP_SELF)
+        pthread_setname_np("libloop-child");   /* macOS: names the calling thread */
 #endif
         /* WNOWAIT: learn that it exited, leave the reaping to the loop.
          * ECHILD (reaped elsewhere) ends the wait too: the loop finds out. */
@@ -609,15 +646,8 @@ static void close_fd(int *fd) {
 }
 
 static int make_pipe(int p[2]) {
-#ifdef HAVE_PIPE2
-        if (pipe2(p, O_CLOEXEC) < 0)
+        if (loop__pipe_cloexec(p, false) < 0)
                 return -errno;
-#else
-        if (pipe(p) < 0)
-                return -errno;
-        fcntl(p[0], F_SETFD, FD_CLOEXEC);
-        fcntl(p[1], F_SETFD, FD_CLOEXEC);
-#endif
         /* Keep every pipe end off 0, 1 and 2 (a parent started with a
          * closed stdin gets fd 0 here): the child's dup2() onto 0-2 would
          * otherwise overwrite one end with another, or be a dup2(fd, fd)

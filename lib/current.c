@@ -12,6 +12,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <unistd.h>
+#ifdef HAVE_PTHREAD_NP_H
+#include <pthread_np.h>         /* pthread_main_np() on FreeBSD and OpenBSD */
+#endif
 
 #include "internal.h"
 
@@ -87,15 +90,23 @@ LOOP_EXPORT int loop_get_running_loop(loop_t **ret) {
 
 /*
  * Which thread is "the main thread" (where the default policy creates a
- * loop on demand)? On Linux: the thread whose id equals the process id,
- * which is the thread that called main(), and in a fork child the thread
- * that forked. Elsewhere: the thread that loaded the library, recorded
- * by a constructor (exact for a library linked at start-up; for a dlopen()
- * it is the thread that called dlopen).
+ * loop on demand)? Where there is gettid() (Linux): the thread whose id
+ * equals the process id, which is the thread that called main(), and in
+ * a fork child the thread that forked. Else, where there is
+ * pthread_main_np() (macOS, FreeBSD, OpenBSD): the system's own answer,
+ * the thread that called main(). Elsewhere (--enable-posix-fallbacks
+ * too): the thread that loaded the library, recorded by a constructor
+ * (exact for a library linked at start-up; for a dlopen() it is the thread
+ * that called dlopen; in the child of a fork made by another thread, no
+ * thread at all). syscall(SYS_gettid) would be no fallback: it is Linux.
  */
-#ifdef __linux__
+#if defined(HAVE_GETTID)
 bool loop__is_main_thread(void) {
         return gettid() == getpid();
+}
+#elif defined(HAVE_PTHREAD_MAIN_NP)
+bool loop__is_main_thread(void) {
+        return pthread_main_np() == 1;
 }
 #else
 static pthread_t main_thread;

@@ -124,8 +124,9 @@ struct loop__executor {
 static unsigned default_max_workers(void) {
         long n = -1;
 
-#ifdef CPU_COUNT
-        /* The CPUs this process may use (os.process_cpu_count()), not the machine's. */
+#if defined(HAVE_SCHED_GETAFFINITY) && defined(CPU_COUNT)
+        /* The CPUs this process may use (os.process_cpu_count()), not the
+         * machine's. Linux and FreeBSD 13.1+; macOS has no affinity masks. */
         cpu_set_t set;
         if (sched_getaffinity(0, sizeof(set), &set) == 0)
                 n = CPU_COUNT(&set);

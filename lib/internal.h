@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/socket.h>
 
 #include "loop.h"
 #include "macro.h"
@@ -216,6 +217,7 @@ struct loop {
         struct loop__ready_entry *ts_items;
         size_t ts_n, ts_cap;
         int wake_read_fd, wake_write_fd;  /* the same eventfd on Linux, a pipe elsewhere */
+        void (*wake)(int fd);           /* the backend's wake-up on wake_write_fd, or NULL (a write) */
 
         unsigned running;               /* atomic: 1 while some thread runs the loop */
         uint64_t n_runs;                /* run_forever/run_once calls so far */
@@ -374,6 +376,15 @@ void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook);
 int loop__executor_submit(loop_t *loop, loop_executor_fn_t fn, void *arg, void (*free_arg)(void *arg),
                           void (*destroy)(void *result), loop_future_t **ret);
 
+/* posix.c: Linux's accept4, pipe2 and MSG_NOSIGNAL where configure found
+ * them, their POSIX fallbacks elsewhere. Like the system calls they
+ * replace: -1 and errno. */
+int loop__accept_nonblock(int fd, struct sockaddr *addr, socklen_t *addrlen); /* O_NONBLOCK, FD_CLOEXEC */
+int loop__pipe_cloexec(int p[2], bool nonblock);
+/* send(2) and sendto(2) that never raise SIGPIPE: EPIPE instead. */
+ssize_t loop__send(int fd, const void *buf, size_t len, int flags);
+ssize_t loop__sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen);
+
 /* wakeup.c: an eventfd (a self-pipe elsewhere) that wakes a waiting loop */
 int loop__wakeup_new(int *read_fd, int *write_fd);
 void loop__wakeup_write(int write_fd);         /* async-signal-safe, never blocks */
@@ -389,6 +400,7 @@ void loop__threadsafe_wake(loop_t *loop);      /* any thread: make a waiting loo
 void loop__threadsafe_take(loop_t *loop);      /* loop's thread: take the posts now, if any */
 const uint64_t *loop__threadsafe_gate(const loop_t *loop);
 void loop__threadsafe_free(loop_t *loop);
+void loop__threadsafe_use_wake(loop_t *loop, int fd, void (*wake)(int fd));
 
 /* selector_loop.c */
 extern LOOP_HIDDEN const struct loop__impl loop__selector_impl;

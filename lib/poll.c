@@ -13,7 +13,9 @@
  * - POLLERR and POLLHUP come whatever the events asked for, even none: an
  *   entry with events 0 is how a descriptor is watched for them alone
  *   (LOOP_EVENT_ERROR, see selector.h).
- * - ppoll() takes a timespec: no millisecond rounding.
+ * - ppoll() takes a timespec: no millisecond rounding. macOS has no
+ *   ppoll() (Linux and the BSDs do): there poll() waits whole
+ *   milliseconds, rounded up, so a timer is never found early and spun on.
  * - Nothing checks a descriptor at registration, so an addition checks it
  *   with fcntl() to report EBADF the way the other backends do.
  */
@@ -99,13 +101,25 @@ static int poll_modify(void *state, int fd, uint32_t old_events, uint32_t new_ev
         return 0;
 }
 
-static int poll_select(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx) {
-        struct poll_state *st = state;
+#ifdef HAVE_PPOLL
+static int wait_fds(struct poll_state *st, int64_t timeout_ns) {
         struct timespec ts = {
                 .tv_sec = timeout_ns / 1000000000,
                 .tv_nsec = timeout_ns % 1000000000,
         };
-        int n = ppoll(st->pfds, st->n, timeout_ns < 0 ? NULL : &ts, NULL);
+
+        return ppoll(st->pfds, st->n, timeout_ns < 0 ? NULL : &ts, NULL);
+}
+#else
+static int wait_fds(struct poll_state *st, int64_t timeout_ns) {
+        /* Rounded up; a longer wait ends early and the loop waits again. */
+        return poll(st->pfds, st->n, loop__timeout_ms(timeout_ns));
+}
+#endif
+
+static int poll_select(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx) {
+        struct poll_state *st = state;
+        int n = wait_fds(st, timeout_ns);
 
         if (n < 0)
                 return errno == EINTR ? 0 : -errno;

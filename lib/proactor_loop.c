@@ -89,13 +89,13 @@
 #include "proactor.h"
 #include "selector.h"
 
-#ifndef MSG_NOSIGNAL
-#define MSG_NOSIGNAL 0
-#endif
 /* Every transfer is non-blocking by itself, whatever the socket's O_NONBLOCK
- * says: a blocking socket cannot stall the loop. */
+ * says: a blocking socket cannot stall the loop. The tries made here go
+ * through loop__send() and loop__sendto() (posix.c), which keep SIGPIPE
+ * away where there is no MSG_NOSIGNAL (macOS); a completion backend's own
+ * requests are its business (io_uring: MSG_NOSIGNAL, Linux's). */
 #define RECV_FLAGS MSG_DONTWAIT
-#define SEND_FLAGS (MSG_NOSIGNAL | MSG_DONTWAIT)
+#define SEND_FLAGS MSG_DONTWAIT
 
 /* The compiled-in completion backends, best first: the only list of them. */
 static const struct loop_proactor_ops *const proactors[] = {
@@ -1273,8 +1273,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
         case LOOP__SOCK_ACCEPT:
                 for (;;) {
                         op->res->addrlen = sizeof(op->res->addr);
-                        int nfd = accept4(fd, (struct sockaddr *) &op->res->addr, &op->res->addrlen,
-                                          SOCK_NONBLOCK | SOCK_CLOEXEC);
+                        int nfd = loop__accept_nonblock(fd, (struct sockaddr *) &op->res->addr, &op->res->addrlen);
                         if (nfd >= 0) {
                                 op->res->fd = nfd;
                                 return 1;
@@ -1289,7 +1288,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                 n = 0;
                 if (call->size > 0) {
                         do
-                                n = send(fd, call->data, call->size, SEND_FLAGS);
+                                n = loop__send(fd, call->data, call->size, SEND_FLAGS);
                         while (n < 0 && errno == EINTR);
                         if (n < 0 && !would_block(errno))
                                 return -errno;
@@ -1310,7 +1309,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                 return 0;
         case LOOP__SOCK_SENDTO:
                 do
-                        n = sendto(fd, call->data, call->size, SEND_FLAGS, call->addr, call->addrlen);
+                        n = loop__sendto(fd, call->data, call->size, SEND_FLAGS, call->addr, call->addrlen);
                 while (n < 0 && errno == EINTR);
                 if (n >= 0) {
                         op->res->nbytes = (size_t) n;

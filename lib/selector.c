@@ -11,6 +11,9 @@
 #include "selector.h"
 
 static const struct loop_selector_ops *const backends[] = {
+#ifdef ENABLE_KQUEUE
+        &loop_selector_kqueue,
+#endif
 #ifdef ENABLE_EPOLL
         &loop_selector_epoll,
 #endif
@@ -23,6 +26,9 @@ static const struct loop_selector_ops *const backends[] = {
 };
 
 static const char *const backend_names[] = {
+#ifdef ENABLE_KQUEUE
+        "kqueue",
+#endif
 #ifdef ENABLE_EPOLL
         "epoll",
 #endif

@@ -4,7 +4,7 @@
 /*
  * The readiness backends (asyncio's selectors module).
  *
- * Each backend lives in one file (epoll.c, poll.c, select.c) and exports one
+ * Each backend lives in one file (kqueue.c, epoll.c, poll.c, select.c) and exports one
  * const table of this type; selector.c lists the compiled-in tables in order
  * of preference and nothing else in the library names a backend.
  *
@@ -123,6 +123,24 @@ struct loop_selector_ops {
          * one. NULL when the backend has none (poll, select).
          */
         int (*fileno)(void *state);
+
+        /*
+         * Optional: give the kernel the changes ->modify queued (kqueue
+         * batches them into the next wait), for an outer loop about to
+         * wait on ->fileno. Errors are reported by the next ->select.
+         */
+        void (*commit)(void *state);
+
+        /*
+         * Optional: the loop's wake-up without a descriptor of its own
+         * (kqueue's EVFILT_USER). wake_setup arms it and returns the
+         * number ->select passes to ready() with LOOP_EVENT_READ when it
+         * was woken (the backend's own descriptor), or a negative errno;
+         * wake(that number) makes a waiting ->select return, from any
+         * thread. NULL: the loop watches a pipe or an eventfd instead.
+         */
+        int (*wake_setup)(void *state);
+        void (*wake)(int fd);
 };
 
 struct loop_selector {
@@ -133,6 +151,7 @@ struct loop_selector {
 };
 
 /* The compiled-in backends, defined in their own files. */
+extern LOOP_HIDDEN const struct loop_selector_ops loop_selector_kqueue;
 extern LOOP_HIDDEN const struct loop_selector_ops loop_selector_epoll;
 extern LOOP_HIDDEN const struct loop_selector_ops loop_selector_poll;
 extern LOOP_HIDDEN const struct loop_selector_ops loop_selector_select;

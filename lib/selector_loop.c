@@ -473,7 +473,11 @@ static void selector_dump(loop_t *loop, FILE *f) {
 }
 
 static void selector_prepare(loop_t *loop) {
-        flush_changes(selector_loop(loop));
+        struct selector_loop *sl = selector_loop(loop);
+
+        flush_changes(sl);
+        if (sl->sel->ops->commit)
+                sl->sel->ops->commit(sl->sel->state);
 }
 
 static int selector_fileno(loop_t *loop) {
@@ -528,9 +532,15 @@ LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
         sl->sel = loop_selector_ref(sel);
         sel->owner = &sl->base;
 
-        int wfd = sl->base.wake_read_fd;
+        /* The backend's own wake-up if it has one (kqueue), else the
+         * loop's descriptor, watched like any other. */
+        int wfd = sel->ops->wake_setup ? sel->ops->wake_setup(sel->state) : -ENOSYS;
+        if (wfd >= 0)
+                loop__threadsafe_use_wake(&sl->base, wfd, sel->ops->wake);
+        else
+                wfd = sl->base.wake_read_fd;
         r = ensure_fd(sl, wfd);
-        if (r >= 0)
+        if (r >= 0 && !sl->base.wake)
                 r = sel->ops->modify(sel->state, wfd, 0, LOOP_EVENT_READ, 0);
         if (r < 0) {
                 loop_unref(&sl->base);

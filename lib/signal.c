@@ -74,6 +74,16 @@
  *   handler raises and lowers) before it closes them. A stale write in
  *   between is a harmless spurious wake-up.
  *
+ * - Where kqueue exists (macOS, the BSDs), each loop's descriptor is a
+ *   kqueue of its own with an EVFILT_SIGNAL event per signal it holds,
+ *   watched with the same reader: the kernel counts the signals for it,
+ *   so it takes no slot and the handler writes nothing for it. The
+ *   handler is still installed, counted per signal as above: EVFILT_SIGNAL
+ *   records a signal beside its delivery and does not stop the default
+ *   action (SIGTERM would still kill), and it is what the other selectors'
+ *   loops of the process hear. The event is added after the handler is
+ *   installed and deleted before it is restored.
+ *
  * - fork: the child inherits the table, the handlers and the descriptors,
  *   which are shared with the parent's loops; the child's loops are dead
  *   (-ECHILD). An atfork handler therefore gives every signal back in the
@@ -92,6 +102,12 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
+#ifdef ENABLE_KQUEUE
+#include <sys/types.h>
+#include <sys/event.h>
+#include <sys/time.h>
+#define SIGNAL_KQUEUE 1
+#endif
 
 #include "internal.h"
 
@@ -128,7 +144,7 @@ struct per_signal {
 struct loop__signals {
         struct loop__close_hook hook;   /* first: the hook is the state */
         loop_t *loop;
-        int read_fd, write_fd;          /* the same eventfd on Linux, a pipe elsewhere */
+        int read_fd, write_fd;          /* the same eventfd on Linux, a pipe elsewhere; a kqueue and -1 */
         bool reading;                   /* the reader on read_fd is registered */
         unsigned n_slots;               /* slots held, over every signal */
         struct per_signal sig[NSIG];
@@ -208,18 +224,62 @@ static bool valid_signal(int signum) {
         return signum > 0 && signum < NSIG && signum != SIGKILL && signum != SIGSTOP;
 }
 
-/* Give s a slot for signum, installing the handler if it is the first
- * loop; -EBUSY when SLOTS loops have the signal already. */
-static int claim(struct loop__signals *s, int signum) {
+/* With table_lock held: install the handler if s is the first loop to
+ * take signum. */
+static int take_disposition(int signum) {
         struct sigaction sa = {
                 .sa_handler = on_signal,
                 .sa_flags = SA_RESTART,
         };
-        unsigned i;
-        int r = 0;
 
         /* Nothing else runs in this thread's handler: no nesting to reason about. */
         sigfillset(&sa.sa_mask);
+        if (table[signum].loops == 0 && sigaction(signum, &sa, &table[signum].previous) < 0)
+                return -errno;
+        table[signum].loops++;
+        return 0;
+}
+
+/* With table_lock held: the last loop puts back what was there. */
+static void give_disposition(int signum) {
+        if (--table[signum].loops == 0)
+                /* From here on the signal goes where it went before, and a
+                 * handler already running only wakes us. */
+                (void) sigaction(signum, &table[signum].previous, NULL);
+}
+
+#ifdef SIGNAL_KQUEUE
+/* The slot number of a signal held through the loop's kqueue. */
+#define SLOT_KQUEUE SLOTS
+
+static int kqueue_change(struct loop__signals *s, int signum, unsigned short flags) {
+        struct kevent ev;
+
+        EV_SET(&ev, (uintptr_t) signum, EVFILT_SIGNAL, flags, 0, 0, NULL);
+        return kevent(s->read_fd, &ev, 1, NULL, 0, NULL) < 0 ? -errno : 0;
+}
+
+static int claim_kqueue(struct loop__signals *s, int signum) {
+        pthread_mutex_lock(&table_lock);
+        int r = take_disposition(signum);
+        if (r == 0) {
+                r = kqueue_change(s, signum, EV_ADD);
+                if (r < 0)
+                        give_disposition(signum);
+                else
+                        s->sig[signum].slot = SLOT_KQUEUE;
+        }
+        pthread_mutex_unlock(&table_lock);
+        return r;
+}
+#endif
+
+#ifndef SIGNAL_KQUEUE
+/* Give s a slot for signum, installing the handler if it is the first
+ * loop; -EBUSY when SLOTS loops have the signal already. */
+static int claim_slot(struct loop__signals *s, int signum) {
+        unsigned i;
+        int r = 0;
 
         pthread_mutex_lock(&table_lock);
         for (i = 0; i < SLOTS; i++)
@@ -236,26 +296,42 @@ static int claim(struct loop__signals *s, int signum) {
         if (i >= __atomic_load_n(&slots_used[signum], __ATOMIC_SEQ_CST))
                 __atomic_store_n(&slots_used[signum], i + 1, __ATOMIC_SEQ_CST);
         __atomic_store_n(&slots[signum][i].pending, 0, __ATOMIC_SEQ_CST);
-        if (table[signum].loops == 0 && sigaction(signum, &sa, &table[signum].previous) < 0) {
-                r = -errno;
+        r = take_disposition(signum);
+        if (r < 0) {
                 __atomic_store_n(&slots[signum][i].wake, 0, __ATOMIC_SEQ_CST);
                 goto unlock;
         }
-        table[signum].loops++;
         s->sig[signum].slot = (int) i;
 unlock:
         pthread_mutex_unlock(&table_lock);
         return r;
+}
+#endif
+
+static int claim(struct loop__signals *s, int signum) {
+#ifdef SIGNAL_KQUEUE
+        return claim_kqueue(s, signum);
+#else
+        return claim_slot(s, signum);
+#endif
 }
 
 static void release(struct loop__signals *s, int signum) {
         unsigned i = (unsigned) s->sig[signum].slot;
 
         pthread_mutex_lock(&table_lock);
-        if (--table[signum].loops == 0)
-                /* The last loop: from here on the signal goes where it went
-                 * before, and a handler already running only wakes us. */
-                (void) sigaction(signum, &table[signum].previous, NULL);
+#ifdef SIGNAL_KQUEUE
+        if (i == SLOT_KQUEUE) {
+                /* The event first, while the handler still keeps the
+                 * default action away. */
+                (void) kqueue_change(s, signum, EV_DELETE);
+                give_disposition(signum);
+                pthread_mutex_unlock(&table_lock);
+                s->sig[signum].slot = -1;
+                return;
+        }
+#endif
+        give_disposition(signum);
         __atomic_store_n(&slots[signum][i].wake, 0, __ATOMIC_SEQ_CST);
         /* Shorten the handler's walk; a handler still using the old mark
          * only sets the flags of free slots. */
@@ -269,9 +345,49 @@ static void release(struct loop__signals *s, int signum) {
 
 static int run_watchers(loop_t *loop, void *userdata);
 
+/* Queue one call of signum's watchers unless one is queued; false if
+ * that failed (reported; the caller keeps the signal for the next try). */
+static bool queue_watchers(loop_t *loop, struct per_signal *p) {
+        /* A call not run yet will run after this signal: it covers it. */
+        if (p->queued)
+                return true;
+        int r = loop_call_soon(loop, run_watchers, p, NULL);
+        if (r < 0) {
+                loop__report(loop, "Cannot queue a signal handler", r, NULL, -1);
+                return false;
+        }
+        p->queued = true;
+        return true;
+}
+
+#ifdef SIGNAL_KQUEUE
+static int on_kqueue(loop_t *loop, struct loop__signals *s) {
+        static const struct timespec zero;
+        struct kevent ev[16];
+        int n;
+
+        do {
+                n = kevent(s->read_fd, NULL, 0, ev, (int) ELEMENTSOF(ev), &zero);
+                for (int i = 0; i < n; i++) {
+                        int sig = (int) ev[i].ident;
+                        if (ev[i].filter != EVFILT_SIGNAL || sig <= 0 || sig >= NSIG || s->sig[sig].slot < 0)
+                                continue;
+                        /* Counted by the kernel since the last look: one
+                         * call covers them all, as on the other path. A
+                         * failure loses this signal (the event is cleared). */
+                        (void) queue_watchers(loop, &s->sig[sig]);
+                }
+        } while (n == (int) ELEMENTSOF(ev));
+        return 0;
+}
+#endif
+
 static int on_wake(loop_t *loop, int fd, void *userdata) {
         struct loop__signals *s = userdata;
 
+#ifdef SIGNAL_KQUEUE
+        return on_kqueue(loop, s);
+#else
         /* Drain before looking at the flags: see the top of the file. */
         loop__wakeup_drain(fd);
         for (int sig = 1; sig < NSIG; sig++) {
@@ -282,19 +398,12 @@ static int on_wake(loop_t *loop, int fd, void *userdata) {
                 int *pending = &slots[sig][p->slot].pending;
                 if (!__atomic_load_n(pending, __ATOMIC_SEQ_CST) || !__atomic_exchange_n(pending, 0, __ATOMIC_SEQ_CST))
                         continue;
-                /* A call not run yet will run after this signal: it covers it. */
-                if (p->queued)
-                        continue;
-                int r = loop_call_soon(loop, run_watchers, p, NULL);
-                if (r < 0) {
+                if (!queue_watchers(loop, p))
                         /* Keep the signal: the next wake-up tries again. */
                         __atomic_store_n(pending, 1, __ATOMIC_SEQ_CST);
-                        loop__report(loop, "Cannot queue a signal handler", r, NULL, -1);
-                        continue;
-                }
-                p->queued = true;
         }
         return 0;
+#endif
 }
 
 static int start_reading(struct loop__signals *s) {
@@ -469,7 +578,14 @@ static int get_signals(loop_t *loop, struct loop__signals **ret) {
                 return -ENOMEM;
         s->loop = loop;
         s->read_fd = s->write_fd = -1;
+#ifdef SIGNAL_KQUEUE
+        s->read_fd = kqueue();
+        r = s->read_fd < 0 ? -errno : 0;
+        if (r == 0)
+                (void) fcntl(s->read_fd, F_SETFD, FD_CLOEXEC);
+#else
         r = loop__wakeup_new(&s->read_fd, &s->write_fd);
+#endif
         if (r < 0) {
                 free(s);
                 return r;

@@ -43,12 +43,14 @@
  * Platform quirks:
  * - send() on a stream whose peer is gone raises SIGPIPE, which kills a
  *   program by default. Python ignores SIGPIPE process-wide, so asyncio
- *   sees EPIPE; we get the same per call with MSG_NOSIGNAL (Linux, the
- *   BSDs). Where it does not exist (macOS), set SO_NOSIGPIPE on the socket
- *   or ignore SIGPIPE.
+ *   sees EPIPE; we get the same per call through loop__send() and
+ *   loop__sendto() (posix.c): MSG_NOSIGNAL on Linux and the BSDs,
+ *   SO_NOSIGPIPE on macOS, which has no MSG_NOSIGNAL, and a blocked and
+ *   consumed SIGPIPE where there is neither.
  * - accept4() gives the new fd O_NONBLOCK and FD_CLOEXEC atomically, so a
- *   concurrent fork+exec in another thread cannot inherit it. Without
- *   SOCK_CLOEXEC (macOS) we fall back to accept() and fcntl().
+ *   concurrent fork+exec in another thread cannot inherit it. macOS has no
+ *   accept4() and no SOCK_CLOEXEC: loop__accept_nonblock() (posix.c) falls
+ *   back to accept() and fcntl() there.
  * - A connection that was reset before accept() took it fails with
  *   ECONNABORTED; it is skipped and the accept goes on waiting, as libuv
  *   does: the listener is fine and the caller could do nothing else.
@@ -72,13 +74,11 @@
 
 #include "internal.h"
 
-#ifndef MSG_NOSIGNAL
-#define MSG_NOSIGNAL 0
-#endif
 /* Every transfer is non-blocking by itself, whatever the socket's O_NONBLOCK
- * says: a blocking socket cannot stall the loop. */
+ * says: a blocking socket cannot stall the loop. Sends go through
+ * loop__send() and loop__sendto(), which add what keeps SIGPIPE away. */
 #define RECV_FLAGS MSG_DONTWAIT
-#define SEND_FLAGS (MSG_NOSIGNAL | MSG_DONTWAIT)
+#define SEND_FLAGS MSG_DONTWAIT
 
 enum {
         OP_RECV = LOOP__SOCK_RECV,
@@ -218,11 +218,7 @@ static int try_accept(struct sock_op *op) {
 
         for (;;) {
                 res->addrlen = sizeof(res->addr);
-#if defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK)
-                fd = accept4(op->fd, (struct sockaddr *) &res->addr, &res->addrlen, SOCK_NONBLOCK | SOCK_CLOEXEC);
-#else
-                fd = accept(op->fd, (struct sockaddr *) &res->addr, &res->addrlen);
-#endif
+                fd = loop__accept_nonblock(op->fd, (struct sockaddr *) &res->addr, &res->addrlen);
                 if (fd >= 0)
                         break;
                 if (errno == EINTR || errno == ECONNABORTED)
@@ -230,15 +226,6 @@ static int try_accept(struct sock_op *op) {
                 res->addrlen = 0;
                 return would_block(errno) ? 0 : -errno;
         }
-#if !(defined(SOCK_CLOEXEC) && defined(SOCK_NONBLOCK))
-        int fl = fcntl(fd, F_GETFL);
-        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0) {
-                int r = -errno;
-                close(fd);
-                res->addrlen = 0;
-                return r;
-        }
-#endif
         res->fd = fd;
         return 1;
 }
@@ -250,7 +237,7 @@ static int try_sendall(struct sock_op *op) {
 
         if (op->sent < op->size) {
                 do
-                        n = send(op->fd, (const char *) op->buf + op->sent, op->size - op->sent, SEND_FLAGS);
+                        n = loop__send(op->fd, (const char *) op->buf + op->sent, op->size - op->sent, SEND_FLAGS);
                 while (n < 0 && errno == EINTR);
                 if (n < 0)
                         return would_block(errno) ? 0 : -errno;
@@ -267,7 +254,7 @@ static int try_sendto(struct sock_op *op) {
         ssize_t n;
 
         do
-                n = sendto(op->fd, op->buf, op->size, SEND_FLAGS, to, op->addrlen);
+                n = loop__sendto(op->fd, op->buf, op->size, SEND_FLAGS, to, op->addrlen);
         while (n < 0 && errno == EINTR);
         if (n < 0)
                 return would_block(errno) ? 0 : -errno;

@@ -121,6 +121,28 @@ static inline void cpu_relax(void) {
 #endif
 }
 
+/* Any thread. Not async-signal-safe with a backend's wake-up: signal.c
+ * has descriptors of its own. */
+static void wake_up(loop_t *loop) {
+        if (loop->wake)
+                loop->wake(loop->wake_write_fd);
+        else
+                loop__wakeup_write(loop->wake_write_fd);
+}
+
+/*
+ * The backend wakes the loop itself (kqueue's EVFILT_USER): wake(fd) from
+ * now on, and nothing to read. Called once, while the loop is being made,
+ * before any other thread can know it. fd is the backend's and is not
+ * closed here.
+ */
+void loop__threadsafe_use_wake(loop_t *loop, int fd, void (*wake)(int fd)) {
+        loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
+        loop->wake_read_fd = -1;
+        loop->wake_write_fd = fd;
+        loop->wake = wake;
+}
+
 int loop__threadsafe_init(loop_t *loop) {
         /* The size is a multiple of 64: the struct's alignment. */
         loop->ts_ring = aligned_alloc(64, sizeof(struct loop__ts_ring));
@@ -156,7 +178,8 @@ void loop__threadsafe_free(loop_t *loop) {
                 loop_handle_unref(ready_entry_handle(&loop->ts_items[i]));
         free(loop->ts_ring);
         free(loop->ts_items);
-        loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
+        if (!loop->wake)
+                loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
         loop->wake_read_fd = loop->wake_write_fd = -1;
 }
 
@@ -256,7 +279,7 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                 return r;
         }
         if (r > 0)
-                loop__wakeup_write(loop->wake_write_fd);
+                wake_up(loop);
         if (ret)
                 *ret = h;
         return 0;
@@ -351,7 +374,7 @@ static void take_posted(loop_t *loop) {
 retry:
         /* A producer between its claim and its publish (preempted, most
          * likely): look again on the next iteration instead of waiting. */
-        loop__wakeup_write(loop->wake_write_fd);
+        wake_up(loop);
 }
 
 /* loop_call_soon's slow path, in the loop's thread, when the window is
@@ -374,7 +397,8 @@ const uint64_t *loop__threadsafe_gate(const loop_t *loop) {
 void loop__threadsafe_drain(loop_t *loop) {
         /* Read the wake-up first: one written after this is for a post
          * that take_posted() may miss, and wakes us again. */
-        loop__wakeup_drain(loop->wake_read_fd);
+        if (loop->wake_read_fd >= 0)
+                loop__wakeup_drain(loop->wake_read_fd);
         take_posted(loop);
 }
 
@@ -406,7 +430,7 @@ void loop__threadsafe_wake(loop_t *loop) {
         uint64_t t = __atomic_fetch_or(&loop->ts_ring->tail, TS_WAKE, __ATOMIC_ACQ_REL);
 
         if (!(t & TS_WAKE))
-                loop__wakeup_write(loop->wake_write_fd);
+                wake_up(loop);
 }
 
 /* loop_close(): no new posts are taken after this; those already taken are dropped. */

@@ -2,11 +2,11 @@
 /*
  * Wake-up descriptors: how another thread (call_soon_threadsafe) or a
  * signal handler (signal.c) makes a sleeping loop return from its wait.
- * An eventfd on Linux (one descriptor, a counter that never fills up in
- * practice), a non-blocking self-pipe elsewhere. Writing is
+ * An eventfd where configure found one (Linux, FreeBSD 13+: one
+ * descriptor, a counter that never fills up in practice), a non-blocking
+ * self-pipe elsewhere (macOS, --enable-posix-fallbacks). Writing is
  * async-signal-safe and never blocks: a full pipe already means "wake up".
  */
-#include <fcntl.h>
 #include <stdint.h>
 #include <unistd.h>
 #if defined(HAVE_SYS_EVENTFD_H) && defined(HAVE_EVENTFD)
@@ -25,17 +25,11 @@ int loop__wakeup_new(int *read_fd, int *write_fd) {
         return 0;
 #else
         int p[2];
-#ifdef HAVE_PIPE2
-        if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+
+        /* Non-blocking both ways: a full pipe must not block a signal
+         * handler's write, nor an empty one the drain. */
+        if (loop__pipe_cloexec(p, true) < 0)
                 return -errno;
-#else
-        if (pipe(p) < 0)
-                return -errno;
-        for (int i = 0; i < 2; i++) {
-                fcntl(p[i], F_SETFD, FD_CLOEXEC);
-                fcntl(p[i], F_SETFL, fcntl(p[i], F_GETFL) | O_NONBLOCK);
-        }
-#endif
         *read_fd = p[0];
         *write_fd = p[1];
         return 0;

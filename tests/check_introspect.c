@@ -6,7 +6,7 @@
  * watched descriptors) and the embedding pair loop_fileno +
  * loop_get_timeout_ns (an outer poll(2) on the loop's descriptor sees I/O,
  * call_soon_threadsafe and registrations made just before; the timeout
- * follows the loop's state). loop_fileno exists on epoll only; on poll and
+ * follows the loop's state). loop_fileno exists on epoll and kqueue only; on poll and
  * select it answers -EOPNOTSUPP, which is checked instead.
  */
 #include <limits.h>
@@ -148,10 +148,10 @@ static int64_t field_i64(const char *line, const char *key) {
         return strtoll(p + strlen(want), NULL, 10);
 }
 
-/* loop_fileno() works on epoll selector loops and on proactor loops
- * (the io_uring descriptor); elsewhere it says EOPNOTSUPP. */
+/* loop_fileno() works on epoll and kqueue selector loops and on proactor
+ * loops (the io_uring descriptor); elsewhere it says EOPNOTSUPP. */
 static int is_epoll(loop_t *loop) {
-        return tu_is_proactor(loop) || tu_selector_is(loop, "epoll");
+        return tu_is_proactor(loop) || tu_selector_is(loop, "epoll") || tu_selector_is(loop, "kqueue");
 }
 
 /* poll(2) on one descriptor: 1 if readable within timeout_ms, else 0. */

@@ -695,6 +695,50 @@ START_TEST(test_closed_behind_queued_change) {
 }
 END_TEST
 
+/* Changes batched for one system call (kqueue's changelist) with one of
+ * them for a descriptor closed meanwhile: only that one fails, reported
+ * for its own descriptor; the others' writers run. */
+START_TEST(test_closed_behind_batch) {
+        loop_t *loop = tu_loop_new();
+        struct dead_rec d = {.writer = 1};
+        struct io_rec w[2] = {{.fd = -1}, {.fd = -1}};
+        int a[2], b[2], c[2];
+
+        tu_socketpair(a);
+        tu_socketpair(b);
+        tu_socketpair(c);
+        d.fd = b[0];
+        ck_assert_int_eq(loop_set_exception_handler(loop, dead_handler, &d), 0);
+        /* Readers first, so the writers are changes, not first additions. */
+        ck_assert_int_eq(loop_add_reader(loop, a[0], rec_cb, &w[0]), 0);
+        ck_assert_int_eq(loop_add_reader(loop, b[0], dead_io_cb, &d), 0);
+        ck_assert_int_eq(loop_add_reader(loop, c[0], rec_cb, &w[1]), 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        ck_assert_int_eq(loop_add_writer(loop, a[0], rec_cb, &w[0]), 0);
+        ck_assert_int_eq(loop_add_writer(loop, b[0], dead_io_cb, &d), 0);
+        ck_assert_int_eq(loop_add_writer(loop, c[0], rec_cb, &w[1]), 0);
+        ck_assert_int_eq(close(b[0]), 0);
+        tu_run_until(loop, &w[1].count, 1, 2 * TU_SEC);
+        tu_run_until(loop, &w[0].count, 1, 2 * TU_SEC);
+        ck_assert_int_ge(w[0].count, 1);
+        ck_assert_int_ge(w[1].count, 1);
+        ck_assert_int_eq(w[0].fd, a[0]);
+        ck_assert_int_eq(w[1].fd, c[0]);
+        tu_run_until(loop, &d.reports, 1, 2 * TU_SEC);
+        ck_assert_int_eq(d.error, -EBADF);
+        ck_assert_int_le(d.runs, 1);
+        ck_assert_int_eq(loop_remove_writer(loop, a[0]), 1);
+        ck_assert_int_eq(loop_remove_writer(loop, c[0]), 1);
+        ck_assert_int_eq(loop_remove_reader(loop, a[0]), 1);
+        ck_assert_int_eq(loop_remove_reader(loop, c[0]), 1);
+        tu_assert_usable(loop);
+        loop_unref(loop);
+        tu_close_pair(a);
+        tu_close_pair(c);
+        ck_assert_int_eq(close(b[1]), 0);
+}
+END_TEST
+
 /* Found by tests/fuzz (crashes/epoll-dup-reuse-stale): the number of a
  * reader's descriptor closed behind the loop's back goes to a new file,
  * the old file lives on in a dup() and is readable, and the reader is not
@@ -1060,6 +1104,52 @@ END_TEST
 /* A regular file is always ready, on every selector: poll and select say
  * so of it, and epoll, which refuses to watch it (EPERM), reports it ready
  * after every wait instead of failing the call. */
+/*
+ * Mac OS X 10.6 to 10.8: kqueue refuses character devices (asyncio's
+ * platform notes), which tests/kqueue's emulation does with
+ * KQUEUE_EMU_REFUSE_CHR=1. loop_add_reader says -EOPNOTSUPP, leaves
+ * nothing behind, and the remedy loop_selector_new(3) shows, a loop on
+ * the select selector, watches the device.
+ */
+START_TEST(test_kqueue_chardev_refused) {
+        loop_t *loop = tu_loop_new(), *sloop = NULL;
+        loop_selector_t *sel = NULL;
+        struct io_rec r = {.fd = -1};
+        int fd, ret;
+
+        if (!tu_selector_is(loop, "kqueue")) {
+                loop_unref(loop);
+                return;
+        }
+        fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(setenv("KQUEUE_EMU_REFUSE_CHR", "1", 1), 0);
+        ret = loop_add_reader(loop, fd, rec_cb, &r);
+        ck_assert_int_eq(unsetenv("KQUEUE_EMU_REFUSE_CHR"), 0);
+#ifdef __linux__
+        /* Linux has no kqueue of its own: this is the emulation. */
+        ck_assert_int_eq(ret, -EOPNOTSUPP);
+#else
+        ck_assert(ret == 0 || ret == -EOPNOTSUPP);
+#endif
+        ck_assert_int_eq(loop_remove_reader(loop, fd), ret == 0);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        ck_assert_int_eq(r.count, 0);
+        tu_assert_usable(loop);
+        loop_unref(loop);
+
+        ck_assert_int_eq(loop_selector_new("select", &sel), 0);
+        ck_assert_int_eq(loop_selector_loop_new(sel, &sloop), 0);
+        sel = loop_selector_unref(sel);
+        ck_assert_int_eq(loop_add_reader(sloop, fd, rec_cb, &r), 0);
+        tu_run_until(sloop, &r.count, 1, 2 * TU_SEC);
+        ck_assert_int_eq(r.fd, fd);
+        ck_assert_int_eq(loop_remove_reader(sloop, fd), 1);
+        loop_unref(sloop);
+        ck_assert_int_eq(close(fd), 0);
+}
+END_TEST
+
 START_TEST(test_regular_file) {
         loop_t *loop = tu_loop_new();
         struct io_rec r = {.fd = -1}, w = {.fd = -1}, p = {.fd = -1, .drain = 1};
@@ -1300,6 +1390,7 @@ static Suite *io_suite(void) {
         tcase_add_test(tc, test_closed_behind_reused);
         tcase_add_test(tc, test_closed_behind_plain);
         tcase_add_test(tc, test_closed_behind_queued_change);
+        tcase_add_test(tc, test_closed_behind_batch);
         tcase_add_test(tc, test_closed_behind_reused_not_readded);
         tcase_add_test(tc, test_writer_full_after_peer_shutdown);
         tcase_add_test(tc, test_reader_never_called_stale);
@@ -1315,6 +1406,7 @@ static Suite *io_suite(void) {
         tcase_add_test(tc, test_closed_fd);
         tcase_add_test(tc, test_high_fd);
         tcase_add_test(tc, test_regular_file);
+        tcase_add_test(tc, test_kqueue_chardev_refused);
 
         tc = tu_tcase(s, "selector");
         tcase_add_test(tc, test_selector_names);

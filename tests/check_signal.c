@@ -1277,6 +1277,24 @@ START_TEST(test_loops_per_signal_limit) {
         loop_t *loops[MAX];
         int n = 0, r, count = 0;
 
+#ifdef ENABLE_KQUEUE
+        /* Each loop's kqueue counts the signal for it: no slots, no limit. */
+        for (n = 0; n < 80; n++) {
+                loops[n] = tu_loop_new();
+                ck_assert_int_eq(loop_add_signal(loops[n], SIGHUP, count_sig_w, &count, NULL), 0);
+        }
+        ck_assert(is_caught_by_library(SIGHUP));
+        ck_assert_int_eq(raise(SIGHUP), 0);
+        for (int i = 0; i < n; i++) {
+                tu_run_until(loops[i], &count, i + 1, 5 * TU_SEC);
+                ck_assert_int_eq(count, i + 1);
+        }
+        for (int i = 0; i < n; i++)
+                loop_unref(loops[i]);
+        ck_assert(is_previous(SIGHUP));
+        ck_assert_int_eq(prev_count[SIGHUP], 0);
+        return;
+#endif
         /* The documented limit: 64 loops per signal (loop_add_signal(3)). */
         for (;;) {
                 ck_assert_int_lt(n, MAX);

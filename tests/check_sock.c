@@ -9,6 +9,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -451,6 +452,106 @@ START_TEST(test_sendall_epipe) {
 }
 END_TEST
 
+/*
+ * SIGPIPE, whatever way the library keeps it away (MSG_NOSIGNAL,
+ * SO_NOSIGPIPE, or blocking it and taking back the one the send raised,
+ * as built with --enable-posix-fallbacks): a send to a closed peer fails
+ * with EPIPE, and the process survives at SIGPIPE's default disposition.
+ */
+static void send_to_closed_peer(loop_t *loop, int kind) {
+        loop_future_t *f = NULL;
+        int sv[2];
+
+        tu_socketpair(sv);
+        ck_assert_int_eq(close(sv[1]), 0);
+        sv[1] = -1;
+        if (kind == 0)
+                ck_assert_int_eq(loop_sock_sendall(loop, sv[0], "x", 1, &f), 0);
+        else
+                ck_assert_int_eq(loop_sock_sendto(loop, sv[0], "x", 1, NULL, 0, &f), 0);
+        ck_assert_int_eq(loop_future_done(f), 1);
+        ck_assert_int_eq(loop_future_error(f), -EPIPE);
+        loop_future_unref(f);
+        tu_close_pair(sv);
+}
+
+static int sigpipe_pending(void) {
+        sigset_t set;
+
+        ck_assert_int_eq(sigpending(&set), 0);
+        return sigismember(&set, SIGPIPE);
+}
+
+static int sigpipe_blocked(void) {
+        sigset_t set;
+
+        ck_assert_int_eq(pthread_sigmask(SIG_SETMASK, NULL, &set), 0);
+        return sigismember(&set, SIGPIPE);
+}
+
+static void block_sigpipe(int how) {
+        sigset_t set;
+
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        ck_assert_int_eq(pthread_sigmask(how, &set, NULL), 0);
+}
+
+/* _i: 0 sendall, 1 sendto. SIGPIPE at its default, unblocked: a SIGPIPE
+ * would end the test process, which Check reports as a failure. */
+START_TEST(test_epipe_default_disposition) {
+        loop_t *loop = tu_loop_new();
+        struct sigaction sa = {.sa_handler = SIG_DFL}, old;
+
+        sigemptyset(&sa.sa_mask);
+        ck_assert_int_eq(sigaction(SIGPIPE, &sa, &old), 0);
+        ck_assert_int_eq(sigpipe_blocked(), 0);
+        send_to_closed_peer(loop, _i);
+        /* The mask is as it was. */
+        ck_assert_int_eq(sigpipe_blocked(), 0);
+        ck_assert_int_eq(sigaction(SIGPIPE, &old, NULL), 0);
+        loop_unref(loop);
+}
+END_TEST
+
+/* With SIGPIPE blocked by the program, the send leaves none pending (the
+ * fallback takes back the one it raised) and SIGPIPE blocked. */
+START_TEST(test_epipe_leaves_no_sigpipe) {
+        loop_t *loop = tu_loop_new();
+
+        block_sigpipe(SIG_BLOCK);
+        ck_assert_int_eq(sigpipe_pending(), 0);
+        send_to_closed_peer(loop, _i);
+        ck_assert_int_eq(sigpipe_pending(), 0);
+        ck_assert_int_eq(sigpipe_blocked(), 1);
+        block_sigpipe(SIG_UNBLOCK);
+        loop_unref(loop);
+}
+END_TEST
+
+/* A SIGPIPE the program raised (and blocks) before the send is the
+ * program's: it is still pending afterwards, not taken for the send's. */
+START_TEST(test_epipe_keeps_pending_sigpipe) {
+        static const struct timespec zero = {0, 0};
+        loop_t *loop = tu_loop_new();
+        sigset_t set;
+
+        block_sigpipe(SIG_BLOCK);
+        ck_assert_int_eq(raise(SIGPIPE), 0);
+        ck_assert_int_eq(sigpipe_pending(), 1);
+        send_to_closed_peer(loop, _i);
+        ck_assert_int_eq(sigpipe_pending(), 1);
+        ck_assert_int_eq(sigpipe_blocked(), 1);
+        /* Exactly one: take it, and none is left. */
+        sigemptyset(&set);
+        sigaddset(&set, SIGPIPE);
+        ck_assert_int_eq(sigtimedwait(&set, NULL, &zero), SIGPIPE);
+        ck_assert_int_eq(sigpipe_pending(), 0);
+        block_sigpipe(SIG_UNBLOCK);
+        loop_unref(loop);
+}
+END_TEST
+
 /* ---- accept and connect --------------------------------------------- */
 
 START_TEST(test_accept_connect) {
@@ -523,6 +624,9 @@ START_TEST(test_accept_immediate) {
         ck_assert_int_eq(loop_sock_accept(loop, lfd, &fa), 0);
         ck_assert_int_eq(loop_future_done(fa), 1);
         ck_assert_int_ge(result_of(fa)->fd, 0);
+        /* As on the pending path: accept4's flags, or accept() and fcntl(). */
+        ck_assert_int_ne(fcntl(result_of(fa)->fd, F_GETFL) & O_NONBLOCK, 0);
+        ck_assert_int_ne(fcntl(result_of(fa)->fd, F_GETFD) & FD_CLOEXEC, 0);
         assert_no_reader(loop, lfd);
         ck_assert_int_eq(close(result_of(fa)->fd), 0);
 
@@ -1191,6 +1295,9 @@ static Suite *sock_suite(void) {
         tcase_add_test(tc, test_sendall_big_tcp);
         tcase_add_test(tc, test_sendall_small);
         tcase_add_test(tc, test_sendall_epipe);
+        tcase_add_loop_test(tc, test_epipe_default_disposition, 0, 2);
+        tcase_add_loop_test(tc, test_epipe_leaves_no_sigpipe, 0, 2);
+        tcase_add_loop_test(tc, test_epipe_keeps_pending_sigpipe, 0, 2);
 
         tc = tu_tcase(s, "accept_connect");
         tcase_add_test(tc, test_accept_connect);
