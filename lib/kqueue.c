@@ -153,7 +153,8 @@ static int push_change(struct kq_state *st, int fd, short filter, unsigned short
                 st->changes = c;
                 st->cap_changes = cap;
         }
-        EV_SET(&st->changes[st->n_changes++], (uintptr_t) fd, filter, flags, 0, 0, NULL);
+        /* udata 0, not NULL: NetBSD before 10 declares it intptr_t. */
+        EV_SET(&st->changes[st->n_changes++], (uintptr_t) fd, filter, flags, 0, 0, 0);
         return 0;
 }
 
@@ -512,7 +513,7 @@ static int kq_wake_setup(void *state) {
         struct kq_state *st = state;
         struct kevent ev;
 
-        EV_SET(&ev, WAKE_IDENT, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, NULL);
+        EV_SET(&ev, WAKE_IDENT, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, 0);
         if (kevent(st->kq, &ev, 1, NULL, 0, NULL) < 0)
                 return -errno;
         st->wake = true;
@@ -523,7 +524,7 @@ static int kq_wake_setup(void *state) {
 static void kq_wake(int kq) {
         struct kevent ev;
 
-        EV_SET(&ev, WAKE_IDENT, EVFILT_USER, 0, NOTE_TRIGGER, 0, NULL);
+        EV_SET(&ev, WAKE_IDENT, EVFILT_USER, 0, NOTE_TRIGGER, 0, 0);
         (void) kevent(kq, &ev, 1, NULL, 0, NULL);
 }
 #endif
