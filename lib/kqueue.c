@@ -429,6 +429,10 @@ static void note(struct kq_state *st, int *n_touched, int fd, uint8_t ev) {
         st->got[fd] |= ev;
 }
 
+/* Longer waits are refused by some kernels (macOS's select() says
+ * EINVAL above 10^8 seconds); a wait cut short is simply made again. */
+#define MAX_WAIT_S 100000000
+
 static int kq_select(void *state, int64_t timeout_ns, loop_selector_ready_t ready, void *ctx) {
         struct kq_state *st = state;
         struct timespec ts = {
@@ -437,6 +441,8 @@ static int kq_select(void *state, int64_t timeout_ns, loop_selector_ready_t read
         };
         int n, n_touched = 0;
 
+        if (ts.tv_sec > MAX_WAIT_S)
+                ts = (struct timespec) { MAX_WAIT_S, 0 };
         if (st->n_watched > 0)
                 verify_one(st);
         if (reserve_events(st, st->n_changes + 64) < 0 && st->cap_events < st->n_changes + 1)

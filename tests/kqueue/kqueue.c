@@ -1717,7 +1717,10 @@ EMU_EXPORT int kevent(int kqfd, const struct kevent *changelist, int nchanges, s
                 int64_t ns = timeout->tv_sec > INT64_MAX / 1000000000 - 1
                                      ? INT64_MAX / 2
                                      : (int64_t) timeout->tv_sec * 1000000000 + timeout->tv_nsec;
-                deadline = now_ns() + ns;
+                int64_t now = now_ns();
+                /* Saturated: a timeout of years is "forever" (libloop
+                 * passes about INT64_MAX nanoseconds). */
+                deadline = ns > INT64_MAX - now ? INT64_MAX : now + ns;
         }
         sig_repair();
         pthread_mutex_lock(&kq->lock);
