@@ -4,16 +4,54 @@
  * request and reply over a socketpair driven by readers, and a callback
  * posted from another thread. Build against an installed libloop with
  *     cc demo.c $(pkg-config --cflags --libs libloop)
+ * (on Windows, with mingw-w64: add -pthread -lws2_32).
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifndef _WIN32
 #include <sys/socket.h>
 #include <unistd.h>
+#endif
 
 #include <loop.h>
+
+#ifdef _WIN32
+/* Windows: the loop watches winsock sockets only, and winsock has no
+ * socketpair(): a connected pair over loopback TCP instead. */
+static int make_pair(int fds[2]) {
+        struct sockaddr_in addr = { .sin_family = AF_INET };
+        int len = sizeof(addr);
+        u_long on = 1;
+        SOCKET lst, a, b;
+
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        lst = socket(AF_INET, SOCK_STREAM, 0);
+        if (lst == INVALID_SOCKET || bind(lst, (struct sockaddr *) &addr, sizeof(addr)) ||
+            getsockname(lst, (struct sockaddr *) &addr, &len) || listen(lst, 1))
+                return -1;
+        a = socket(AF_INET, SOCK_STREAM, 0);
+        if (a == INVALID_SOCKET || connect(a, (struct sockaddr *) &addr, sizeof(addr)))
+                return -1;
+        b = accept(lst, NULL, NULL);
+        closesocket(lst);
+        if (b == INVALID_SOCKET || ioctlsocket(a, FIONBIO, &on) || ioctlsocket(b, FIONBIO, &on))
+                return -1;
+        fds[0] = (int) a;
+        fds[1] = (int) b;
+        return 0;
+}
+#define close_pair_end(fd) closesocket((SOCKET) (fd))
+#define sleep_ms(ms) Sleep(ms)
+#else
+static int make_pair(int fds[2]) {
+        return socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, fds);
+}
+#define close_pair_end(fd) close(fd)
+#define sleep_ms(ms) usleep((ms) * 1000)
+#endif
 
 struct demo {
         loop_t *loop;
@@ -37,10 +75,10 @@ static int on_timer(loop_t *loop, void *userdata) {
 static int on_reply(loop_t *loop, int fd, void *userdata) {
         struct demo *d = userdata;
         char buf[64];
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
 
         if (n < 0)
-                return -errno;          /* reaches the exception handler */
+                return -EIO;            /* reaches the exception handler */
         buf[n] = '\0';
         printf("[%6.1f ms] client got \"%s\"\n", (loop_time(loop) - d->start) * 1e3, buf);
         loop_remove_reader(loop, fd);
@@ -51,13 +89,13 @@ static int on_reply(loop_t *loop, int fd, void *userdata) {
 static int on_request(loop_t *loop, int fd, void *userdata) {
         struct demo *d = userdata;
         char buf[64];
-        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        ssize_t n = recv(fd, buf, sizeof(buf) - 1, 0);
 
         if (n < 0)
-                return -errno;
+                return -EIO;
         buf[n] = '\0';
         printf("[%6.1f ms] server got \"%s\", replying\n", (loop_time(loop) - d->start) * 1e3, buf);
-        if (write(fd, "pong", 4) != 4)
+        if (send(fd, "pong", 4, 0) != 4)
                 return -EIO;
         loop_remove_reader(loop, fd);
         return 0;
@@ -65,7 +103,7 @@ static int on_request(loop_t *loop, int fd, void *userdata) {
 
 static int send_request(loop_t *loop, void *userdata) {
         struct demo *d = userdata;
-        return write(d->fds[0], "ping", 4) == 4 ? 0 : -EIO;
+        return send(d->fds[0], "ping", 4, 0) == 4 ? 0 : -EIO;
 }
 
 static int from_thread(loop_t *loop, void *userdata) {
@@ -78,7 +116,7 @@ static int from_thread(loop_t *loop, void *userdata) {
 
 static void *worker(void *userdata) {
         struct demo *d = userdata;
-        usleep(20 * 1000);
+        sleep_ms(20);
         loop_call_soon_threadsafe(d->loop, from_thread, d, NULL);
         return NULL;
 }
@@ -106,8 +144,8 @@ int main(void) {
         for (size_t i = 0; i < 3; i++, d.pending++)
                 loop_call_later(d.loop, delays[i], on_timer, &d, NULL);
 
-        if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, d.fds) < 0) {
-                perror("socketpair");
+        if (make_pair(d.fds) < 0) {
+                fprintf(stderr, "cannot make a socket pair\n");
                 return EXIT_FAILURE;
         }
         loop_add_reader(d.loop, d.fds[1], on_request, &d);
@@ -120,8 +158,8 @@ int main(void) {
 
         r = loop_run_forever(d.loop);
         pthread_join(thread, NULL);
-        close(d.fds[0]);
-        close(d.fds[1]);
+        close_pair_end(d.fds[0]);
+        close_pair_end(d.fds[1]);
         loop_close(d.loop);
         loop_unref(d.loop);
         if (r < 0) {

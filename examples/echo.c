@@ -7,17 +7,45 @@
  * loop_run_until_complete() per step, the way a coroutine would. Build
  * against an installed libloop with
  *     cc echo.c $(pkg-config --cflags --libs libloop)
+ * (on Windows, with mingw-w64: add -lws2_32).
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifndef _WIN32
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#endif
 
 #include <loop.h>
+
+/* A non-blocking TCP socket, or -1. Windows: a winsock SOCKET in an int
+ * (see loop.h), closed with closesocket(). */
+#ifdef _WIN32
+static int tcp_socket(void) {
+        SOCKET s = socket(AF_INET, SOCK_STREAM, 0);
+        u_long on = 1;
+
+        if (s == INVALID_SOCKET)
+                return -1;
+        if (ioctlsocket(s, FIONBIO, &on) != 0) {
+                closesocket(s);
+                return -1;
+        }
+        return (int) s;
+}
+#define close_socket(fd) closesocket((SOCKET) (fd))
+#define socket_errno() EIO      /* winsock's WSAGetLastError() is no errno */
+#else
+static int tcp_socket(void) {
+        return socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+}
+#define close_socket(fd) close(fd)
+#define socket_errno() errno
+#endif
 
 struct server {
         loop_t *loop;
@@ -46,7 +74,7 @@ static void conn_close(struct conn *c) {
         if (c->op)
                 loop_future_cancel(c->op);
         loop_future_unref(c->op);
-        close(c->fd);
+        close_socket(c->fd);
         free(c);
         if (--srv->n_conns == 0 && srv->idle)
                 loop_future_set_result(srv->idle, NULL, NULL);
@@ -131,7 +159,7 @@ static int on_accepted(loop_future_t *f, void *userdata) {
                ntohs(peer->sin_port));
         struct conn *c = calloc(1, sizeof(*c));
         if (!c) {
-                close(res->fd);
+                close_socket(res->fd);
                 return -ENOMEM;
         }
         *c = (struct conn) { .srv = srv, .fd = res->fd };
@@ -145,10 +173,10 @@ static int on_accepted(loop_future_t *f, void *userdata) {
 static int client(loop_t *loop, const struct sockaddr_in *addr) {
         static const char *const messages[] = { "hello", "echo, echo", "goodbye" };
         loop_future_t *f = NULL;
-        int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), r;
+        int fd = tcp_socket(), r;
 
         if (fd < 0)
-                die(-errno, "socket");
+                die(-socket_errno(), "socket");
         r = loop_sock_connect(loop, fd, (const struct sockaddr *) addr, sizeof(*addr), &f);
         if (r < 0 || (r = loop_run_until_complete(loop, f)) < 0)
                 die(r, "connect");
@@ -180,7 +208,7 @@ static int client(loop_t *loop, const struct sockaddr_in *addr) {
                 if (got != len || memcmp(buf, messages[i], len) != 0)
                         return -EPROTO;
         }
-        close(fd);
+        close_socket(fd);
         return 0;
 }
 
@@ -195,10 +223,10 @@ int main(void) {
                 die(r, "loop_new");
 
         /* Port 0: the kernel picks a free one, getsockname() tells which. */
-        srv.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        srv.fd = tcp_socket();
         if (srv.fd < 0 || bind(srv.fd, (struct sockaddr *) &addr, sizeof(addr)) < 0 || listen(srv.fd, 16) < 0 ||
             getsockname(srv.fd, (struct sockaddr *) &addr, &len) < 0)
-                die(-errno, "listening socket");
+                die(-socket_errno(), "listening socket");
         printf("server: listening on 127.0.0.1:%u\n", ntohs(addr.sin_port));
         r = start_accept(&srv);
         if (r < 0)
@@ -223,7 +251,7 @@ int main(void) {
          * it first lets its done callback release it. */
         loop_future_cancel(srv.accepting);
         loop_run_once(srv.loop, 0);
-        close(srv.fd);
+        close_socket(srv.fd);
         loop_close(srv.loop);
         srv.loop = loop_unref(srv.loop);
         return EXIT_SUCCESS;

@@ -13,7 +13,30 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#ifdef _WIN32
+/*
+ * Windows: descriptors are winsock SOCKETs. Every `int fd` of this header
+ * carries one: a SOCKET is a UINT_PTR, but Windows' socket handles are
+ * kernel handles, whose values fit in 32 bits (so that 32-bit and 64-bit
+ * processes can share them), so (int) s and back is lossless.
+ */
+#include <errno.h>
+#include <winsock2.h>
+#include <ws2tcpip.h>
+/* Error codes libloop returns that the C runtime's <errno.h> lacks: winsock's,
+ * as Python's errno module has them on Windows. */
+#ifndef ESHUTDOWN
+#define ESHUTDOWN WSAESHUTDOWN
+#endif
+#ifndef ESTALE
+#define ESTALE WSAESTALE
+#endif
+#ifndef ESOCKTNOSUPPORT
+#define ESOCKTNOSUPPORT WSAESOCKTNOSUPPORT
+#endif
+#else
 #include <sys/socket.h>
+#endif
 #include <sys/types.h>
 
 #ifdef __cplusplus

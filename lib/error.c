@@ -28,6 +28,12 @@ LOOP_EXPORT const char *loop_strerror(int error) {
         const char *s = strerrordesc_np(e);
         return s ? s : "Unknown error";
 #else
+#ifdef LOOP_WINDOWS
+        /* The C runtime's strerror() knows the classic codes only. */
+        const char *w = loop__win32_strerror(e);
+        if (w)
+                return w;
+#endif
         /* Without the table, strerror is the portable fallback. */
         return strerror(e);
 #endif

@@ -3,6 +3,7 @@
  * Errors raised by callbacks (asyncio's exception handler) and debug mode
  * (slow-callback warnings are emitted by handle.c where callbacks run).
  */
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -81,7 +82,9 @@ LOOP_EXPORT int loop_default_exception_handler(loop_t *loop, const struct loop_e
         if (ctx.fd >= 0)
                 snprintf(fd_part, sizeof(fd_part), " (fd %d)", ctx.fd);
         if (ctx.handle)
-                snprintf(handle_part, sizeof(handle_part), " (handle %p)", (void *) ctx.handle);
+                /* Not %p, whose form is the C library's ("0x..." on glibc,
+                 * bare digits on Windows): one form everywhere. */
+                snprintf(handle_part, sizeof(handle_part), " (handle 0x%" PRIxPTR ")", (uintptr_t) ctx.handle);
         /* One fprintf, so lines from several threads do not interleave. */
         fprintf(stderr, "libloop: %s%s%s%s%s\n", ctx.message, ctx.error ? ": " : "",
                 ctx.error ? loop_strerror(ctx.error) : "", fd_part, handle_part);

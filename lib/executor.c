@@ -69,7 +69,6 @@
  */
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
@@ -132,7 +131,7 @@ static unsigned default_max_workers(void) {
                 n = CPU_COUNT(&set);
 #endif
         if (n < 1)
-                n = sysconf(_SC_NPROCESSORS_ONLN);
+                n = loop__online_cpus();
         if (n < 1)
                 n = 1;
         return n + 4 < 32 ? (unsigned) n + 4 : 32;
@@ -282,7 +281,6 @@ static void *worker_main(void *userdata) {
 
 /* Loop thread. Starts one worker, counted idle until it takes a job. */
 static int spawn(struct loop__executor *ex) {
-        sigset_t all, old;
         pthread_t thread;
         int r;
 
@@ -295,23 +293,12 @@ static int spawn(struct loop__executor *ex) {
                 ex->cap_threads = cap;
         }
 
-        /* The new thread inherits the mask: asynchronous signals go to the
-         * application's threads. Synchronous ones must stay deliverable. */
-        sigfillset(&all);
-        sigdelset(&all, SIGSEGV);
-        sigdelset(&all, SIGBUS);
-        sigdelset(&all, SIGFPE);
-        sigdelset(&all, SIGILL);
-        sigdelset(&all, SIGTRAP);
-        sigdelset(&all, SIGSYS);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
-
         pthread_mutex_lock(&ex->lock);
         ex->n_idle++;
         pthread_mutex_unlock(&ex->lock);
 
-        r = pthread_create(&thread, NULL, worker_main, ex);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        /* Asynchronous signals go to the application's threads. */
+        r = loop__thread_create_nosignals(&thread, worker_main, ex);
         if (r != 0) {
                 pthread_mutex_lock(&ex->lock);
                 ex->n_idle--;

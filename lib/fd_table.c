@@ -4,7 +4,6 @@
  * proactor's, the pending socket operations): libev's anfds layout, grown
  * by doubling and zero-filled.
  */
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -18,8 +17,9 @@ int loop__fd_table_grow(void **table, size_t *n, size_t elem_size, int fd) {
                 return -EBADF;
         /* Only grow for a descriptor that exists: it is below RLIMIT_NOFILE,
          * so fd 1000000000 fails with EBADF instead of allocating gigabytes. */
-        if (fcntl(fd, F_GETFD) < 0)
-                return -errno;
+        int r = loop__fd_valid(fd);
+        if (r < 0)
+                return r;
         cap = *n ? *n : 64;
         while (cap <= (size_t) fd)
                 cap *= 2;

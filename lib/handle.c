@@ -4,7 +4,7 @@
  * and the timer heap, and running what is ready (asyncio's Handle,
  * TimerHandle and the second half of BaseEventLoop._run_once).
  */
-#include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,7 +114,7 @@ static void pool_unref_n(struct loop__handle_pool *pool, unsigned n) {
         if (__atomic_sub_fetch(&pool->n_ref, n, __ATOMIC_ACQ_REL) > 0)
                 return;
         for (uint32_t c = 0; c < pool->n_chunks; c++)
-                free((struct chunk_head *) (uintptr_t) (pool->chunks[c] - 1));
+                loop__aligned_free((struct chunk_head *) (uintptr_t) (pool->chunks[c] - 1));
         free(pool->chunks);
         free(pool);
 }
@@ -159,7 +159,7 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_
                 pool->chunks = chunks;
                 pool->cap_chunks = cap;
         }
-        loop_handle_t *c = aligned_alloc(64, (1 + CHUNK_HANDLES) * sizeof(loop_handle_t));
+        loop_handle_t *c = loop__aligned_alloc(64, (1 + CHUNK_HANDLES) * sizeof(loop_handle_t));
         if (!c)
                 return NULL;
         ((struct chunk_head *) (uintptr_t) c)->pool = pool;
@@ -611,15 +611,16 @@ static __attribute__((noinline)) void report_entry(loop_t *loop, const struct lo
         loop__entry_info(loop, e, &info);
         /* Only a handle the user was given means anything to them. */
         loop__report(loop, "Exception in callback", r, h && h->exposed ? h : NULL, info.fd);
-        if (r == -EBADF && info.fd >= 0 && loop->impl->io_closed && fcntl(info.fd, F_GETFD) < 0 && errno == EBADF)
+        if (r == -EBADF && info.fd >= 0 && loop->impl->io_closed && loop__fd_valid(info.fd) == -EBADF)
                 loop->impl->io_closed(loop, info.fd);
 }
 
 /* asyncio logs "Executing <Handle cb(args)> took 0.123 seconds"; the
  * closest C has is the function's address and its user data. */
 static void slow_callback_warning(const struct loop__entry_info *info, int64_t took) {
-        fprintf(stderr, "libloop: Executing callback %p (userdata %p) took %.3f seconds\n", info->fn,
-                info->userdata, (double) took / 1e9);
+        /* Not %p: its form is the C library's (exception.c). */
+        fprintf(stderr, "libloop: Executing callback 0x%" PRIxPTR " (userdata 0x%" PRIxPTR ") took %.3f seconds\n",
+                (uintptr_t) info->fn, (uintptr_t) info->userdata, (double) took / 1e9);
 }
 
 /* Returns whether a callback ran (a cancelled handle's does not). */

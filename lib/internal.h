@@ -13,7 +13,20 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#ifdef LOOP_WINDOWS
+#include "win32.h"
+#else
 #include <sys/socket.h>
+/* Sockets are descriptors here: win32.h's wrappers are the calls themselves. */
+#define loop__recv recv
+#define loop__recvfrom recvfrom
+#define loop__connect connect
+#define loop__getsockopt getsockopt
+#define loop__close_socket close
+/* C11's, and free() for what it returns. */
+#define loop__aligned_alloc aligned_alloc
+#define loop__aligned_free free
+#endif
 
 #include "loop.h"
 #include "macro.h"
@@ -381,6 +394,39 @@ int loop__executor_submit(loop_t *loop, loop_executor_fn_t fn, void *arg, void (
  * replace: -1 and errno. */
 int loop__accept_nonblock(int fd, struct sockaddr *addr, socklen_t *addrlen); /* O_NONBLOCK, FD_CLOEXEC */
 int loop__pipe_cloexec(int p[2], bool nonblock);
+/* posix.c, win32.c: 0 if fd is open (fcntl F_GETFD; on Windows, a socket),
+ * else a negative errno (-EBADF; on Windows -ENOTSOCK for a handle that is
+ * open but no socket). */
+int loop__fd_valid(int fd);
+/* posix.c, win32.c: sock.c's check of the fd a socket operation is given:
+ * 0 for a non-blocking socket, else -EBADF, -ENOTSOCK or -EINVAL. */
+int loop__check_socket(int fd);
+/* posix.c, win32.c: pthread_create() of a library thread that takes no
+ * asynchronous signal (all blocked but the synchronous ones, which must
+ * stay deliverable); 0 or an errno value, as pthread_create(). */
+int loop__thread_create_nosignals(pthread_t *thread, void *(*fn)(void *), void *arg);
+/* posix.c, win32.c: the processors online, or -1. */
+long loop__online_cpus(void);
+/* posix.c, win32.c: pthread_atfork(), 0 or an errno value; nothing on
+ * Windows, which has no fork(). */
+int loop__atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void));
+/*
+ * posix.c, win32.c: the process-wide side of signal.c. signal_valid: may
+ * signum be asked for at all (else EINVAL). signal_take: handler(signum)
+ * from now on, what was there saved in *saved; 0 or a negative errno
+ * (Windows: SIGINT only, from the console's Ctrl-C and Ctrl-Break, in a
+ * thread of the system's; -EOPNOTSUPP for the rest). signal_give: put
+ * *saved back.
+ */
+#ifdef LOOP_WINDOWS
+typedef int loop__sig_saved_t;
+#else
+#include <signal.h>
+typedef struct sigaction loop__sig_saved_t;
+#endif
+bool loop__signal_valid(int signum);
+int loop__signal_take(int signum, void (*handler)(int signum), loop__sig_saved_t *saved);
+void loop__signal_give(int signum, const loop__sig_saved_t *saved);
 /* send(2) and sendto(2) that never raise SIGPIPE: EPIPE instead. */
 ssize_t loop__send(int fd, const void *buf, size_t len, int flags);
 ssize_t loop__sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen);

@@ -24,7 +24,6 @@
  * iteration, and a marked watcher whose mask shrinks is told only what
  * it still asks for.
  */
-#include <fcntl.h>
 #include <stdlib.h>
 
 #include "internal.h"
@@ -212,7 +211,7 @@ void loop__io_call(loop_t *loop, loop_io_t *io, uint32_t revents) {
         /* As a reader's failure is reported (handle.c): with the
          * descriptor, and a closed one is let go of. */
         loop__report(loop, "Exception in callback", r, NULL, fd);
-        if (r == -EBADF && loop->impl->io_closed && fcntl(fd, F_GETFD) < 0 && errno == EBADF)
+        if (r == -EBADF && loop->impl->io_closed && loop__fd_valid(fd) == -EBADF)
                 loop->impl->io_closed(loop, fd);
 }
 

@@ -46,7 +46,7 @@ static void after_fork_in_child(void) {
 }
 
 static void install_atfork(void) {
-        pthread_atfork(before_fork, after_fork_in_parent, after_fork_in_child);
+        loop__atfork(before_fork, after_fork_in_parent, after_fork_in_child);
 }
 
 static void registry_add(loop_t *loop) {

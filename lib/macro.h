@@ -3,10 +3,18 @@
 
 #include <errno.h>
 
+#ifdef _WIN32
+/* PE has no symbol visibility: the DLL exports what lib/libloop.sym lists,
+ * through the version script where ld takes one, else through libtool's
+ * -export-symbols (a .def file). */
+#define LOOP_EXPORT
+#define LOOP_HIDDEN
+#else
 #define LOOP_EXPORT __attribute__((visibility("default")))
 /* For extern declarations of the library's own data: -fvisibility=hidden
  * covers definitions only, and without this every access goes through the GOT. */
 #define LOOP_HIDDEN __attribute__((visibility("hidden")))
+#endif
 
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)

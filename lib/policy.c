@@ -278,7 +278,7 @@ static void global_release(void) {
 }
 
 static void global_atfork(void) {
-        pthread_atfork(global_prepare, global_release, global_release);
+        loop__atfork(global_prepare, global_release, global_release);
 }
 
 LOOP_EXPORT loop_policy_t *loop_get_event_loop_policy(void) {

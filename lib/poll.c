@@ -17,9 +17,8 @@
  *   ppoll() (Linux and the BSDs do): there poll() waits whole
  *   milliseconds, rounded up, so a timer is never found early and spun on.
  * - Nothing checks a descriptor at registration, so an addition checks it
- *   with fcntl() to report EBADF the way the other backends do.
+ *   with loop__fd_valid() (fcntl) to report EBADF the way the other backends do.
  */
-#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -56,8 +55,10 @@ static short to_poll(uint32_t events) {
 }
 
 static int poll_add(struct poll_state *st, int fd, uint32_t events) {
-        if (fcntl(fd, F_GETFD) < 0)
-                return -errno;
+        int r = loop__fd_valid(fd);
+
+        if (r < 0)
+                return r;
         if ((size_t) fd >= st->n_slot_of) {
                 size_t n = st->n_slot_of ? st->n_slot_of : 64;
                 while (n <= (size_t) fd)

@@ -20,8 +20,10 @@
  * so callers keep their EINTR and EAGAIN loops.
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -168,4 +170,76 @@ ssize_t loop__sendto(int fd, const void *buf, size_t len, int flags, const struc
 ssize_t loop__send(int fd, const void *buf, size_t len, int flags) {
         /* POSIX: send() is sendto() with no address. */
         return loop__sendto(fd, buf, len, flags, NULL, 0);
+}
+
+int loop__fd_valid(int fd) {
+        if (fcntl(fd, F_GETFD) < 0)
+                return -errno;
+        return 0;
+}
+
+int loop__check_socket(int fd) {
+        struct stat st;
+        int fl;
+
+        if (fd < 0)
+                return -EBADF;
+        fl = fcntl(fd, F_GETFL);
+        if (fl < 0)
+                return -errno;
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        if (!S_ISSOCK(st.st_mode))
+                return -ENOTSOCK;
+        /* A blocking socket would stall the whole loop in the first try. */
+        if (!(fl & O_NONBLOCK))
+                return -EINVAL;
+        return 0;
+}
+
+int loop__thread_create_nosignals(pthread_t *thread, void *(*fn)(void *), void *arg) {
+        sigset_t all, old;
+        int r;
+
+        /* The new thread inherits the mask. */
+        sigfillset(&all);
+        sigdelset(&all, SIGSEGV);
+        sigdelset(&all, SIGBUS);
+        sigdelset(&all, SIGFPE);
+        sigdelset(&all, SIGILL);
+        sigdelset(&all, SIGTRAP);
+        sigdelset(&all, SIGSYS);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        r = pthread_create(thread, NULL, fn, arg);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return r;
+}
+
+long loop__online_cpus(void) {
+        return sysconf(_SC_NPROCESSORS_ONLN);
+}
+
+int loop__atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void)) {
+        return pthread_atfork(prepare, parent, child);
+}
+
+bool loop__signal_valid(int signum) {
+        /* SIGKILL and SIGSTOP cannot be caught; sigaction() rejects the
+         * numbers the C library keeps for itself (glibc's 32 and 33). */
+        return signum > 0 && signum < NSIG && signum != SIGKILL && signum != SIGSTOP;
+}
+
+int loop__signal_take(int signum, void (*handler)(int signum), loop__sig_saved_t *saved) {
+        struct sigaction sa = {
+                .sa_handler = handler,
+                .sa_flags = SA_RESTART,
+        };
+
+        /* Nothing else runs in this thread's handler: no nesting to reason about. */
+        sigfillset(&sa.sa_mask);
+        return sigaction(signum, &sa, saved) < 0 ? -errno : 0;
+}
+
+void loop__signal_give(int signum, const loop__sig_saved_t *saved) {
+        (void) sigaction(signum, saved, NULL);
 }

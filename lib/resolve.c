@@ -23,7 +23,9 @@
  * getaddrinfo() in a worker reads the resolver configuration of the
  * process, as it would in the loop's thread.
  */
-#include <netdb.h>
+#ifndef LOOP_WINDOWS
+#include <netdb.h>      /* Windows: <ws2tcpip.h>, through internal.h */
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,8 +33,10 @@
 
 static int eai_to_errno(int eai, int saved_errno) {
         switch (eai) {
+#ifdef EAI_SYSTEM       /* not on Windows, whose EAI_* are WSA* codes */
         case EAI_SYSTEM:
                 return saved_errno > 0 ? -saved_errno : -EIO;
+#endif
         case EAI_NONAME:
                 return -ENOENT;
 #if defined(EAI_NODATA) && EAI_NODATA != EAI_NONAME
@@ -57,8 +61,10 @@ static int eai_to_errno(int eai, int saved_errno) {
                 return -EPROTONOSUPPORT;
         case EAI_BADFLAGS:
                 return -EINVAL;
+#ifdef EAI_OVERFLOW
         case EAI_OVERFLOW:
                 return -EOVERFLOW;
+#endif
 #ifdef EAI_INTR
         case EAI_INTR:
                 return -EINTR;
@@ -187,7 +193,7 @@ LOOP_EXPORT int loop_getnameinfo(loop_t *loop, const struct sockaddr *addr, sock
         if (r < 0)
                 return r;
         return_if_fail(addr && ret, -EINVAL);
-        return_if_fail(addrlen > 0 && addrlen <= sizeof(job->addr), -EINVAL);
+        return_if_fail(addrlen > 0 && (size_t) addrlen <= sizeof(job->addr), -EINVAL);
 
         job = calloc(1, sizeof(*job));
         if (!job)

@@ -94,6 +94,11 @@
  *   dropping a watcher of one, then only frees memory: the descriptor
  *   numbers are not closed, since the child may have reused them (they are
  *   close-on-exec).
+ *
+ * - Windows (win32.c's loop__signal_take): SIGINT only, from the console's
+ *   Ctrl-C and Ctrl-Break (SetConsoleCtrlHandler), the others say
+ *   EOPNOTSUPP. The handler runs in a thread the system starts for it,
+ *   which the atomics above allow; the wake-up pairs are sockets there.
  */
 #include <assert.h>
 #include <fcntl.h>
@@ -154,7 +159,7 @@ struct loop__signals {
 static pthread_mutex_t table_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
         unsigned loops;                 /* slots taken; 0: the previous disposition is in force */
-        struct sigaction previous;      /* valid while loops > 0 */
+        loop__sig_saved_t previous;     /* valid while loops > 0 */
 } table[NSIG];
 
 /* What the signal handler reads: lock-free atomics only, never freed. */
@@ -205,7 +210,7 @@ static void table_child_after_fork(void) {
                 for (unsigned i = 0; i < SLOTS; i++)
                         __atomic_store_n(&slots[sig][i].wake, 0, __ATOMIC_SEQ_CST);
                 __atomic_store_n(&slots_used[sig], 0, __ATOMIC_SEQ_CST);
-                (void) sigaction(sig, &table[sig].previous, NULL);
+                loop__signal_give(sig, &table[sig].previous);
                 table[sig].loops = 0;
         }
         /* Only the forking thread exists here, and it was not in a handler:
@@ -215,27 +220,21 @@ static void table_child_after_fork(void) {
 }
 
 static void init(void) {
-        init_error = -pthread_atfork(table_prepare_fork, table_parent_after_fork, table_child_after_fork);
+        init_error = -loop__atfork(table_prepare_fork, table_parent_after_fork, table_child_after_fork);
 }
 
 static bool valid_signal(int signum) {
-        /* SIGKILL and SIGSTOP cannot be caught; sigaction() rejects the
-         * numbers the C library keeps for itself (glibc's 32 and 33). */
-        return signum > 0 && signum < NSIG && signum != SIGKILL && signum != SIGSTOP;
+        return loop__signal_valid(signum);
 }
 
 /* With table_lock held: install the handler if s is the first loop to
- * take signum. */
+ * take signum (posix.c: sigaction(); win32.c: the console's Ctrl-C). */
 static int take_disposition(int signum) {
-        struct sigaction sa = {
-                .sa_handler = on_signal,
-                .sa_flags = SA_RESTART,
-        };
-
-        /* Nothing else runs in this thread's handler: no nesting to reason about. */
-        sigfillset(&sa.sa_mask);
-        if (table[signum].loops == 0 && sigaction(signum, &sa, &table[signum].previous) < 0)
-                return -errno;
+        if (table[signum].loops == 0) {
+                int r = loop__signal_take(signum, on_signal, &table[signum].previous);
+                if (r < 0)
+                        return r;
+        }
         table[signum].loops++;
         return 0;
 }
@@ -245,7 +244,7 @@ static void give_disposition(int signum) {
         if (--table[signum].loops == 0)
                 /* From here on the signal goes where it went before, and a
                  * handler already running only wakes us. */
-                (void) sigaction(signum, &table[signum].previous, NULL);
+                loop__signal_give(signum, &table[signum].previous);
 }
 
 #ifdef SIGNAL_KQUEUE

@@ -65,11 +65,8 @@
  *   a closed fd never completes there (select reports it, and the retry
  *   fails with EBADF). Cancel before closing.
  */
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -178,9 +175,9 @@ static int try_recv(struct sock_op *op, bool from) {
         do {
                 if (from) {
                         res->addrlen = sizeof(res->addr);
-                        n = recvfrom(op->fd, buf, op->size, RECV_FLAGS, (struct sockaddr *) &res->addr, &res->addrlen);
+                        n = loop__recvfrom(op->fd, buf, op->size, RECV_FLAGS, (struct sockaddr *) &res->addr, &res->addrlen);
                 } else
-                        n = recv(op->fd, buf, op->size, RECV_FLAGS);
+                        n = loop__recv(op->fd, buf, op->size, RECV_FLAGS);
         } while (n < 0 && errno == EINTR);
         if (n < 0) {
                 int r = would_block(errno) ? 0 : -errno;
@@ -203,7 +200,7 @@ static int try_recv_into(struct sock_op *op) {
         ssize_t n;
 
         do
-                n = recv(op->fd, op->buf, op->size, RECV_FLAGS);
+                n = loop__recv(op->fd, op->buf, op->size, RECV_FLAGS);
         while (n < 0 && errno == EINTR);
         if (n < 0)
                 return would_block(errno) ? 0 : -errno;
@@ -267,7 +264,7 @@ static int try_connect_done(struct sock_op *op) {
         int err = 0;
         socklen_t len = sizeof(err);
 
-        if (getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        if (loop__getsockopt(op->fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
                 return -errno;
         if (err == EINPROGRESS || err == EALREADY)
                 return 0;
@@ -309,7 +306,7 @@ static void op_free(struct sock_op *op) {
                 if (owns_data(op))
                         free(op->res->data);
                 if (op->res->fd >= 0)
-                        close(op->res->fd);
+                        loop__close_socket(op->res->fd);
                 free(op->res);
         }
         free(op);
@@ -406,26 +403,6 @@ static void table_close(loop_t *loop, struct loop__close_hook *hook) {
 
 /* ---- the common path ------------------------------------------------- */
 
-/* The checks every call makes on fd, after its own argument checks. */
-static int check_socket(int fd) {
-        struct stat st;
-        int fl;
-
-        if (fd < 0)
-                return -EBADF;
-        fl = fcntl(fd, F_GETFL);
-        if (fl < 0)
-                return -errno;
-        if (fstat(fd, &st) < 0)
-                return -errno;
-        if (!S_ISSOCK(st.st_mode))
-                return -ENOTSOCK;
-        /* A blocking socket would stall the whole loop in the first try. */
-        if (!(fl & O_NONBLOCK))
-                return -EINVAL;
-        return 0;
-}
-
 /*
  * Start op (kind, fd and its arguments filled in, the rest zero): errors
  * before any I/O are returned; from the first system call on, every outcome
@@ -460,7 +437,7 @@ static int submit(loop_t *loop, struct sock_op *op, loop_future_t **ret) {
                 /* The first try is connect() itself, later ones read
                  * SO_ERROR. Not retried on EINTR: the attempt goes on in
                  * the background and a second connect() would say EALREADY. */
-                if (connect(op->fd, (const struct sockaddr *) &op->addr, op->addrlen) == 0)
+                if (loop__connect(op->fd, (const struct sockaddr *) &op->addr, op->addrlen) == 0)
                         r = 1;
                 else if (errno == EINPROGRESS || errno == EINTR)
                         r = 0;
@@ -524,7 +501,7 @@ static int start(loop_t *loop, const struct loop__sock_call *call, loop_future_t
          * on a blocking socket their first try would block. So would a
          * sendall of nothing, which makes no system call at all. */
         if (call->kind == OP_ACCEPT || call->kind == OP_CONNECT || (call->kind == OP_SENDALL && call->size == 0))
-                r = check_socket(call->fd);
+                r = loop__check_socket(call->fd);
         else
                 r = call->fd < 0 ? -EBADF : 0;
         if (r < 0)
@@ -628,7 +605,7 @@ LOOP_EXPORT int loop_sock_sendto(loop_t *loop, int fd, const void *data, size_t 
         return_if_fail(data || size == 0, -EINVAL);
         /* No address is fine on a connected socket; a length without one is not. */
         return_if_fail(addr ? addrlen > 0 : addrlen == 0, -EINVAL);
-        return_if_fail(addrlen <= sizeof(struct sockaddr_storage), -EINVAL);
+        return_if_fail((size_t) addrlen <= sizeof(struct sockaddr_storage), -EINVAL);
         return start(loop,
                      &(struct loop__sock_call) { .kind = OP_SENDTO, .fd = fd, .data = data, .size = size,
                                                  .addr = addr, .addrlen = addrlen },
@@ -642,7 +619,7 @@ LOOP_EXPORT int loop_sock_connect(loop_t *loop, int fd, const struct sockaddr *a
         if (r < 0)
                 return r;
         return_if_fail(addr && addrlen > 0, -EINVAL);
-        return_if_fail(addrlen <= sizeof(struct sockaddr_storage), -EINVAL);
+        return_if_fail((size_t) addrlen <= sizeof(struct sockaddr_storage), -EINVAL);
         return start(loop, &(struct loop__sock_call) { .kind = OP_CONNECT, .fd = fd, .addr = addr, .addrlen = addrlen },
                      ret);
 }

@@ -145,7 +145,7 @@ void loop__threadsafe_use_wake(loop_t *loop, int fd, void (*wake)(int fd)) {
 
 int loop__threadsafe_init(loop_t *loop) {
         /* The size is a multiple of 64: the struct's alignment. */
-        loop->ts_ring = aligned_alloc(64, sizeof(struct loop__ts_ring));
+        loop->ts_ring = loop__aligned_alloc(64, sizeof(struct loop__ts_ring));
         if (!loop->ts_ring)
                 return -ENOMEM;
         /* seq 0 is "published" for no position (position + 1 >= 1). */
@@ -153,7 +153,7 @@ int loop__threadsafe_init(loop_t *loop) {
         loop->ts_ring->tail = TS_LIVE;
         int r = loop__wakeup_new(&loop->wake_read_fd, &loop->wake_write_fd);
         if (r < 0) {
-                free(loop->ts_ring);
+                loop__aligned_free(loop->ts_ring);
                 loop->ts_ring = NULL;
                 return r;
         }
@@ -176,7 +176,7 @@ void loop__threadsafe_free(loop_t *loop) {
         }
         for (size_t i = 0; i < loop->ts_n; i++)
                 loop_handle_unref(ready_entry_handle(&loop->ts_items[i]));
-        free(loop->ts_ring);
+        loop__aligned_free(loop->ts_ring);
         free(loop->ts_items);
         if (!loop->wake)
                 loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);

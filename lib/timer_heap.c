@@ -72,12 +72,12 @@ static int grow_slots(struct timer_heap *heap) {
         if (cap <= heap->cap || cap >= UINT32_MAX / 2)
                 return -ENOMEM;
         /* realloc() does not keep the alignment: copy by hand. */
-        struct timer_slot *slots = aligned_alloc(CACHELINE, ((size_t) cap + HEAP0 + 1) * sizeof(*slots));
+        struct timer_slot *slots = loop__aligned_alloc(CACHELINE, ((size_t) cap + HEAP0 + 1) * sizeof(*slots));
         if (!slots)
                 return -ENOMEM;
         if (heap->slots)
                 memcpy(slots + HEAP0, heap->slots + HEAP0, (size_t) heap->n * sizeof(*slots));
-        free(heap->slots);
+        loop__aligned_free(heap->slots);
         heap->slots = slots;
         heap->cap = cap;
         return 0;
@@ -214,7 +214,7 @@ void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_he
 }
 
 void loop__timer_heap_free(struct timer_heap *heap) {
-        free(heap->slots);
+        loop__aligned_free(heap->slots);
         free(heap->cancelled);
         loop__timer_heap_init(heap, heap->chunks);
 }

@@ -9,13 +9,17 @@
  * opens. Name resolution uses numeric addresses and "localhost" only: no
  * test needs a network.
  */
+#ifndef _WIN32
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#endif
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#ifndef _WIN32
 #include <sys/wait.h>
+#endif
 
 #include "testutil.h"
 
@@ -108,13 +112,26 @@ static void unref_all(loop_future_t **f, int n) {
 
 /* What asyncio's ThreadPoolExecutor picks: min(32, os.process_cpu_count() + 4). */
 static int expected_default_max(void) {
-        cpu_set_t set;
         long n = -1;
+#ifdef _WIN32
+        DWORD_PTR mask, sysmask;
+        SYSTEM_INFO si;
+
+        if (GetProcessAffinityMask(GetCurrentProcess(), &mask, &sysmask))
+                for (n = 0; mask; mask &= mask - 1)
+                        n++;
+        if (n < 1) {
+                GetSystemInfo(&si);
+                n = (long) si.dwNumberOfProcessors;
+        }
+#else
+        cpu_set_t set;
 
         if (sched_getaffinity(0, sizeof(set), &set) == 0)
                 n = CPU_COUNT(&set);
         if (n < 1)
                 n = sysconf(_SC_NPROCESSORS_ONLN);
+#endif
         if (n < 1)
                 n = 1;
         return n + 4 < 32 ? (int) n + 4 : 32;
@@ -782,6 +799,7 @@ END_TEST
 
 /* ---- fork ------------------------------------------------------------------------ */
 
+#ifndef _WIN32
 /* The child reports through a pipe: under valgrind the exit status is valgrind's. */
 static void child_report(int fd, int bad) {
         ssize_t n = write(fd, &bad, sizeof(bad));
@@ -800,12 +818,16 @@ static void assert_child_ok(pid_t pid, int result_fd) {
                       WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status));
         ck_assert_msg(bad == 0, "child: checks failed, mask 0x%x", bad);
 }
+#endif
 
 /*
  * Idle workers exist in the parent only: the child's last unref closes the
  * loop without joining them (a join would wait forever; alarm kills it).
  */
 START_TEST(test_fork_idle_workers_unref) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("fork");
+#else
         loop_t *loop = tu_loop_new();
         loop_future_t *f = NULL;
         atomic_int runs;
@@ -845,11 +867,15 @@ START_TEST(test_fork_idle_workers_unref) {
         ck_assert_int_eq(atomic_load(&runs), 2);
         loop_future_unref(f);
         loop_unref(loop);
+#endif
 }
 END_TEST
 
 /* A job running at the fork: the child closes the loop and frees the job's memory, no join. */
 START_TEST(test_fork_running_job_close) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("fork");
+#else
         loop_t *loop = tu_loop_new();
         loop_future_t *f = NULL, *q = NULL;
         atomic_int runs;
@@ -892,6 +918,7 @@ START_TEST(test_fork_running_job_close) {
         loop_future_unref(q);
         gate_destroy(&g);
         loop_unref(loop);
+#endif
 }
 END_TEST
 

@@ -10,7 +10,9 @@
  * the usual errors (NULL, closed loop, fork child).
  */
 #include <pthread.h>
+#ifndef _WIN32
 #include <sys/wait.h>
+#endif
 
 #include "testutil.h"
 
@@ -941,6 +943,9 @@ static int fork_child_checks(loop_t *loop, loop_future_t *f) {
 }
 
 START_TEST(test_fork_child) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("fork");
+#else
         loop_t *loop = tu_loop_new();
         loop_future_t *f = new_future(loop);
         struct cb_log log = {0};
@@ -972,6 +977,7 @@ START_TEST(test_fork_child) {
         ck_assert_int_eq(log.n, 1);
         loop_future_unref(f);
         loop_unref(loop);
+#endif
 }
 END_TEST
 

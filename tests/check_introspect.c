@@ -10,7 +10,9 @@
  * select it answers -EOPNOTSUPP, which is checked instead.
  */
 #include <limits.h>
+#ifndef _WIN32
 #include <poll.h>
+#endif
 #include <pthread.h>
 #include <stddef.h>
 

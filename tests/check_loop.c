@@ -5,7 +5,9 @@
  */
 #include <pthread.h>
 #include <stdbool.h>
+#ifndef _WIN32
 #include <sys/wait.h>
+#endif
 #include <unistd.h>
 
 #include "testutil.h"
@@ -847,6 +849,9 @@ END_TEST
  * queue), yet the inline call must not take it, and answers -ECHILD.
  */
 START_TEST(test_call_soon_inline_fork_child) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("fork");
+#else
         loop_t *loop = inline_loop_new();
         int result[2], count = 0, status;
         unsigned char bad = 0xff;
@@ -891,6 +896,7 @@ START_TEST(test_call_soon_inline_fork_child) {
         ck_assert_int_eq(loop_run_once(loop, 0), 1);
         ck_assert_int_eq(count, 3);
         loop_unref(loop);
+#endif
 }
 END_TEST
 

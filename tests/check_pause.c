@@ -12,8 +12,10 @@
  * left out on other systems and skips in builds without epoll (configure
  * --with-backends=poll,select). */
 #ifdef HAVE_SYS_EPOLL_H
+#ifndef _WIN32
 #include <sys/epoll.h>
 #include <sys/syscall.h>
+#endif
 #if defined(SYS_epoll_ctl)
 #define COUNT_EPOLL_CTL 1
 

@@ -7,11 +7,15 @@
  * cancellation that consumes nothing, loop_close with pending operations,
  * and fork. tests/run-backends reruns this once per selector.
  */
+#ifndef _WIN32
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#endif
 #include <pthread.h>
 #include <signal.h>
+#ifndef _WIN32
 #include <sys/wait.h>
+#endif
 
 #include "testutil.h"
 
@@ -61,9 +65,16 @@ static uint16_t local_port(int fd) {
 /* A non-blocking, close-on-exec socket of the given type, bound to
  * 127.0.0.1 on an ephemeral port when bind_it is set. */
 static int inet_socket(int type, int bind_it) {
+#ifdef _WIN32
+        int fd = (int) socket(AF_INET, type, 0);
+
+        ck_assert_int_ge(fd, 0);
+        tu_set_nonblock(fd);
+#else
         int fd = socket(AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
         ck_assert_int_ge(fd, 0);
+#endif
         if (bind_it) {
                 struct sockaddr_in sin = loopback(0);
                 ck_assert_int_eq(bind(fd, (struct sockaddr *) &sin, sizeof(sin)), 0);
@@ -256,6 +267,9 @@ START_TEST(test_recv_reset) {
         struct linger lg = {.l_onoff = 1, .l_linger = 0};
         int fds[2];
 
+        /* wine 8: recv() after the peer's RST returns 0, where Windows
+         * fails with WSAECONNRESET (a plain winsock program shows it). */
+        TU_SKIP_UNDER_WINE("recv() after an RST returns 0 (end of file), not WSAECONNRESET");
         /* An error of the operation itself reaches the future. */
         tcp_pair(loop, fds);
         ck_assert_int_eq(loop_sock_recv(loop, fds[0], 64, &f), 0);
@@ -435,6 +449,9 @@ START_TEST(test_sendall_small) {
 END_TEST
 
 START_TEST(test_sendall_epipe) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("EPIPE at the first send is AF_UNIX's: the loopback TCP pair standing in for socketpair accepts that send");
+#else
         loop_t *loop = tu_loop_new();
         loop_future_t *f = NULL;
         int sv[2];
@@ -449,6 +466,7 @@ START_TEST(test_sendall_epipe) {
         loop_future_unref(f);
         tu_close_pair(sv);
         loop_unref(loop);
+#endif
 }
 END_TEST
 
@@ -458,6 +476,7 @@ END_TEST
  * as built with --enable-posix-fallbacks): a send to a closed peer fails
  * with EPIPE, and the process survives at SIGPIPE's default disposition.
  */
+#ifndef _WIN32
 static void send_to_closed_peer(loop_t *loop, int kind) {
         loop_future_t *f = NULL;
         int sv[2];
@@ -496,10 +515,15 @@ static void block_sigpipe(int how) {
         sigaddset(&set, SIGPIPE);
         ck_assert_int_eq(pthread_sigmask(how, &set, NULL), 0);
 }
+#endif
 
 /* _i: 0 sendall, 1 sendto. SIGPIPE at its default, unblocked: a SIGPIPE
  * would end the test process, which Check reports as a failure. */
 START_TEST(test_epipe_default_disposition) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("SIGPIPE (POSIX signals; and EPIPE at the first send is AF_UNIX's, "
+                           "the loopback TCP pair standing in for it accepts that send)");
+#else
         loop_t *loop = tu_loop_new();
         struct sigaction sa = {.sa_handler = SIG_DFL}, old;
 
@@ -511,12 +535,16 @@ START_TEST(test_epipe_default_disposition) {
         ck_assert_int_eq(sigpipe_blocked(), 0);
         ck_assert_int_eq(sigaction(SIGPIPE, &old, NULL), 0);
         loop_unref(loop);
+#endif
 }
 END_TEST
 
 /* With SIGPIPE blocked by the program, the send leaves none pending (the
  * fallback takes back the one it raised) and SIGPIPE blocked. */
 START_TEST(test_epipe_leaves_no_sigpipe) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("SIGPIPE (POSIX signals)");
+#else
         loop_t *loop = tu_loop_new();
 
         block_sigpipe(SIG_BLOCK);
@@ -526,12 +554,16 @@ START_TEST(test_epipe_leaves_no_sigpipe) {
         ck_assert_int_eq(sigpipe_blocked(), 1);
         block_sigpipe(SIG_UNBLOCK);
         loop_unref(loop);
+#endif
 }
 END_TEST
 
 /* A SIGPIPE the program raised (and blocks) before the send is the
  * program's: it is still pending afterwards, not taken for the send's. */
 START_TEST(test_epipe_keeps_pending_sigpipe) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("SIGPIPE (POSIX signals)");
+#else
         static const struct timespec zero = {0, 0};
         loop_t *loop = tu_loop_new();
         sigset_t set;
@@ -549,6 +581,7 @@ START_TEST(test_epipe_keeps_pending_sigpipe) {
         ck_assert_int_eq(sigpipe_pending(), 0);
         block_sigpipe(SIG_UNBLOCK);
         loop_unref(loop);
+#endif
 }
 END_TEST
 
@@ -578,7 +611,9 @@ START_TEST(test_accept_connect) {
         struct loop_sock_result *ra = result_of(fa);
         int afd = ra->fd;
         ck_assert_int_ge(afd, 0);
+#ifndef _WIN32 /* winsock cannot tell whether a socket is non-blocking */
         ck_assert_int_ne(fcntl(afd, F_GETFL) & O_NONBLOCK, 0);
+#endif
         ck_assert_int_ne(fcntl(afd, F_GETFD) & FD_CLOEXEC, 0);
         /* The peer's address is the client's local one. */
         ck_assert_int_eq(ra->addrlen, sizeof(struct sockaddr_in));
@@ -625,7 +660,9 @@ START_TEST(test_accept_immediate) {
         ck_assert_int_eq(loop_future_done(fa), 1);
         ck_assert_int_ge(result_of(fa)->fd, 0);
         /* As on the pending path: accept4's flags, or accept() and fcntl(). */
+#ifndef _WIN32 /* winsock cannot tell whether a socket is non-blocking */
         ck_assert_int_ne(fcntl(result_of(fa)->fd, F_GETFL) & O_NONBLOCK, 0);
+#endif
         ck_assert_int_ne(fcntl(result_of(fa)->fd, F_GETFD) & FD_CLOEXEC, 0);
         assert_no_reader(loop, lfd);
         ck_assert_int_eq(close(result_of(fa)->fd), 0);
@@ -659,6 +696,9 @@ START_TEST(test_connect_refused) {
 END_TEST
 
 START_TEST(test_connect_unix) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("AF_UNIX path sockets");
+#else
         loop_t *loop = tu_loop_new();
         loop_future_t *f = NULL;
         struct sockaddr_un {
@@ -677,6 +717,7 @@ START_TEST(test_connect_unix) {
         loop_future_unref(f);
         ck_assert_int_eq(close(cfd), 0);
         loop_unref(loop);
+#endif
 }
 END_TEST
 
@@ -777,6 +818,9 @@ static void check_all_calls(loop_t *loop, int fd, int err) {
 }
 
 START_TEST(test_blocking_socket) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("winsock cannot tell a blocking socket: the library makes every socket it is given non-blocking instead of refusing it");
+#else
         struct sockaddr_in to = loopback(9);
         loop_t *loop = tu_loop_new();
         loop_future_t *f = NULL;
@@ -811,6 +855,7 @@ START_TEST(test_blocking_socket) {
 
         tu_close_pair(sv);
         loop_unref(loop);
+#endif
 }
 END_TEST
 
@@ -1205,6 +1250,9 @@ END_TEST
 /* ---- fork ----------------------------------------------------------- */
 
 START_TEST(test_fork) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("fork");
+#else
         loop_t *loop = tu_loop_new();
         loop_future_t *f = NULL;
         int sv[2], status;
@@ -1238,6 +1286,7 @@ START_TEST(test_fork) {
         loop_future_unref(f);
         tu_close_pair(sv);
         loop_unref(loop);
+#endif
 }
 END_TEST
 
@@ -1335,7 +1384,9 @@ static Suite *sock_suite(void) {
 }
 
 int main(void) {
+#ifndef _WIN32
         /* A bug that wrote to a closed peer must fail a test, not kill the run. */
         signal(SIGPIPE, SIG_DFL);
+#endif
         return tu_run_suite(sock_suite());
 }
