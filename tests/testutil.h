@@ -47,21 +47,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "loop.h"
-
-#ifdef _WIN32
-/*
- * mingw's errno.h has no ESHUTDOWN or ESTALE, which the library returns
- * (negated). loop.h should define them for applications; until it does,
- * these are winsock's values, the ones lib/win32.h is expected to use.
- */
-#ifndef ESHUTDOWN
-#define ESHUTDOWN WSAESHUTDOWN
-#endif
-#ifndef ESTALE
-#define ESTALE WSAESTALE
-#endif
-#endif
+#include "loop.h"         /* on Windows also ESHUTDOWN and ESTALE, which mingw's errno.h lacks */
 
 #define TU_USEC INT64_C(1000)
 #define TU_MSEC INT64_C(1000000)
