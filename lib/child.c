@@ -297,7 +297,7 @@ static int open_pidfd(pid_t pid) {
         if (kq < 0)
                 return -errno;
         (void) fcntl(kq, F_SETFD, FD_CLOEXEC);
-        EV_SET(&ev, (uintptr_t) pid, EVFILT_PROC, EV_ADD, NOTE_EXIT, 0, NULL);
+        EV_SET(&ev, (uintptr_t) pid, EVFILT_PROC, EV_ADD, NOTE_EXIT, 0, 0);
         if (kevent(kq, &ev, 1, NULL, 0, NULL) < 0) {
                 int r = errno;
                 close(kq);

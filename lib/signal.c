@@ -254,7 +254,7 @@ static void give_disposition(int signum) {
 static int kqueue_change(struct loop__signals *s, int signum, unsigned short flags) {
         struct kevent ev;
 
-        EV_SET(&ev, (uintptr_t) signum, EVFILT_SIGNAL, flags, 0, 0, NULL);
+        EV_SET(&ev, (uintptr_t) signum, EVFILT_SIGNAL, flags, 0, 0, 0);
         return kevent(s->read_fd, &ev, 1, NULL, 0, NULL) < 0 ? -errno : 0;
 }
 
