@@ -81,7 +81,6 @@
 struct kq_state {
         int kq;
         pid_t pid;              /* the process that made kq */
-        bool wake;              /* the EVFILT_USER wake-up is registered */
         uint8_t *reg;
         size_t n_reg;
         uint8_t *got;
@@ -522,7 +521,6 @@ static int kq_wake_setup(void *state) {
         EV_SET(&ev, WAKE_IDENT, EVFILT_USER, EV_ADD | EV_CLEAR, 0, 0, 0);
         if (kevent(st->kq, &ev, 1, NULL, 0, NULL) < 0)
                 return -errno;
-        st->wake = true;
         return st->kq;
 }
 
