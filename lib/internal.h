@@ -230,7 +230,8 @@ struct loop {
         struct loop__ready_entry *ts_items;
         size_t ts_n, ts_cap;
         int wake_read_fd, wake_write_fd;  /* the same eventfd on Linux, a pipe elsewhere */
-        void (*wake)(int fd);           /* the backend's wake-up on wake_write_fd, or NULL (a write) */
+        void (*wake)(void *ctx);        /* the backend's wake-up, or NULL (a write to wake_write_fd) */
+        void *wake_ctx;
 
         unsigned running;               /* atomic: 1 while some thread runs the loop */
         uint64_t n_runs;                /* run_forever/run_once calls so far */
@@ -446,7 +447,7 @@ void loop__threadsafe_wake(loop_t *loop);      /* any thread: make a waiting loo
 void loop__threadsafe_take(loop_t *loop);      /* loop's thread: take the posts now, if any */
 const uint64_t *loop__threadsafe_gate(const loop_t *loop);
 void loop__threadsafe_free(loop_t *loop);
-void loop__threadsafe_use_wake(loop_t *loop, int fd, void (*wake)(int fd));
+void loop__threadsafe_use_wake(loop_t *loop, void (*wake)(void *ctx), void *ctx);
 
 /* selector_loop.c */
 extern LOOP_HIDDEN const struct loop__impl loop__selector_impl;

@@ -525,11 +525,11 @@ static int kq_wake_setup(void *state) {
 }
 
 /* Any thread; the loop may be waiting in kevent() on the same queue. */
-static void kq_wake(int kq) {
+static void kq_wake(void *state) {
         struct kevent ev;
 
         EV_SET(&ev, WAKE_IDENT, EVFILT_USER, 0, NOTE_TRIGGER, 0, 0);
-        (void) kevent(kq, &ev, 1, NULL, 0, NULL);
+        (void) kevent(((struct kq_state *) state)->kq, &ev, 1, NULL, 0, NULL);
 }
 #endif
 

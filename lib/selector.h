@@ -136,11 +136,11 @@ struct loop_selector_ops {
          * (kqueue's EVFILT_USER). wake_setup arms it and returns the
          * number ->select passes to ready() with LOOP_EVENT_READ when it
          * was woken (the backend's own descriptor), or a negative errno;
-         * wake(that number) makes a waiting ->select return, from any
-         * thread. NULL: the loop watches a pipe or an eventfd instead.
+         * wake(state) makes a waiting ->select return, from any thread.
+         * NULL: the loop watches a pipe or an eventfd instead.
          */
         int (*wake_setup)(void *state);
-        void (*wake)(int fd);
+        void (*wake)(void *state);
 };
 
 struct loop_selector {

@@ -536,7 +536,7 @@ LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
          * loop's descriptor, watched like any other. */
         int wfd = sel->ops->wake_setup ? sel->ops->wake_setup(sel->state) : -ENOSYS;
         if (wfd >= 0)
-                loop__threadsafe_use_wake(&sl->base, wfd, sel->ops->wake);
+                loop__threadsafe_use_wake(&sl->base, sel->ops->wake, sel->state);
         else
                 wfd = sl->base.wake_read_fd;
         r = ensure_fd(sl, wfd);

@@ -125,22 +125,22 @@ static inline void cpu_relax(void) {
  * has descriptors of its own. */
 static void wake_up(loop_t *loop) {
         if (loop->wake)
-                loop->wake(loop->wake_write_fd);
+                loop->wake(loop->wake_ctx);
         else
                 loop__wakeup_write(loop->wake_write_fd);
 }
 
 /*
- * The backend wakes the loop itself (kqueue's EVFILT_USER): wake(fd) from
- * now on, and nothing to read. Called once, while the loop is being made,
- * before any other thread can know it. fd is the backend's and is not
- * closed here.
+ * The backend wakes the loop itself (kqueue's EVFILT_USER, a packet posted
+ * to an IOCP port): wake(ctx) from now on, and no descriptor to read.
+ * Called once, while the loop is being made, before any other thread can
+ * know it.
  */
-void loop__threadsafe_use_wake(loop_t *loop, int fd, void (*wake)(int fd)) {
+void loop__threadsafe_use_wake(loop_t *loop, void (*wake)(void *ctx), void *ctx) {
         loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
-        loop->wake_read_fd = -1;
-        loop->wake_write_fd = fd;
+        loop->wake_read_fd = loop->wake_write_fd = -1;
         loop->wake = wake;
+        loop->wake_ctx = ctx;
 }
 
 int loop__threadsafe_init(loop_t *loop) {
