@@ -231,6 +231,7 @@ struct loop {
         size_t ts_n, ts_cap;
         int wake_read_fd, wake_write_fd;  /* the same eventfd on Linux, a pipe elsewhere */
         void (*wake)(void *ctx);        /* the backend's wake-up, or NULL (a write to wake_write_fd) */
+        void (*wake_release)(void *ctx);
         void *wake_ctx;
 
         unsigned running;               /* atomic: 1 while some thread runs the loop */
@@ -406,6 +407,17 @@ int loop__check_socket(int fd);
  * asynchronous signal (all blocked but the synchronous ones, which must
  * stay deliverable); 0 or an errno value, as pthread_create(). */
 int loop__thread_create_nosignals(pthread_t *thread, void *(*fn)(void *), void *arg);
+/* posix.c, win32.c: what fd names, so that a number closed and reused for
+ * another file can be told apart (fstat's device and inode); 0 or a
+ * negative errno (loop__fd_valid's). Windows: a socket has no such
+ * identity, every socket's is 0, and other handles are -ENOTSOCK. */
+struct loop__file_id {
+        uint64_t dev, ino;
+};
+int loop__file_id(int fd, struct loop__file_id *id);
+/* posix.c, win32.c: loop_new()'s default is the proactor loop (Windows,
+ * as asyncio's since 3.8), not the selector loop. */
+bool loop__proactor_by_default(void);
 /* posix.c, win32.c: the processors online, or -1. */
 long loop__online_cpus(void);
 /* posix.c, win32.c: pthread_atfork(), 0 or an errno value; nothing on
@@ -447,7 +459,7 @@ void loop__threadsafe_wake(loop_t *loop);      /* any thread: make a waiting loo
 void loop__threadsafe_take(loop_t *loop);      /* loop's thread: take the posts now, if any */
 const uint64_t *loop__threadsafe_gate(const loop_t *loop);
 void loop__threadsafe_free(loop_t *loop);
-void loop__threadsafe_use_wake(loop_t *loop, void (*wake)(void *ctx), void *ctx);
+void loop__threadsafe_use_wake(loop_t *loop, void (*wake)(void *ctx), void (*release)(void *ctx), void *ctx);
 
 /* selector_loop.c */
 extern LOOP_HIDDEN const struct loop__impl loop__selector_impl;

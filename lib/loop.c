@@ -114,6 +114,10 @@ LOOP_EXPORT int loop_new(loop_t **ret) {
         proactor = loop__getenv("LIBLOOP_PROACTOR");
         if (proactor && *proactor)
                 return loop__proactor_loop_new_named(proactor, ret);
+        /* Windows: the proactor unless LIBLOOP_SELECTOR names a selector. */
+        const char *selector = loop__getenv("LIBLOOP_SELECTOR");
+        if (loop__proactor_by_default() && !(selector && *selector))
+                return loop_proactor_loop_new(ret);
         r = loop_selector_new(NULL, &sel);
         if (r < 0)
                 return r;

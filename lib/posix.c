@@ -178,6 +178,20 @@ int loop__fd_valid(int fd) {
         return 0;
 }
 
+int loop__file_id(int fd, struct loop__file_id *id) {
+        struct stat st;
+
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        id->dev = (uint64_t) st.st_dev;
+        id->ino = (uint64_t) st.st_ino;
+        return 0;
+}
+
+bool loop__proactor_by_default(void) {
+        return false;
+}
+
 int loop__check_socket(int fd) {
         struct stat st;
         int fl;

@@ -23,7 +23,13 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#ifdef LOOP_WINDOWS
+/* Winsock's sockaddr and socklen_t, and the struct msghdr and struct iovec
+ * shims with POSIX's field names (win32.h). */
+#include "win32.h"
+#else
 #include <sys/socket.h>
+#endif
 
 #include "macro.h"
 
@@ -108,8 +114,20 @@ struct loop_proactor_ops {
         /* A descriptor that becomes readable when a completion is there,
          * or -EOPNOTSUPP (loop_fileno). */
         int (*fileno)(void *state);
+
+        /* Optional (NULL: the loop wakes itself through its wake-up
+         * descriptor, io_uring): makes a wait() blocked in another thread
+         * return, from any thread; 0 or a negative errno. IOCP: a packet
+         * posted to the port (loop_call_soon_threadsafe). */
+        int (*wake)(void *state);
 };
 
 #ifdef ENABLE_URING
 extern LOOP_HIDDEN const struct loop_proactor_ops loop_proactor_uring;
+#endif
+#ifdef LOOP_WINDOWS
+extern LOOP_HIDDEN const struct loop_proactor_ops loop_proactor_iocp;
+/* For tests/windows/iocp_ops.c: requests in flight, and how AFD polling went. */
+size_t loop__iocp_inflight(void *state);
+void loop__iocp_describe(void *state, char *buf, size_t size);
 #endif

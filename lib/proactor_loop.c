@@ -76,13 +76,12 @@
  * - Regular files are always ready to io_uring's poll, as to poll(2);
  *   epoll refuses them (EPERM).
  */
-#include <fcntl.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#ifndef LOOP_WINDOWS
+#include <poll.h>               /* Windows: winsock2.h's WSAPoll flags */
 #include <sys/socket.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#endif
 
 #include "internal.h"
 #include "io.h"
@@ -101,6 +100,9 @@
 static const struct loop_proactor_ops *const proactors[] = {
 #ifdef ENABLE_URING
         &loop_proactor_uring,
+#endif
+#ifdef LOOP_WINDOWS
+        &loop_proactor_iocp,
 #endif
         NULL
 };
@@ -126,8 +128,8 @@ struct poll_req {
         loop_io_t *io;                  /* or the watcher; NULL once removed */
         struct poll_req *prev, *next;   /* pl->reqs: every live request */
         int fd;
-        dev_t dev;                      /* the file the request watches: the fd */
-        ino_t ino;                      /* number may name another one later */
+        struct loop__file_id id;        /* the file the request watches: the fd */
+                                        /* number may name another one later */
         uint32_t events;                /* POLLIN or POLLOUT (a watcher: either, both or none) */
         bool wake;                      /* the wake-up fd: drained, no callback */
         bool armed;                     /* the multishot request is in the kernel */
@@ -164,8 +166,8 @@ struct pop {
 struct stash {
         char *data;
         size_t off, len;
-        dev_t dev;                      /* the file they came from: the fd */
-        ino_t ino;                      /* number may be reused meanwhile */
+        struct loop__file_id id;        /* the file they came from: the fd */
+                                        /* number may be reused meanwhile */
 };
 
 struct fdslot {
@@ -277,15 +279,14 @@ static struct poll_req *req_new(struct proactor_loop *pl, int fd, uint32_t event
 
 /* A new request for the file st describes (fd's now), armed: it reaches
  * the kernel with the next batch. The caller gives it its callback. */
-static int req_start(struct proactor_loop *pl, int fd, uint32_t events, const struct stat *st,
+static int req_start(struct proactor_loop *pl, int fd, uint32_t events, const struct loop__file_id *id,
                      struct poll_req **ret) {
         struct poll_req *req = req_new(pl, fd, events);
         int r;
 
         if (!req)
                 return -ENOMEM;
-        req->dev = st->st_dev;
-        req->ino = st->st_ino;
+        req->id = *id;
         r = req_arm(req);
         if (r < 0) {
                 req_maybe_free(req);
@@ -533,9 +534,10 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
                 return -EBADF;
         /* The poll goes in with the next batch: check the fd now, so a bad
          * one is the caller's error as on the selector loop. */
-        struct stat st;
-        if (fstat(fd, &st) < 0)
-                return -errno;
+        struct loop__file_id id;
+        r = loop__file_id(fd, &id);
+        if (r < 0)
+                return r;
         r = ensure_fd(pl, fd);
         if (r < 0)
                 return r;
@@ -543,7 +545,7 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
         if (s->wake)
                 return -EBUSY;
         struct poll_req *req = s->io[d];
-        if (req && (req->dev != st.st_dev || req->ino != st.st_ino)) {
+        if (req && (req->id.dev != id.dev || req->id.ino != id.ino)) {
                 /* fd was closed without a removal and the number now names
                  * another file, while the request still holds the old one. */
                 loop__report(loop, "File descriptor closed while watched; the file it names now is watched instead",
@@ -567,7 +569,7 @@ static int proactor_add_io(loop_t *loop, int fd, uint32_t event, loop_io_callbac
                 req->h = h;
                 return 0;
         }
-        r = req_start(pl, fd, d == 0 ? POLLIN : POLLOUT, &st, &req);
+        r = req_start(pl, fd, d == 0 ? POLLIN : POLLOUT, &id, &req);
         if (r < 0) {
                 loop__handle_drop(loop, h);
                 return r;
@@ -689,12 +691,13 @@ static int run_watchers(loop_t *loop, void *userdata) {
  * request only reaches the kernel with the next batch. */
 static int watch_start(struct proactor_loop *pl, loop_io_t *io) {
         struct poll_req *req;
-        struct stat st;
+        struct loop__file_id id;
         int r;
 
-        if (fstat(io->fd, &st) < 0)
-                return -errno;
-        r = req_start(pl, io->fd, poll_events_of(io->events), &st, &req);
+        r = loop__file_id(io->fd, &id);
+        if (r < 0)
+                return r;
+        r = req_start(pl, io->fd, poll_events_of(io->events), &id, &req);
         if (r < 0)
                 return r;
         req->io = io;
@@ -844,7 +847,7 @@ static void pop_free(struct pop *op) {
         if (op->res) {
                 /* An accepted fd that no future took is still ours. */
                 if (op->res->fd >= 0)
-                        close(op->res->fd);
+                        loop__close_socket(op->res->fd);
                 free(op->res);
         }
         if (op->prev)
@@ -970,11 +973,11 @@ static int pop_queue(struct pop *op) {
 static void stash_bytes(struct proactor_loop *pl, int fd, const char *data, size_t n) {
         struct fdslot *s = &pl->fds[fd];
         struct stash *st = s->stash;
-        struct stat sb;
+        struct loop__file_id id;
 
-        if (fstat(fd, &sb) < 0)
+        if (loop__file_id(fd, &id) < 0)
                 return;         /* closed meanwhile: nobody can read them */
-        if (st && (st->dev != sb.st_dev || st->ino != sb.st_ino)) {
+        if (st && (st->id.dev != id.dev || st->id.ino != id.ino)) {
                 free(st->data);
                 free(st);
                 st = s->stash = NULL;
@@ -983,8 +986,7 @@ static void stash_bytes(struct proactor_loop *pl, int fd, const char *data, size
                 st = calloc(1, sizeof(*st));
                 if (!st)
                         goto lost;
-                st->dev = sb.st_dev;
-                st->ino = sb.st_ino;
+                st->id = id;
                 s->stash = st;
         }
         char *d = realloc(st->data, st->len - st->off + n);
@@ -1004,11 +1006,11 @@ lost:
 static int stash_take(struct proactor_loop *pl, struct pop *op) {
         struct fdslot *s = &pl->fds[op->fd];
         struct stash *st = s->stash;
-        struct stat sb;
+        struct loop__file_id id;
 
         if (!st)
                 return 0;
-        if (fstat(op->fd, &sb) < 0 || st->dev != sb.st_dev || st->ino != sb.st_ino) {
+        if (loop__file_id(op->fd, &id) < 0 || st->id.dev != id.dev || st->id.ino != id.ino) {
                 /* The fd number now names another file: the bytes are not its. */
                 free(st->data);
                 free(st);
@@ -1051,7 +1053,7 @@ static void salvage(struct pop *op, int res) {
                         stash_bytes(pl, op->fd, op->buf, (size_t) res);
                 break;
         case LOOP__SOCK_ACCEPT:
-                close(res);
+                loop__close_socket(res);
                 break;
         }
 }
@@ -1069,7 +1071,7 @@ static int connect_outcome(int fd) {
         int err = 0;
         socklen_t len = sizeof(err);
 
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
+        if (loop__getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
                 return -errno;
         if (err == EINPROGRESS || err == EALREADY)
                 return 0;
@@ -1243,7 +1245,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                                 return -ENOMEM;
                 }
                 do
-                        n = recv(fd, op->buf, op->size, RECV_FLAGS);
+                        n = loop__recv(fd, op->buf, op->size, RECV_FLAGS);
                 while (n < 0 && errno == EINTR);
                 if (n < 0)
                         return would_block(errno) ? 0 : -errno;
@@ -1259,8 +1261,8 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                         return -ENOMEM;
                 do {
                         op->res->addrlen = sizeof(op->res->addr);
-                        n = recvfrom(fd, op->buf, op->size, RECV_FLAGS, (struct sockaddr *) &op->res->addr,
-                                     &op->res->addrlen);
+                        n = loop__recvfrom(fd, op->buf, op->size, RECV_FLAGS,
+                                           (struct sockaddr *) &op->res->addr, &op->res->addrlen);
                 } while (n < 0 && errno == EINTR);
                 if (n < 0) {
                         op->res->addrlen = 0;
@@ -1337,7 +1339,7 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                  * loop. Not retried on EINTR: the attempt goes on in the
                  * background, and a second connect() would say EALREADY;
                  * in progress, the request is a POLLOUT poll, then SO_ERROR. */
-                if (connect(fd, call->addr, call->addrlen) == 0)
+                if (loop__connect(fd, call->addr, call->addrlen) == 0)
                         return 1;
                 if (errno == EINPROGRESS || errno == EINTR) {
                         op->poll_connect = true;
@@ -1451,6 +1453,11 @@ static int proactor_poll(loop_t *loop, int64_t timeout_ns) {
         pl->n_events = 0;
         queue_probes(pl);
         int r = pl_wait(pl, timeout_ns, NULL);
+        /* A backend that wakes the loop itself (IOCP's posted packet) gives
+         * no completion for it: the posts are looked for after every wait
+         * (one load when there are none). */
+        if (r >= 0 && loop->wake)
+                loop__threadsafe_poll(loop);
         /* The loop's metrics count readiness events: callbacks queued and
          * operations completed, not raw completions (a probe and its
          * multishot request completing together are one event). */
@@ -1565,6 +1572,7 @@ static void close_inherited(struct proactor_loop *pl) {
                 free(req);
         }
         pl->ops->free(pl->be, true);
+        pl->be = NULL;
 }
 
 static void proactor_close(loop_t *loop) {
@@ -1650,10 +1658,14 @@ static void proactor_close(loop_t *loop) {
         }
         while (pl->live_ops)
                 pop_free(pl->live_ops);
-        pl->ops->free(pl->be, false);
+        /* A backend that wakes the loop itself stays until the loop's
+         * memory goes (proactor_wake_release): a poster may still wake it. */
+        if (!loop->wake) {
+                pl->ops->free(pl->be, false);
+                pl->be = NULL;
+        }
 
 free_memory:
-        pl->be = NULL;
         pl->wake = NULL;
         for (size_t fd = 0; fd < pl->n_fds; fd++) {
                 if (pl->fds[fd].stash) {
@@ -1703,6 +1715,24 @@ static const struct loop__impl proactor_impl = {
         .io_detach = proactor_io_detach,
 };
 
+/* loop_call_soon_threadsafe's wake-up on a backend that has its own (IOCP),
+ * from any thread. */
+static void proactor_wake(void *ctx) {
+        struct proactor_loop *pl = ctx;
+
+        (void) pl->ops->wake(pl->be);
+}
+
+/* The loop's memory goes (threadsafe.c): every poster has returned, every
+ * request ended at loop_close(). */
+static void proactor_wake_release(void *ctx) {
+        struct proactor_loop *pl = ctx;
+
+        if (pl->be)
+                pl->ops->free(pl->be, false);
+        pl->be = NULL;
+}
+
 static int proactor_loop_new(const struct loop_proactor_ops *ops, loop_t **ret) {
         struct proactor_loop *pl;
         int r;
@@ -1723,6 +1753,11 @@ static int proactor_loop_new(const struct loop_proactor_ops *ops, loop_t **ret) 
                 return r;
         }
 
+        if (ops->wake) {
+                loop__threadsafe_use_wake(&pl->base, proactor_wake, proactor_wake_release, pl);
+                *ret = &pl->base;
+                return 0;
+        }
         int wfd = pl->base.wake_read_fd;
         r = ensure_fd(pl, wfd);
         if (r < 0)

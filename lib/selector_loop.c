@@ -513,6 +513,19 @@ const struct loop__impl loop__selector_impl = {
         .io_detach = selector_io_detach,
 };
 
+/* The backend's own wake-up (kqueue), from any thread. The loop holds a
+ * reference to the selector for it until its memory goes: a poster may
+ * still call this after loop_close() (threadsafe.c). */
+static void selector_wake(void *ctx) {
+        loop_selector_t *sel = ctx;
+
+        sel->ops->wake(sel->state);
+}
+
+static void selector_wake_release(void *ctx) {
+        loop_selector_unref(ctx);
+}
+
 LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
         struct selector_loop *sl;
         int r;
@@ -536,7 +549,7 @@ LOOP_EXPORT int loop_selector_loop_new(loop_selector_t *sel, loop_t **ret) {
          * loop's descriptor, watched like any other. */
         int wfd = sel->ops->wake_setup ? sel->ops->wake_setup(sel->state) : -ENOSYS;
         if (wfd >= 0)
-                loop__threadsafe_use_wake(&sl->base, sel->ops->wake, sel->state);
+                loop__threadsafe_use_wake(&sl->base, selector_wake, selector_wake_release, loop_selector_ref(sel));
         else
                 wfd = sl->base.wake_read_fd;
         r = ensure_fd(sl, wfd);

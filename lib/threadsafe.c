@@ -134,12 +134,15 @@ static void wake_up(loop_t *loop) {
  * The backend wakes the loop itself (kqueue's EVFILT_USER, a packet posted
  * to an IOCP port): wake(ctx) from now on, and no descriptor to read.
  * Called once, while the loop is being made, before any other thread can
- * know it.
+ * know it. A poster that claimed its slot before loop_close() may call
+ * wake(ctx) after it, so ctx must outlive the close: release(ctx) is
+ * called when the loop's memory goes, once every poster has returned.
  */
-void loop__threadsafe_use_wake(loop_t *loop, void (*wake)(void *ctx), void *ctx) {
+void loop__threadsafe_use_wake(loop_t *loop, void (*wake)(void *ctx), void (*release)(void *ctx), void *ctx) {
         loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
         loop->wake_read_fd = loop->wake_write_fd = -1;
         loop->wake = wake;
+        loop->wake_release = release;
         loop->wake_ctx = ctx;
 }
 
@@ -180,6 +183,8 @@ void loop__threadsafe_free(loop_t *loop) {
         free(loop->ts_items);
         if (!loop->wake)
                 loop__wakeup_close(loop->wake_read_fd, loop->wake_write_fd);
+        else if (loop->wake_release)
+                loop->wake_release(loop->wake_ctx);
         loop->wake_read_fd = loop->wake_write_fd = -1;
 }
 

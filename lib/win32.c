@@ -234,6 +234,19 @@ int loop__fd_valid(int fd) {
         return -EBADF;
 }
 
+int loop__file_id(int fd, struct loop__file_id *id) {
+        int r = loop__fd_valid(fd);
+
+        if (r < 0)
+                return r;
+        id->dev = id->ino = 0;
+        return 0;
+}
+
+bool loop__proactor_by_default(void) {
+        return true;
+}
+
 /* Winsock cannot say whether a socket is in non-blocking mode (FIONBIO
  * sets, nothing gets): a socket given to a socket operation is put in
  * that mode here, which the POSIX build asks of the caller. */

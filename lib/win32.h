@@ -19,6 +19,28 @@
 #include <stdbool.h>
 #include <sys/types.h>
 
+/*
+ * POSIX's scatter/gather and message header, which winsock has not (it has
+ * WSABUF and WSAMSG, with other field names and orders): the completion
+ * backends' table (proactor.h) takes a struct msghdr on every platform, and
+ * iocp.c turns one into WSARecvFrom()/WSASendTo() arguments (msg_name,
+ * msg_namelen, the iovecs; no control data).
+ */
+struct iovec {
+        void *iov_base;
+        size_t iov_len;
+};
+
+struct msghdr {
+        void *msg_name;
+        socklen_t msg_namelen;
+        struct iovec *msg_iov;
+        size_t msg_iovlen;
+        void *msg_control;
+        size_t msg_controllen;
+        int msg_flags;
+};
+
 /* No such flag: sock.c's sockets are non-blocking (loop__check_socket sets
  * FIONBIO, since winsock cannot say whether a socket is blocking). */
 #define MSG_DONTWAIT 0

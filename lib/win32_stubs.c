@@ -5,9 +5,8 @@
  * program written for POSIX fails cleanly instead of not linking.
  *
  * - Child processes (child.c): no fork, no waitpid(); processes and their
- *   exit would be waited for as handles, which the select selector cannot.
- * - The proactor loop (proactor_loop.c): IOCP is not implemented, as
- *   without io_uring elsewhere.
+ *   exit would be waited for as handles (RegisterWaitForSingleObject
+ *   posting to the IOCP port), which this release does not do.
  */
 #include "internal.h"
 
@@ -36,18 +35,5 @@ LOOP_EXPORT int loop_spawn(loop_t *loop, const char *path, char *const argv[], c
         if (r < 0)
                 return r;
         return_if_fail(path && argv, -EINVAL);
-        return -EOPNOTSUPP;
-}
-
-int loop__proactor_loop_new_named(const char *name, loop_t **ret) {
-        return -EOPNOTSUPP;
-}
-
-const char *loop__proactor_name(loop_t *loop) {
-        return NULL;
-}
-
-LOOP_EXPORT int loop_proactor_loop_new(loop_t **ret) {
-        return_if_fail(ret, -EINVAL);
         return -EOPNOTSUPP;
 }

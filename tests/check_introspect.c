@@ -150,10 +150,11 @@ static int64_t field_i64(const char *line, const char *key) {
         return strtoll(p + strlen(want), NULL, 10);
 }
 
-/* loop_fileno() works on epoll and kqueue selector loops and on proactor
- * loops (the io_uring descriptor); elsewhere it says EOPNOTSUPP. */
+/* loop_fileno() works on epoll and kqueue selector loops and on io_uring
+ * proactor loops (the ring's descriptor); elsewhere (IOCP: a port is no
+ * socket) it says EOPNOTSUPP. */
 static int is_epoll(loop_t *loop) {
-        return tu_is_proactor(loop) || tu_selector_is(loop, "epoll") || tu_selector_is(loop, "kqueue");
+        return tu_selector_is(loop, "io_uring") || tu_selector_is(loop, "epoll") || tu_selector_is(loop, "kqueue");
 }
 
 /* poll(2) on one descriptor: 1 if readable within timeout_ms, else 0. */

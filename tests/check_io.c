@@ -475,6 +475,14 @@ static void check_fd_reuse(int variant, int writer) {
                 ck_assert_int_eq(rem(loop, old), 1);
 
         tu_socketpair(nv);
+#ifdef _WIN32
+        if (nv[0] != old && nv[1] != old) {
+                loop_unref(loop);
+                tu_close_pair(nv);
+                TU_SKIP_ON_WINDOWS("the closed socket's number was not given again (Windows, unlike POSIX, "
+                                   "does not hand out the lowest free number)");
+        }
+#endif
         ck_assert_msg(nv[0] == old || nv[1] == old, "fd %d was not reused (got %d, %d)", old, nv[0], nv[1]);
         if (nv[0] != old) {
                 int t = nv[0];

@@ -48,7 +48,11 @@ START_TEST(test_new) {
         if (!loop)
                 return;
         ck_assert_ptr_eq(loop_get_selector(loop), NULL);
+#ifdef _WIN32
+        ck_assert_int_eq(loop_fileno(loop), -EOPNOTSUPP);       /* IOCP: a port is no socket */
+#else
         ck_assert_int_ge(loop_fileno(loop), 0);
+#endif
         tu_assert_usable(loop);
         ck_assert_int_eq(loop_close(loop), 0);
         ck_assert_int_eq(loop_add_reader(loop, 0, tu_io_count_cb, NULL), -ESHUTDOWN);
@@ -66,7 +70,7 @@ START_TEST(test_environment) {
         if (!loop)
                 return;
         loop_unref(loop);
-        ck_assert_int_eq(setenv("LIBLOOP_PROACTOR", "io_uring", 1), 0);
+        ck_assert_int_eq(setenv("LIBLOOP_PROACTOR", TU_PROACTOR, 1), 0);
         ck_assert_int_eq(loop_new(&l2), 0);
         ck_assert_ptr_eq(loop_get_selector(l2), NULL);
         l2 = loop_unref(l2);
@@ -109,8 +113,10 @@ START_TEST(test_level_triggered) {
         /* A writer on a socket with room: every iteration. */
         int w = 0;
         ck_assert_int_eq(loop_add_writer(loop, sv[1], tu_io_count_cb, &w), 0);
-        tu_run_for(loop, 20 * TU_MSEC);
-        ck_assert_int_ge(w, 3);
+        for (int i = 1; i <= 5; i++) {
+                ck_assert_int_ge(loop_run_once(loop, 2 * TU_SEC), 1);
+                ck_assert_int_eq(w, i);
+        }
         ck_assert_int_eq(loop_remove_writer(loop, sv[1]), 1);
         ck_assert_int_eq(loop_remove_reader(loop, sv[0]), 1);
         ck_assert_int_eq(loop_remove_reader(loop, sv[0]), 0);

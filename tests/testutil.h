@@ -53,6 +53,13 @@
 #define TU_MSEC INT64_C(1000000)
 #define TU_SEC INT64_C(1000000000)
 
+/* The platform's completion backend (LIBLOOP_PROACTOR's value). */
+#ifdef _WIN32
+#define TU_PROACTOR "iocp"
+#else
+#define TU_PROACTOR "io_uring"
+#endif
+
 /* Timeout for test cases: generous, tests never assert speed. */
 #define TU_TIMEOUT 30
 
@@ -543,23 +550,35 @@ static inline int tu_win_count_handles(int *type_index, ULONG_PTR of) {
         return status == 0 ? n : -1;
 }
 
+/* The descriptors a loop can hold on Windows: sockets (the select loop's
+ * wake-up pair, AFD handles) and I/O completion ports (the IOCP loop's). */
 static inline int tu_count_fds(void) {
-        static int type_index = -1;
+        static int sock_type = -1, port_type = -1;
+        int n, ports = 0;
 
-        if (type_index < 0) {
+        if (sock_type < 0) {
                 SOCKET s;
+                HANDLE port;
 
                 /* Winsock's first socket opens handles that stay: before counting. */
                 tu_win_startup();
                 s = socket(AF_INET, SOCK_STREAM, 0);
                 if (s == INVALID_SOCKET)
                         return -1;
-                tu_win_count_handles(&type_index, (ULONG_PTR) s);
+                tu_win_count_handles(&sock_type, (ULONG_PTR) s);
                 closesocket(s);
-                if (type_index < 0)
+                if (sock_type < 0)
                         return -1;
+                port = CreateIoCompletionPort(INVALID_HANDLE_VALUE, NULL, 0, 1);
+                if (port) {
+                        tu_win_count_handles(&port_type, (ULONG_PTR) port);
+                        CloseHandle(port);
+                }
         }
-        return tu_win_count_handles(&type_index, 0);
+        n = tu_win_count_handles(&sock_type, 0);
+        if (port_type >= 0 && port_type != sock_type)
+                ports = tu_win_count_handles(&port_type, 0);
+        return n < 0 || ports < 0 ? -1 : n + ports;
 }
 
 /* Winsock has no per-process descriptor limit (select's sets are sized). */
