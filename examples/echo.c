@@ -4,12 +4,23 @@
  * the socket operations that return futures (loop_sock_accept, _recv,
  * _sendall, _connect). The server is driven by done callbacks, the way an
  * asyncio protocol would be; the client reads as straight-line code, one
- * loop_run_until_complete() per step, the way a coroutine would. Build
- * against an installed libloop with
+ * loop_run_until_complete() per step, the way a coroutine would.
+ *
+ *     echo [--proactor] [--serve PORT]
+ *
+ * --proactor does what asyncio's documentation shows for Windows: it makes
+ * a proactor loop (IOCP on Windows, io_uring on Linux) and sets it as the
+ * event loop, which everything after takes from loop_get_event_loop().
+ * Without it the loop is loop_new()'s default (the proactor on Windows,
+ * the selector loop elsewhere). --serve PORT serves on 127.0.0.1:PORT
+ * until Ctrl-C (SIGINT) instead of running the built-in client; try it
+ * with `nc 127.0.0.1 PORT`. Build against an installed libloop with
  *     cc echo.c $(pkg-config --cflags --libs libloop)
  * (on Windows, with mingw-w64: add -lws2_32).
  */
 #include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -212,27 +223,92 @@ static int client(loop_t *loop, const struct sockaddr_in *addr) {
         return 0;
 }
 
-int main(void) {
+static int on_sigint(loop_t *loop, int signum, void *userdata) {
+        (void) signum;
+        (void) userdata;
+        printf("server: interrupted\n");
+        return loop_stop(loop);
+}
+
+static void usage(void) {
+        fprintf(stderr, "usage: echo [--proactor] [--serve PORT]\n");
+        exit(2);
+}
+
+/* The loop everything runs on, as the thread's event loop. */
+static loop_t *make_loop(bool proactor) {
+        loop_t *loop = NULL;
+        int r;
+
+        if (proactor) {
+                /* asyncio: loop = asyncio.ProactorEventLoop()
+                 *          asyncio.set_event_loop(loop) */
+                r = loop_proactor_loop_new(&loop);
+                if (r == -EOPNOTSUPP || r == -ENOSYS || r == -EPERM) {
+                        /* No completion backend here (io_uring refused). */
+                        fprintf(stderr, "echo: no proactor loop here: %s\n", loop_strerror(r));
+                        exit(77);
+                }
+                if (r < 0)
+                        die(r, "loop_proactor_loop_new");
+                r = loop_set_event_loop(loop);
+                if (r < 0)
+                        die(r, "loop_set_event_loop");
+                loop_unref(loop);       /* the policy holds it now */
+        }
+        /* Without --proactor the policy makes loop_new()'s default. */
+        r = loop_get_event_loop(&loop);
+        if (r < 0)
+                die(r, "loop_get_event_loop");
+        printf("loop: %s\n", loop_get_selector(loop) ? loop_selector_name(loop_get_selector(loop)) : "proactor");
+        return loop;
+}
+
+int main(int argc, char **argv) {
         struct server srv = { .fd = -1 };
         struct sockaddr_in addr = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
         socklen_t len = sizeof(addr);
+        bool proactor = false;
+        long serve = -1;
         int r;
 
-        r = loop_new(&srv.loop);
-        if (r < 0)
-                die(r, "loop_new");
+        for (int i = 1; i < argc; i++) {
+                if (strcmp(argv[i], "--proactor") == 0)
+                        proactor = true;
+                else if (strcmp(argv[i], "--serve") == 0 && i + 1 < argc) {
+                        char *end;
+                        serve = strtol(argv[++i], &end, 10);
+                        if (*end || serve < 0 || serve > 65535)
+                                usage();
+                } else
+                        usage();
+        }
+        srv.loop = make_loop(proactor);
 
         /* Port 0: the kernel picks a free one, getsockname() tells which. */
+        addr.sin_port = htons(serve > 0 ? (unsigned short) serve : 0);
         srv.fd = tcp_socket();
         if (srv.fd < 0 || bind(srv.fd, (struct sockaddr *) &addr, sizeof(addr)) < 0 || listen(srv.fd, 16) < 0 ||
             getsockname(srv.fd, (struct sockaddr *) &addr, &len) < 0)
                 die(-socket_errno(), "listening socket");
         printf("server: listening on 127.0.0.1:%u\n", ntohs(addr.sin_port));
+        fflush(stdout);
         r = start_accept(&srv);
         if (r < 0)
                 die(r, "accept");
 
-        r = client(srv.loop, &addr);
+        if (serve >= 0) {
+                /* SIGINT is the one signal Windows has a handler for. */
+                r = loop_add_signal_handler(srv.loop, SIGINT, on_sigint, NULL);
+                if (r < 0)
+                        die(r, "loop_add_signal_handler");
+                r = loop_run_forever(srv.loop);
+                if (r < 0)
+                        die(r, "loop_run_forever");
+                loop_remove_signal_handler(srv.loop, SIGINT);
+                srv.n_conns = 0;        /* connections still open are dropped with the loop */
+        } else
+                r = client(srv.loop, &addr);
         if (r < 0)
                 die(r, "client");
 
@@ -253,6 +329,8 @@ int main(void) {
         loop_run_once(srv.loop, 0);
         close_socket(srv.fd);
         loop_close(srv.loop);
+        /* The policy's reference goes with the thread's event loop. */
+        loop_set_event_loop(NULL);
         srv.loop = loop_unref(srv.loop);
         return EXIT_SUCCESS;
 }

@@ -309,6 +309,34 @@ END_TEST
 
 /* ---- loop_strerror ----------------------------------------------------------- */
 
+static int signal_cb(loop_t *loop, int signum, void *userdata) {
+        (void) loop;
+        (void) signum;
+        (void) userdata;
+        return 0;
+}
+
+/* Windows has SIGINT only (the console's Ctrl-C and Ctrl-Break), as asyncio
+ * there: every other signal is EOPNOTSUPP, never a crash. POSIX takes both.
+ * (tests/windows/check-windows delivers a real Ctrl-C to examples/echo.) */
+START_TEST(test_platform_signals) {
+        loop_t *loop = tu_loop_new();
+
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGINT, signal_cb, NULL), 0);
+#ifdef _WIN32
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGTERM, signal_cb, NULL), -EOPNOTSUPP);
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGABRT, signal_cb, NULL), -EOPNOTSUPP);
+        ck_assert_int_eq(loop_remove_signal_handler(loop, SIGTERM), 0);
+#else
+        ck_assert_int_eq(loop_add_signal_handler(loop, SIGTERM, signal_cb, NULL), 0);
+        ck_assert_int_eq(loop_remove_signal_handler(loop, SIGTERM), 1);
+#endif
+        ck_assert_int_eq(loop_remove_signal_handler(loop, SIGINT), 1);
+        ck_assert_int_eq(loop_remove_signal_handler(loop, SIGINT), 0);
+        loop_unref(loop);
+}
+END_TEST
+
 START_TEST(test_strerror) {
         static const int values[] = {0,      EINVAL, -EINVAL,  -EBADF, -ESHUTDOWN, -ECHILD, -ERANGE, -ENOENT,
                                      -EBUSY, -EPERM, -ENODATA, 99999,  -99999,     INT_MAX, INT_MIN, INT_MIN + 1};
@@ -1100,6 +1128,9 @@ static Suite *errors_suite(void) {
 
         tc = tu_tcase(s, "strerror");
         tcase_add_test(tc, test_strerror);
+
+        tc = tu_tcase(s, "signals");
+        tcase_add_test(tc, test_platform_signals);
 
         tc = tu_tcase(s, "exception_handler");
         tcase_add_test(tc, test_exception_handler_set_get);
