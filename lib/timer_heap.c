@@ -71,14 +71,24 @@ static int grow_slots(struct timer_heap *heap) {
 
         if (cap <= heap->cap || cap >= UINT32_MAX / 2)
                 return -ENOMEM;
-        /* realloc() does not keep the alignment: copy by hand. */
-        struct timer_slot *slots = loop__aligned_alloc(CACHELINE, ((size_t) cap + HEAP0 + 1) * sizeof(*slots));
-        if (!slots)
+        /*
+         * realloc(), with room to align the slots within the block: a large
+         * block is moved by remapping its pages (glibc's mremap), so a
+         * growing heap is neither copied nor faulted in twice, which is
+         * most of what a cold burst of timers costs. realloc() does not
+         * keep the alignment, so the slots move within the block only
+         * when the block's offset to a cache line changed (a small block).
+         */
+        size_t old_off = heap->mem ? (size_t) ((char *) heap->slots - (char *) heap->mem) : 0;
+        char *mem = realloc(heap->mem, ((size_t) cap + HEAP0 + 1) * sizeof(struct timer_slot) + CACHELINE);
+        if (!mem)
                 return -ENOMEM;
-        if (heap->slots)
-                memcpy(slots + HEAP0, heap->slots + HEAP0, (size_t) heap->n * sizeof(*slots));
-        loop__aligned_free(heap->slots);
-        heap->slots = slots;
+        size_t off = (size_t) (-(uintptr_t) mem & (CACHELINE - 1));
+        if (heap->mem && off != old_off)
+                memmove(mem + off + HEAP0 * sizeof(struct timer_slot), mem + old_off + HEAP0 * sizeof(struct timer_slot),
+                        (size_t) heap->n * sizeof(struct timer_slot));
+        heap->mem = mem;
+        heap->slots = (struct timer_slot *) (void *) (mem + off);
         heap->cap = cap;
         return 0;
 }
@@ -214,7 +224,7 @@ void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_he
 }
 
 void loop__timer_heap_free(struct timer_heap *heap) {
-        loop__aligned_free(heap->slots);
+        free(heap->mem);
         free(heap->cancelled);
         loop__timer_heap_init(heap, heap->chunks);
 }

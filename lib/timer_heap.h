@@ -34,7 +34,8 @@ struct timer_slot {
 };
 
 struct timer_heap {
-        struct timer_slot *slots;       /* from index HEAP0, 64-byte aligned */
+        struct timer_slot *slots;       /* from index HEAP0, 64-byte aligned, in mem */
+        void *mem;                      /* the allocation slots is in (realloc's) */
         uint32_t n, cap;
         uint32_t n_cancelled;
         uint32_t next_seq;
