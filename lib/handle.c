@@ -202,7 +202,7 @@ loop_handle_t *loop__handle_new(loop_t *loop, int kind) {
 
 /* A user dropped the last reference of a pooled handle the loop let go of. */
 static void pool_give_back(loop_handle_t *h) {
-        struct loop__handle_pool *pool = h->pool;
+        struct loop__handle_pool *pool = chunk_head_of(h)->pool;
 
         /* Before the push: once pushed, the loop's thread may hand it out. */
         slot_poison(h);
@@ -235,11 +235,10 @@ void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
         }
         h->loop = NULL;
         user_held = h->pooled && h->exposed;
-        if (user_held) {
-                /* Before the decrement publishes the handle to its holder. */
-                h->pool = pool;
+        if (user_held)
+                /* Before the decrement publishes the handle to its holder:
+                 * its last unref gives it back through the chunk's head. */
                 pool_take_ref(pool);
-        }
         if (__atomic_sub_fetch(&h->n_ref, 1, __ATOMIC_ACQ_REL) > 0)
                 return;
         /* The holder let go meanwhile: the handle is ours again, and the
@@ -262,7 +261,7 @@ recycle:
 
 /* The loop is done with a handle whose callback will not run. */
 static void drop_unrun(loop_t *loop, loop_handle_t *h) {
-        if (h->discard) {
+        if (h->kind == HANDLE_SOON && h->discard) {
                 h->discard(h->userdata);
                 h->discard = NULL;
         }
@@ -403,9 +402,9 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
 
         loop->pool->free = h->next_free;
         slot_unpoison(h);
-        /* Field by field, not a compound literal: that zeroes all 64 bytes
-         * and then writes most of them again. Every field a timer reads is
-         * set; the union after `when` is only used once the loop lets go. */
+        /* Field by field, not a compound literal: that zeroes the whole
+         * handle and then writes most of it again. Every field a timer
+         * reads is set. */
         h->n_ref = ret ? 2 : 1;
         h->kind = HANDLE_TIMER;
         h->cancelled = 0;
@@ -414,7 +413,6 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
         h->loop = loop;
         h->cb = cb;
         h->userdata = userdata;
-        h->discard = NULL;
         h->when = when_ns;
         timer_heap_insert(heap, h, when_ns);
         if (ret)

@@ -58,17 +58,22 @@ struct loop_handle {
                 loop_io_callback_t io_cb;
         };
         void *userdata;
-        /* Called with userdata instead of the callback when the callback will
-         * never run (cancelled, or dropped by close): lets internal users
-         * free what userdata holds. NULL for handles made by the public API. */
-        void (*discard)(void *userdata);
-        int64_t when;           /* timers: deadline in ns */
+        /* One word whose meaning follows the kind: 48 bytes a handle, so
+         * that a pending timer (its handle and a 16-byte heap slot) costs
+         * no more memory than libev's ev_timer and its heap entry. */
         union {
-                int fd;                 /* I/O */
-                loop_handle_t *next_free; /* in a handle pool's free list */
-                struct loop__handle_pool *pool; /* a pooled handle the loop let go of while a user held it */
+                int64_t when;           /* HANDLE_TIMER: deadline in ns, for life */
+                /* HANDLE_SOON: called with userdata instead of the callback
+                 * when the callback will never run (cancelled, or dropped
+                 * by close), so that internal users free what userdata
+                 * holds. NULL for handles made by the public API. */
+                void (*discard)(void *userdata);
+                int fd;                 /* HANDLE_IO */
+                loop_handle_t *next_free; /* a free slot in a handle pool */
         };
 };
+
+_Static_assert(sizeof(struct loop_handle) == 48, "a handle is 48 bytes (see above)");
 
 #include "ready_queue.h"
 #include "timer_heap.h"       /* after struct loop_handle: its inline push fills one in */
