@@ -68,7 +68,7 @@ enum {
 
 struct fdinfo {
         struct fdio io[2];      /* the reader and the writer, active or paused */
-        uint32_t registered;    /* what the backend watches now */
+        uint8_t registered;     /* LOOP_EVENT_*: what the backend watches now */
         uint8_t want;           /* LOOP_EVENT_*: what it should watch for the reader and writer (or wake) */
         uint8_t watch_want;     /* LOOP_EVENT_*: what the enabled watchers need (ERROR if any) */
         uint8_t pending;        /* 1 << IO_*: its callback (IO_WATCH: its watchers) in the ready queue */
@@ -77,6 +77,12 @@ struct fdinfo {
         bool reset;             /* all callbacks were removed since the last flush */
         bool dead;              /* reported closed behind our back; cleared by the next add */
 };
+
+/* 40 bytes a descriptor: the callbacks and one byte per state. */
+_Static_assert(sizeof(struct fdinfo) == 40, "struct fdinfo packs its state into a word");
+_Static_assert((LOOP_EVENT_READ | LOOP_EVENT_WRITE | LOOP_EVENT_CLOSED | LOOP_EVENT_STALE | LOOP_EVENT_ERROR |
+                LOOP_EVENT_HANGUP) <= UINT8_MAX,
+               "the LOOP_EVENT_* masks fit a byte");
 
 struct selector_loop {
         loop_t base;            /* first: a selector loop is a loop */
