@@ -458,7 +458,9 @@ void loop__wakeup_close(int read_fd, int write_fd);
 /* threadsafe.c */
 int loop__threadsafe_init(loop_t *loop);
 void loop__threadsafe_drain(loop_t *loop);
-void loop__threadsafe_poll(loop_t *loop);
+void loop__threadsafe_poll(loop_t *loop);      /* after each wait: take what was posted meanwhile */
+bool loop__threadsafe_sleep(loop_t *loop);     /* before a wait that may block: false if posts wait */
+void loop__threadsafe_awake(loop_t *loop);     /* after it */
 void loop__threadsafe_close(loop_t *loop);
 void loop__threadsafe_wake(loop_t *loop);      /* any thread: make a waiting loop return */
 void loop__threadsafe_take(loop_t *loop);      /* loop's thread: take the posts now, if any */

@@ -337,10 +337,18 @@ static int iterate(loop_t *loop, int64_t max_wait_ns) {
         if (!busy) {
                 before = loop__now();
                 timeout = wait_timeout(loop, before, max_wait_ns);
+                /* A wait that may block: from here another thread's post or
+                 * loop_stop() writes the wake-up; one that came before is
+                 * seen now, and the wait does not block. */
+                if (timeout != 0 && (!loop__threadsafe_sleep(loop) || stop_requested(loop)))
+                        timeout = 0;
         }
         r = loop->impl->poll(loop, timeout);
+        loop__threadsafe_awake(loop);
         if (r < 0)
                 return r;
+        /* Posts made while the loop was awake wrote no wake-up. */
+        loop__threadsafe_poll(loop);
         loop->n_events += (uint64_t) r;
         if (!busy) {
                 now = loop__now();
@@ -360,9 +368,15 @@ LOOP_EXPORT int64_t loop_get_timeout_ns(loop_t *loop) {
         if (r < 0)
                 return r;
         /* The caller is about to wait on loop_fileno(): the backend must
-         * see the registrations made since the last iteration. */
+         * see the registrations made since the last iteration, and posts
+         * from other threads must write the wake-up (the next iteration
+         * clears that again). */
         loop->impl->prepare(loop);
-        return wait_timeout(loop, loop__now(), -1);
+        int64_t now = loop__now();
+        int64_t timeout = wait_timeout(loop, now, -1);
+        if (timeout != 0 && (!loop__threadsafe_sleep(loop) || stop_requested(loop)))
+                timeout = 0;
+        return timeout;
 }
 
 LOOP_EXPORT int loop_fileno(loop_t *loop) {

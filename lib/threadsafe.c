@@ -8,18 +8,27 @@
  * sequence word (unique per lap, so the loop never has to reset it: the
  * loop only reads slots, and hands them back by advancing one head word
  * per batch). Every call gets its own slot, so calls never coalesce
- * (uv_async_send's do); only the wake-up does. The WAKE flag in the tail
- * word says a wake-up is on its way: the producer whose claim set it
- * writes the wake-up descriptor after publishing, everybody else writes
- * nothing, so a flood costs one write per loop wake-up, not one per post.
- * The write is non-blocking: a full pipe already means "wake up".
+ * (uv_async_send's do); only the wake-up does. The SLEEPING flag in the
+ * tail word says the loop is about to wait, or waiting: the producer whose
+ * claim clears it writes the wake-up descriptor after publishing, and
+ * everybody else writes nothing. A loop that is awake (running callbacks,
+ * or waiting with timeout 0) takes posts after each wait without being
+ * written to, so a flood costs one write per time the loop went to sleep,
+ * not one per post, however fast the loop drains. (It used to be one per
+ * drain: the loop cleared a WAKE flag whenever it took, and the next post
+ * wrote again; a loop faster than its producer went to sleep after each
+ * drain and cost its producer a system call every few hundred posts, a
+ * context switch each.) The write is non-blocking: a full pipe already
+ * means "wake up".
  *
  * Deciding who wakes in the same atomic step as the claim is what keeps a
- * fence out of the post: the loop clears WAKE (one atomic step, which also
- * reads how far producers have claimed), then takes every slot claimed
- * before that. A slot claimed but not yet published belongs to a producer
- * that will not write again, so the loop waits for it briefly and, if it
- * is still not there, wakes itself for another try.
+ * fence out of the post: the loop sets SLEEPING (one atomic step, which
+ * also reads how far producers have claimed) and waits only if nothing
+ * was claimed before that; a claim after it sees the flag. After the wait
+ * it clears the flag and takes every slot claimed. A slot claimed but not
+ * yet published belongs to a producer that will not write again, so the
+ * loop waits for it briefly and, if it is still not there, wakes itself
+ * for another try.
  *
  * When the ring is full a producer sets OVERFLOW and appends under a mutex
  * instead, and so does every producer after it until the loop has taken
@@ -46,7 +55,7 @@
 
 /* The tail word: the claim position above the flags. LIVE is always set:
  * a tail word is never 0 (see the soon window below). */
-#define TS_WAKE         UINT64_C(1)
+#define TS_SLEEPING     UINT64_C(1)
 #define TS_OVERFLOW     UINT64_C(2)
 #define TS_CLOSED       UINT64_C(4)
 #define TS_LIVE         UINT64_C(8)
@@ -211,9 +220,16 @@ static int post_overflow(loop_t *loop, struct loop__ready_entry e) {
                 loop->ts_cap = cap;
         }
         loop->ts_items[loop->ts_n++] = e;
-        /* From now on no producer claims a ring slot (the CAS sees the flag). */
-        t = __atomic_fetch_or(&loop->ts_ring->tail, TS_OVERFLOW | TS_WAKE, __ATOMIC_ACQ_REL);
-        r = !(t & TS_WAKE);
+        /* From now on no producer claims a ring slot (the CAS sees the flag).
+         * Only the loop clears OVERFLOW, under the lock we hold: once it is
+         * set, the next posts here write the tail word only to wake a
+         * sleeping loop, not to set it again (a contended line). */
+        t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_SEQ_CST);
+        if (!(t & TS_OVERFLOW))
+                t = __atomic_fetch_or(&loop->ts_ring->tail, TS_OVERFLOW, __ATOMIC_SEQ_CST);
+        r = 0;
+        if (t & TS_SLEEPING)
+                r = (__atomic_fetch_and(&loop->ts_ring->tail, ~TS_SLEEPING, __ATOMIC_SEQ_CST) & TS_SLEEPING) != 0;
 unlock:
         pthread_mutex_unlock(&loop->ts_lock);
         return r;
@@ -237,9 +253,9 @@ static int post(loop_t *loop, struct loop__ready_entry e) {
                         t = now;
                         continue;
                 }
-                if (__atomic_compare_exchange_n(&loop->ts_ring->tail, &t,
-                                                ((pos + 1) << TS_POS_SHIFT) | TS_WAKE | TS_LIVE, true,
-                                                __ATOMIC_ACQ_REL, __ATOMIC_RELAXED))
+                /* The claim clears SLEEPING: this post wakes the loop. */
+                if (__atomic_compare_exchange_n(&loop->ts_ring->tail, &t, ((pos + 1) << TS_POS_SHIFT) | TS_LIVE,
+                                                true, __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
                         break;
         }
         s = &loop->ts_ring->slots[pos % TS_RING_SLOTS];
@@ -247,7 +263,7 @@ static int post(loop_t *loop, struct loop__ready_entry e) {
         s->cb = e.cb;
         s->userdata = e.userdata;
         __atomic_store_n(&s->seq, pos + 1, __ATOMIC_RELEASE);
-        return !(t & TS_WAKE);
+        return (t & TS_SLEEPING) != 0;
 }
 
 LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void *userdata,
@@ -342,11 +358,10 @@ static void reopen_window(loop_t *loop) {
                          __ATOMIC_RELAXED);
 }
 
-/* Take what was posted: clear WAKE (a post claimed after that sees the
- * flag clear and wakes us again), then take the ring up to where it was
- * claimed, then the overflow. */
+/* Take what was posted: the ring up to where it is claimed now, then the
+ * overflow. */
 static void take_posted(loop_t *loop) {
-        uint64_t t = __atomic_fetch_and(&loop->ts_ring->tail, ~TS_WAKE, __ATOMIC_ACQ_REL);
+        uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE);
 
         if (!take_ring(loop, t >> TS_POS_SHIFT))
                 goto retry;
@@ -389,7 +404,7 @@ retry:
 void loop__threadsafe_take(loop_t *loop) {
         uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE);
 
-        if ((t & ~TS_WAKE) != __atomic_load_n(&loop->ready.window.open_generation, __ATOMIC_RELAXED))
+        if ((t & ~TS_SLEEPING) != __atomic_load_n(&loop->ready.window.open_generation, __ATOMIC_RELAXED))
                 take_posted(loop);
 }
 
@@ -408,33 +423,54 @@ void loop__threadsafe_drain(loop_t *loop) {
 }
 
 /*
- * Called in the loop's thread instead of a wait that must not block
- * (selector_poll with nothing else watched): one load when nothing was
- * posted. When something was, the wake-up descriptor is read as a wait
- * would have: left readable, it would keep an embedding program's outer
- * poll on loop_fileno() waking up for nothing.
+ * After every wait, in the loop's thread: take what was posted while the
+ * loop was awake (nobody wrote the wake-up for that). One load when
+ * nothing was. The wake-up descriptor is read only when a wait reports it
+ * (loop__threadsafe_drain): it is written only while the loop sleeps.
  */
 void loop__threadsafe_poll(loop_t *loop) {
         uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE);
 
-        if (!(t & (TS_WAKE | TS_OVERFLOW)) &&
-            t >> TS_POS_SHIFT == __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED))
+        if (!(t & TS_OVERFLOW) && t >> TS_POS_SHIFT == __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED))
                 return;         /* nothing posted */
-        loop__threadsafe_drain(loop);
+        take_posted(loop);
+}
+
+/*
+ * The loop is about to wait for longer than nothing (or an embedding
+ * program on loop_fileno()): from now on the next post, or loop_stop(),
+ * writes the wake-up. False if something was posted before that, with
+ * the flag cleared again: the caller must not block. The caller also
+ * checks its stop request after this (sequentially consistent, as
+ * loop_stop()'s store and loop__threadsafe_wake()'s exchange are): either
+ * it sees the stop, or the stopper sees the flag.
+ */
+bool loop__threadsafe_sleep(loop_t *loop) {
+        uint64_t t = __atomic_or_fetch(&loop->ts_ring->tail, TS_SLEEPING, __ATOMIC_SEQ_CST);
+
+        if (!(t & TS_OVERFLOW) && t >> TS_POS_SHIFT == __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED))
+                return true;
+        loop__threadsafe_awake(loop);
+        return false;
+}
+
+/* The wait is over: posts no longer need to write (one load if a post or
+ * loop_stop() cleared the flag already). */
+void loop__threadsafe_awake(loop_t *loop) {
+        if (__atomic_load_n(&loop->ts_ring->tail, __ATOMIC_RELAXED) & TS_SLEEPING)
+                __atomic_fetch_and(&loop->ts_ring->tail, ~TS_SLEEPING, __ATOMIC_SEQ_CST);
 }
 
 /*
  * loop_stop() from another thread: wake the loop as a post would, with
- * nothing posted. Setting WAKE is how a post says that a wake-up is on its
- * way: if it was set already, one is (or the loop has yet to clear the
- * flag, and looks at its stop request after that), so a flood of stops
- * costs one write, and the non-blocking check (loop__threadsafe_poll) reads
- * the descriptor this leaves readable.
+ * nothing posted, if it sleeps; an awake loop looks at its stop request
+ * before it next sleeps (loop__threadsafe_sleep). Clearing the flag is
+ * the claim on the wake-up, so a flood of stops costs one write.
  */
 void loop__threadsafe_wake(loop_t *loop) {
-        uint64_t t = __atomic_fetch_or(&loop->ts_ring->tail, TS_WAKE, __ATOMIC_ACQ_REL);
+        uint64_t t = __atomic_fetch_and(&loop->ts_ring->tail, ~TS_SLEEPING, __ATOMIC_SEQ_CST);
 
-        if (!(t & TS_WAKE))
+        if (t & TS_SLEEPING)
                 wake_up(loop);
 }
 

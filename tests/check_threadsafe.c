@@ -326,6 +326,77 @@ START_TEST(test_wakes_loop_waiting_for_timer) {
 }
 END_TEST
 
+/*
+ * A post the loop takes while busy (no wait that blocks: the iteration
+ * only looks at the ring, and the post wrote no wake-up), then a post
+ * while it sleeps: the second must still wake it, whatever the first left
+ * behind (an unread eventfd, kqueue's queued EVFILT_USER trigger).
+ */
+struct busy_taker {
+        loop_t *loop;
+        atomic_int go;          /* the loop is busy: post the first */
+        atomic_int first_ran;
+        atomic_int ret;
+};
+
+static int busy_first_cb(loop_t *loop, void *userdata) {
+        (void) loop;
+        atomic_store(&((struct busy_taker *) userdata)->first_ran, 1);
+        return 0;
+}
+
+/* Keeps the loop busy (no wait) until the first post has run. */
+static int busy_until_first_cb(loop_t *loop, void *userdata) {
+        struct busy_taker *b = userdata;
+
+        atomic_store(&b->go, 1);
+        if (atomic_load(&b->first_ran))
+                return 0;
+        return loop_call_soon(loop, busy_until_first_cb, b, NULL);
+}
+
+static void *busy_taker_main(void *arg) {
+        struct busy_taker *b = arg;
+        int r;
+
+        while (!atomic_load(&b->go))
+                tu_sleep_ns(TU_MSEC);
+        r = loop_call_soon_threadsafe(b->loop, busy_first_cb, b, NULL);
+        while (r == 0 && !atomic_load(&b->first_ran))
+                tu_sleep_ns(TU_MSEC);
+        /* Time for the loop to go to sleep in its wait. */
+        tu_sleep_ns(50 * TU_MSEC);
+        if (r == 0)
+                r = loop_call_soon_threadsafe(b->loop, wake_stop_cb, &woken, NULL);
+        atomic_store(&b->ret, r);
+        return NULL;
+}
+
+START_TEST(test_wakes_after_busy_take) {
+        loop_t *loop = tu_loop_new();
+        struct busy_taker b = {.loop = loop};
+        loop_handle_t *gh = NULL;
+        int guard = 0;
+        pthread_t t;
+
+        woken = 0;
+        atomic_init(&b.go, 0);
+        atomic_init(&b.first_ran, 0);
+        atomic_init(&b.ret, 1);
+        ck_assert_int_eq(loop_call_soon(loop, busy_until_first_cb, &b, NULL), 0);
+        ck_assert_int_eq(loop_call_later(loop, 10.0, tu_stop_cb, &guard, &gh), 0);
+        ck_assert_int_eq(pthread_create(&t, NULL, busy_taker_main, &b), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(atomic_load(&b.ret), 0);
+        ck_assert_int_eq(guard, 0);
+        ck_assert_int_eq(woken, 1);
+        loop_handle_cancel(gh);
+        loop_handle_unref(gh);
+        loop_unref(loop);
+}
+END_TEST
+
 /* ---- loop_stop() from another thread ------------------------------------------- */
 
 struct stopper {
@@ -1120,6 +1191,7 @@ static Suite *threadsafe_suite(void) {
         tcase_add_test(tc, test_wakes_sleeping_loop);
         tcase_add_test(tc, test_wakes_repeatedly);
         tcase_add_test(tc, test_wakes_loop_waiting_for_timer);
+        tcase_add_test(tc, test_wakes_after_busy_take);
 
         tc = tu_tcase(s, "debug");
         tcase_add_test(tc, test_debug_checks_thread);
