@@ -159,7 +159,9 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_
                 pool->chunks = chunks;
                 pool->cap_chunks = cap;
         }
-        loop_handle_t *c = loop__aligned_alloc(64, (1 + CHUNK_HANDLES) * sizeof(loop_handle_t));
+        /* aligned_alloc() wants a multiple of the alignment (48-byte handles). */
+        size_t bytes = ((1 + CHUNK_HANDLES) * sizeof(loop_handle_t) + 63) & ~(size_t) 63;
+        loop_handle_t *c = loop__aligned_alloc(64, bytes);
         if (!c)
                 return NULL;
         ((struct chunk_head *) (uintptr_t) c)->pool = pool;
