@@ -393,6 +393,69 @@ START_TEST(test_cancel_then_data) {
 }
 END_TEST
 
+/*
+ * A loop that never blocks (a call_soon chain, no system call in it) must
+ * still see its completions: data that another thread sends completes the
+ * pending receive. (io_uring with COOP_TASKRUN leaves such a completion in
+ * task work that runs at the thread's next transition into the kernel;
+ * uring.c enters it when the ring's TASKRUN flag says so, rather than
+ * leave it to the next timer interrupt.)
+ */
+struct busy_chain {
+        loop_future_t *f;
+        int64_t deadline;
+        long turns;
+};
+
+static int busy_chain_cb(loop_t *loop, void *userdata) {
+        struct busy_chain *b = userdata;
+
+        b->turns++;
+        if (loop_future_done(b->f) || tu_now_ns() > b->deadline)
+                return loop_stop(loop);
+        return loop_call_soon(loop, busy_chain_cb, b, NULL);
+}
+
+struct late_writer {
+        int fd;
+        int ret;
+};
+
+static void *late_writer_main(void *arg) {
+        struct late_writer *w = arg;
+
+        tu_sleep_ns(50 * TU_MSEC);
+        w->ret = (int) write(w->fd, "busy", 4);
+        return NULL;
+}
+
+START_TEST(test_busy_loop_completes) {
+        loop_t *loop = proactor_or_skip();
+        struct busy_chain b = {0};
+        struct late_writer w = {.ret = -1};
+        pthread_t t;
+        int sv[2];
+
+        if (!loop)
+                return;
+        tu_socketpair(sv);
+        ck_assert_int_eq(loop_sock_recv(loop, sv[0], 16, &b.f), 0);
+        ck_assert_int_eq(loop_run_once(loop, 0), 0);    /* the request is in the kernel */
+        w.fd = sv[1];
+        b.deadline = tu_now_ns() + 10 * TU_SEC;
+        ck_assert_int_eq(pthread_create(&t, NULL, late_writer_main, &w), 0);
+        ck_assert_int_eq(loop_call_soon(loop, busy_chain_cb, &b, NULL), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(pthread_join(t, NULL), 0);
+        ck_assert_int_eq(w.ret, 4);
+        ck_assert_msg(loop_future_done(b.f), "the receive did not complete in a busy loop (%ld turns)", b.turns);
+        ck_assert_uint_eq(((struct loop_sock_result *) result_of(b.f))->nbytes, 4);
+        loop_future_unref(b.f);
+        loop_unref(loop);
+        tu_close_pair(sv);
+}
+END_TEST
+
 /* TCP: accept and connect through the kernel, then 1 MiB each way. */
 START_TEST(test_accept_connect_sendall) {
         loop_t *loop = proactor_or_skip();
@@ -576,6 +639,7 @@ static Suite *proactor_suite(void) {
         tcase_add_test(tc, test_close_with_pending_recv);
         tcase_add_test(tc, test_close_reaps_quietly);
         tcase_add_test(tc, test_cancel_then_data);
+        tcase_add_test(tc, test_busy_loop_completes);
         tcase_add_test(tc, test_accept_connect_sendall);
         tcase_add_test(tc, test_full_ring);
         tc = tu_tcase(s, "fork");
