@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * The proactor loop (asyncio's BaseProactorEventLoop): the base loop on a
- * completion backend (struct loop_proactor_ops, io_uring today).
+ * completion backend (struct loop_proactor_ops: io_uring on Linux, IOCP
+ * on Windows).
  *
  * Batching. Every request the callbacks make (a socket operation, a poll
  * for a reader, a cancellation) is only queued; the whole batch reaches the
@@ -75,6 +76,11 @@
  *   close, then let the loop run, as epoll requires anyway.
  * - Regular files are always ready to io_uring's poll, as to poll(2);
  *   epoll refuses them (EPERM).
+ * - Windows: a backend with a wake op (IOCP posts a packet to its port)
+ *   wakes the loop itself; there is no wake-up descriptor, and the posts
+ *   are taken after every wait. A socket has no identity beyond its
+ *   number (loop__file_id), so a number closed and reused is not told
+ *   apart there.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -128,8 +134,7 @@ struct poll_req {
         loop_io_t *io;                  /* or the watcher; NULL once removed */
         struct poll_req *prev, *next;   /* pl->reqs: every live request */
         int fd;
-        struct loop__file_id id;        /* the file the request watches: the fd */
-                                        /* number may name another one later */
+        struct loop__file_id id;        /* the file it watches: fd may name another one later */
         uint32_t events;                /* POLLIN or POLLOUT (a watcher: either, both or none) */
         bool wake;                      /* the wake-up fd: drained, no callback */
         bool armed;                     /* the multishot request is in the kernel */
@@ -166,8 +171,7 @@ struct pop {
 struct stash {
         char *data;
         size_t off, len;
-        struct loop__file_id id;        /* the file they came from: the fd */
-                                        /* number may be reused meanwhile */
+        struct loop__file_id id;        /* the file they came from: fd may be reused meanwhile */
 };
 
 struct fdslot {
@@ -277,7 +281,7 @@ static struct poll_req *req_new(struct proactor_loop *pl, int fd, uint32_t event
         return req;
 }
 
-/* A new request for the file st describes (fd's now), armed: it reaches
+/* A new request for the file id names (fd's now), armed: it reaches
  * the kernel with the next batch. The caller gives it its callback. */
 static int req_start(struct proactor_loop *pl, int fd, uint32_t events, const struct loop__file_id *id,
                      struct poll_req **ret) {
