@@ -4,7 +4,9 @@
  *
  * Each bench_<library> program runs one workload per invocation
  * ("bench_libev pipe -n 1000 -a 100"), once untimed to warm up and then
- * -r times, and prints one line per measured quantity:
+ * -r times (coldtimers, memtimers, memfds, lateness and http have no
+ * untimed run: see their sections), and prints one line per measured
+ * quantity:
  *
  *     R <metric> <sample> <sample> ...     one sample per run
  *     N <text>                             a note for the reader
@@ -30,10 +32,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -220,7 +224,7 @@ static inline uint64_t bench_rng_range(struct bench_rng *r, uint64_t lo,
 /* ---- command line --------------------------------------------------------- */
 
 struct bench_opts {
-        const char *workload;   /* pipe timers soon xthread pingpong echo */
+        const char *workload;   /* pipe timers soon ... (bench_usage) */
         long n;                 /* -n: pairs, timers, callbacks, posts, trips */
         long active;            /* -a: pipe ring active tokens */
         long writes;            /* -w: pipe ring writes per run */
@@ -237,7 +241,8 @@ static inline void bench_usage(const char *prog)
         fprintf(stderr,
                 "usage: %s WORKLOAD [-n N] [-a ACTIVE] [-w WRITES] [-p PER_PASS]\n"
                 "          [-s SIZE] [-r REPS] [-q] [-z] [-S SELECTOR]\n"
-                "workloads: pipe timers soon xthread pingpong echo\n",
+                "workloads: pipe timers soon xthread pingpong echo coldtimers\n"
+                "           memtimers memfds lateness http\n",
                 prog);
         exit(2);
 }
@@ -844,6 +849,452 @@ static inline void echo_bench(const struct bench_opts *o,
                 bench_note("%ld short writes (finished with poll)", e->short_writes);
         bench_print(&rts);
         echo_close(e);
+}
+
+/* ---- workload 6: cold timers -------------------------------------------------
+ *
+ * What a user's first burst costs. The program creates its loop and starts
+ * this with no untimed run before: run 0 schedules n timers on the fresh
+ * loop (timed), cancels them all (timed, with whatever the caller must do
+ * to let go of a timer: libloop's loop_handle_unref), then runs one
+ * non-blocking loop pass (timed: where a library that removes cancelled
+ * timers lazily pays for it). Runs 1..reps do the same again on the now
+ * warm loop: the "warm" rows. The caller's storage (watcher structs, handle
+ * pointers) is allocated and touched before run 0 by every program, so
+ * that the cold run pays for the library's memory, not for the caller's
+ * first page faults; with -z it is left untouched, and the cold run pays
+ * for both (libuv's handles are touched by uv_timer_init either way).
+ */
+struct cold_timer_ops {
+        void (*schedule)(long n, const uint32_t *d);
+        void (*cancel)(long n);
+        void (*pass)(void);
+};
+
+static inline void cold_timer_bench(const struct bench_opts *o,
+                                    const struct cold_timer_ops *ops)
+{
+        struct bench_series cs = { .metric = "cold_sched" };
+        struct bench_series cc = { .metric = "cold_cancel" };
+        struct bench_series ct = { .metric = "cold_total" };
+        struct bench_series ws = { .metric = "warm_sched" };
+        struct bench_series wc = { .metric = "warm_cancel" };
+        struct bench_series wt = { .metric = "warm_total" };
+        long n = bench_default(o->n, 1000000);
+        uint32_t *d = timer_delays(n);
+
+        bench_param("timers=%ld delays uniform %d..%d ms (xorshift64*, fixed seed), cold run first",
+                   n, TIMER_MIN_MS, TIMER_MAX_MS);
+        for (int rep = 0; rep <= o->reps; rep++) {
+                uint64_t t0, t1, t3;
+
+                timer_fired = 0;
+                t0 = bench_now_ns();
+                ops->schedule(n, d);
+                t1 = bench_now_ns();
+                ops->cancel(n);
+                ops->pass();
+                t3 = bench_now_ns();
+                if (timer_fired)
+                        bench_die("cold timers: %ld cancelled timers fired", timer_fired);
+                bench_add(rep ? &ws : &cs, (double)(t1 - t0) / (double)n);
+                bench_add(rep ? &wc : &cc, (double)(t3 - t1) / (double)n);
+                bench_add(rep ? &wt : &ct, (double)(t3 - t0) / (double)n);
+        }
+        /* what one clock reading costs here (call_later makes one per call) */
+        {
+                struct bench_series ck = { .metric = "clock" };
+                uint64_t t0 = bench_now_ns(), t1;
+                volatile uint64_t sink = 0;
+
+                for (int i = 0; i < 1000000; i++)
+                        sink += bench_now_ns();
+                t1 = bench_now_ns();
+                bench_add(&ck, (double)(t1 - t0) / 1e6);
+                bench_print(&ck);
+                (void)sink;
+        }
+        bench_print(&cs);
+        bench_print(&cc);
+        bench_print(&ct);
+        bench_print(&ws);
+        bench_print(&wc);
+        bench_print(&wt);
+        free(d);
+}
+
+/* ---- workload 7: memory --------------------------------------------------------
+ *
+ * Resident memory per pending timer and per watched descriptor: the
+ * growth of the process's resident set (/proc/self/statm) while the
+ * program creates n timers (memtimers) or watches every descriptor of
+ * the largest socketpair ring RLIMIT_NOFILE allows (memfds, both ends of
+ * every pair, one non-blocking loop pass so that lazily applied
+ * registrations are in), divided by n. The caller's part is included: the
+ * watcher structs libev, libuv and libevent take from their caller, the
+ * handle pointer a libloop caller keeps to cancel a timer; the program
+ * reports its size per object apart ("caller"). "heap" is the same growth
+ * seen by malloc (mallinfo2: in use plus mmapped), which leaves out what
+ * a library maps itself and the kernel's share of an fd.
+ */
+static inline double bench_rss_bytes(void)
+{
+        long size = 0, res = 0;
+        FILE *f = fopen("/proc/self/statm", "r");
+
+        if (!f || fscanf(f, "%ld %ld", &size, &res) != 2)
+                bench_die("/proc/self/statm: %s", strerror(errno));
+        fclose(f);
+        return (double)res * (double)sysconf(_SC_PAGESIZE);
+}
+
+static inline double bench_heap_bytes(void)
+{
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 33))
+        struct mallinfo2 mi = mallinfo2();
+
+        return (double)mi.uordblks + (double)mi.hblkhd;
+#else
+        return 0.0;
+#endif
+}
+
+struct mem_ops {
+        /* create n pending timers with delays d[] (caller storage included) */
+        void (*timers)(long n, const uint32_t *d);
+        /* watch every descriptor of fds[0..nfds-1] for reading, then one
+         * non-blocking loop pass */
+        void (*fds)(const int *fds, long nfds);
+        size_t caller_timer, caller_fd;         /* the caller's bytes per object */
+};
+
+static inline void mem_bench(const struct bench_opts *o, const struct mem_ops *ops)
+{
+        double rss0, heap0, rss1, heap1;
+
+        if (!strcmp(o->workload, "memtimers")) {
+                long n = bench_default(o->n, 1000000);
+                uint32_t *d = timer_delays(n);
+
+                bench_param("%ld pending timers", n);
+                rss0 = bench_rss_bytes();
+                heap0 = bench_heap_bytes();
+                ops->timers(n, d);
+                rss1 = bench_rss_bytes();
+                heap1 = bench_heap_bytes();
+                printf("R timer_rss %.6g\nR timer_heap %.6g\nR timer_caller %zu\n",
+                       (rss1 - rss0) / (double)n, (heap1 - heap0) / (double)n,
+                       ops->caller_timer);
+        } else {
+                long pairs = ring_max_pairs(RING_HEADROOM);
+                struct ring r;
+
+                if (o->n > 0 && o->n < pairs)
+                        pairs = o->n;
+                ring_open(&r, pairs, 1, 0);
+                bench_param("%ld watched descriptors (%ld socketpairs, both ends)",
+                           2 * pairs, pairs);
+                rss0 = bench_rss_bytes();
+                heap0 = bench_heap_bytes();
+                ops->fds(r.fds, 2 * pairs);
+                rss1 = bench_rss_bytes();
+                heap1 = bench_heap_bytes();
+                printf("R fd_rss %.6g\nR fd_heap %.6g\nR fd_caller %zu\n",
+                       (rss1 - rss0) / (double)(2 * pairs),
+                       (heap1 - heap0) / (double)(2 * pairs), ops->caller_fd);
+        }
+        fflush(stdout);
+}
+
+/* ---- workload 8: timer lateness ------------------------------------------------
+ *
+ * n timers (default 10,000) with delays uniform in 0..200 ms, whole
+ * milliseconds (libuv's unit; the same for every library), scheduled in one
+ * batch 10 ms after the loop's last pass (a program does some work between
+ * passes; a library that caches the time at the start of a pass counts
+ * from the stale time). Each callback records CLOCK_MONOTONIC. Lateness is
+ * fire time - requested time, the requested time being a CLOCK_MONOTONIC
+ * reading just before the scheduling call + the delay. Early fires are
+ * counted twice: against the library's own due time (its cached or coarse
+ * "now" + delay, as the program computes it: what the library promises)
+ * and against the requested time (what the caller asked for).
+ */
+#define LATE_MAX_MS 200
+#define LATE_STALE_MS 10
+
+struct late {
+        long n, fired;
+        uint32_t *d;
+        int64_t *req, *due, *at;
+};
+
+static struct late late;
+
+static inline void late_fire(long i)
+{
+        late.at[i] = (int64_t)bench_now_ns();
+        late.fired++;
+}
+
+struct late_ops {
+        void (*pass)(void);             /* one non-blocking loop pass */
+        /* schedule timer i with delay d ms; return the library's due time
+         * (CLOCK_MONOTONIC ns) */
+        int64_t (*schedule)(long i, uint32_t d);
+        void (*run)(void);              /* run until late.fired == late.n */
+};
+
+static inline int bench_cmp_i64(const void *a, const void *b)
+{
+        int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+
+        return (x > y) - (x < y);
+}
+
+static inline void late_bench(const struct bench_opts *o, const struct late_ops *ops)
+{
+        struct bench_series p50 = { .metric = "p50" }, p99 = { .metric = "p99" };
+        struct bench_series mx = { .metric = "max" }, mn = { .metric = "min" };
+        struct bench_series el = { .metric = "early_lib" }, er = { .metric = "early_req" };
+        long n = bench_default(o->n, 10000);
+        struct bench_rng rng;
+        int64_t *lat;
+
+        late.n = n;
+        late.d = malloc((size_t)n * sizeof(*late.d));
+        late.req = malloc((size_t)n * sizeof(*late.req));
+        late.due = malloc((size_t)n * sizeof(*late.due));
+        late.at = malloc((size_t)n * sizeof(*late.at));
+        lat = malloc((size_t)n * sizeof(*lat));
+        if (!late.d || !late.req || !late.due || !late.at || !lat)
+                bench_die("out of memory");
+        bench_param("%ld timers, delays uniform 0..%d ms, scheduled %d ms after a loop pass",
+                   n, LATE_MAX_MS, LATE_STALE_MS);
+        for (int rep = 0; rep < o->reps; rep++) {
+                long early_lib = 0, early_req = 0;
+
+                bench_rng_seed(&rng, BENCH_SEED ^ 0x1a7e);
+                for (long i = 0; i < n; i++)
+                        late.d[i] = (uint32_t)bench_rng_range(&rng, 0, LATE_MAX_MS);
+                memset(late.at, 0, (size_t)n * sizeof(*late.at));
+                late.fired = 0;
+                ops->pass();
+                bench_sleep_until_ns(bench_now_ns() + LATE_STALE_MS * 1000000u);
+                for (long i = 0; i < n; i++) {
+                        late.req[i] = (int64_t)bench_now_ns() + (int64_t)late.d[i] * 1000000;
+                        late.due[i] = ops->schedule(i, late.d[i]);
+                }
+                ops->run();
+                if (late.fired != n)
+                        bench_die("lateness: %ld of %ld fired", late.fired, n);
+                for (long i = 0; i < n; i++) {
+                        lat[i] = late.at[i] - late.req[i];
+                        early_req += late.at[i] < late.req[i];
+                        early_lib += late.at[i] < late.due[i];
+                }
+                qsort(lat, (size_t)n, sizeof(*lat), bench_cmp_i64);
+                bench_add(&p50, (double)lat[n / 2] / 1e3);
+                bench_add(&p99, (double)lat[n * 99 / 100] / 1e3);
+                bench_add(&mx, (double)lat[n - 1] / 1e3);
+                bench_add(&mn, (double)lat[0] / 1e3);
+                bench_add(&el, (double)early_lib);
+                bench_add(&er, (double)early_req);
+        }
+        bench_print(&p50);
+        bench_print(&p99);
+        bench_print(&mx);
+        bench_print(&mn);
+        bench_print(&el);
+        bench_print(&er);
+        free(late.d);
+        free(late.req);
+        free(late.due);
+        free(late.at);
+        free(lat);
+}
+
+/* ---- workload 9: HTTP/1.1 keep-alive "hello world" server ---------------------
+ *
+ * `bench_X http` listens on 127.0.0.1 (an ephemeral port, printed as
+ * "L <port>"), answers every request with the same 200 response and keeps
+ * the connection, until SIGTERM; it then prints "R served <requests>" and
+ * exits 0. bench/run-bench loads it with wrk and measures its CPU time
+ * from /proc. A request is complete at its "\r\n\r\n" (wrk sends GETs
+ * without a body); reads may end anywhere, several requests in one read
+ * get one response each. The response is written with one write(); should
+ * it come up short (it never does with wrk's one request in flight per
+ * connection), the rest is written after poll(), counted and reported.
+ * What differs between programs is only how the library tells the server
+ * that a descriptor is readable (or, for libloop's futures, that bytes
+ * arrived), and how it accepts.
+ */
+#define HTTP_BUF 4096
+#define HTTP_RESPONSE                                                         \
+        "HTTP/1.1 200 OK\r\nServer: bench\r\nContent-Type: text/plain\r\n"    \
+        "Content-Length: 13\r\n\r\nHello, World!"
+#define HTTP_RESPONSE_LEN (sizeof(HTTP_RESPONSE) - 1)
+#define HTTP_MAX_BATCH 16
+
+struct http_conn {
+        int fd;
+        size_t len;
+        void *lib;              /* the program's per-connection watcher */
+        char buf[HTTP_BUF];
+};
+
+static long http_served, http_short_writes, http_conns, http_errors;
+static char http_out[HTTP_MAX_BATCH * HTTP_RESPONSE_LEN];
+
+/* The listening socket: non-blocking, 127.0.0.1, ephemeral port, printed. */
+static inline int http_listen(void)
+{
+        struct sockaddr_in sa = { .sin_family = AF_INET };
+        socklen_t len = sizeof(sa);
+        int one = 1, fd;
+
+        bench_raise_nofile();
+        for (int i = 0; i < HTTP_MAX_BATCH; i++)
+                memcpy(http_out + i * HTTP_RESPONSE_LEN, HTTP_RESPONSE, HTTP_RESPONSE_LEN);
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+                bench_die("socket: %s", strerror(errno));
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 4096) < 0 ||
+            getsockname(fd, (struct sockaddr *)&sa, &len) < 0)
+                bench_die("listen on 127.0.0.1: %s", strerror(errno));
+        printf("L %d\n", ntohs(sa.sin_port));
+        fflush(stdout);
+        return fd;
+}
+
+/* A new connection's socket options (accept4 gave it O_NONBLOCK). */
+static inline void http_setup_fd(int fd)
+{
+        int one = 1;
+
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        http_conns++;
+}
+
+static inline struct http_conn *http_conn_new(int fd)
+{
+        struct http_conn *c = malloc(sizeof(*c));
+
+        if (!c)
+                bench_die("out of memory");
+        c->fd = fd;
+        c->len = 0;
+        c->lib = NULL;
+        return c;
+}
+
+/* c->len bytes in c->buf, of which `fresh` just arrived: count the
+ * complete requests, keep the incomplete tail. Returns the number of
+ * complete requests, or -1 if the buffer is full without one. */
+static inline long http_parse(struct http_conn *c, size_t fresh)
+{
+        size_t start = 0, from = c->len - fresh;
+        long k = 0;
+
+        /* the end marker may straddle the previous read */
+        from = from >= 3 ? from - 3 : 0;
+        for (;;) {
+                char *e = memmem(c->buf + from, c->len - from, "\r\n\r\n", 4);
+
+                if (!e)
+                        break;
+                k++;
+                start = (size_t)(e - c->buf) + 4;
+                from = start;
+        }
+        if (start) {
+                memmove(c->buf, c->buf + start, c->len - start);
+                c->len -= start;
+        } else if (c->len == sizeof(c->buf)) {
+                return -1;
+        }
+        return k;
+}
+
+static inline void http_write_all(int fd, const char *p, size_t len)
+{
+        while (len > 0) {
+                ssize_t w = write(fd, p, len);
+
+                if (w > 0) {
+                        p += w;
+                        len -= (size_t)w;
+                        if (len)
+                                http_short_writes++;
+                } else if (w < 0 && errno == EAGAIN) {
+                        struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+
+                        http_short_writes++;
+                        poll(&pfd, 1, 1000);
+                } else if (w < 0 && errno == EINTR) {
+                        continue;
+                } else {
+                        http_errors++;  /* the peer went away: its read sees it */
+                        return;
+                }
+        }
+}
+
+/* Answer k requests. */
+static inline void http_respond(int fd, long k)
+{
+        http_served += k;
+        while (k > 0) {
+                long b = k < HTTP_MAX_BATCH ? k : HTTP_MAX_BATCH;
+
+                http_write_all(fd, http_out, (size_t)b * HTTP_RESPONSE_LEN);
+                k -= b;
+        }
+}
+
+/* The body of every reader callback: one read, answer what is complete.
+ * Returns 0 to keep the connection, -1 when the caller must close it
+ * (EOF, error, a request larger than the buffer). */
+static inline int http_on_readable(struct http_conn *c)
+{
+        ssize_t k = read(c->fd, c->buf + c->len, sizeof(c->buf) - c->len);
+        long reqs;
+
+        if (k < 0 && (errno == EAGAIN || errno == EINTR))
+                return 0;
+        if (k <= 0) {
+                if (k < 0)
+                        http_errors++;
+                return -1;
+        }
+        c->len += (size_t)k;
+        reqs = http_parse(c, (size_t)k);
+        if (reqs < 0) {
+                http_errors++;
+                return -1;
+        }
+        if (reqs)
+                http_respond(c->fd, reqs);
+        return 0;
+}
+
+/* For programs whose library has no signal watcher of its own. */
+static volatile sig_atomic_t http_term;
+
+static inline void http_on_term(int signum)
+{
+        (void)signum;
+        http_term = 1;
+}
+
+/* At exit, after SIGTERM. */
+static inline void http_report(void)
+{
+        if (http_short_writes)
+                bench_note("%ld short writes (finished with poll)", http_short_writes);
+        printf("R served %ld\nR conns %ld\nR errors %ld\n", http_served, http_conns, http_errors);
+        fflush(stdout);
 }
 
 #endif /* BENCH_H */

@@ -14,9 +14,16 @@
  *             (a mutex-protected queue, ev_async_send as the wake-up).
  *   pingpong  one loop per thread, an ev_async each.
  *   echo      ev_io on both sockets, one loop, one thread.
+ *   coldtimers  the timers of "timers" on a fresh loop, then again warm.
+ *   memtimers, memfds  ev_timer + ev_timer_start; ev_io + ev_io_start
+ *             (the watchers are the caller's memory and are counted).
+ *   lateness  ev_timer_start, counting from ev_now() (the loop's cached time).
+ *   http      ev_io on the listening socket and on every connection,
+ *             read(2), write(2); ev_signal for SIGTERM.
  */
 #include "bench.h"
 
+#include <signal.h>
 #include <stdatomic.h>
 
 #include <ev.h>
@@ -445,6 +452,182 @@ static void bench_echo(void)
         ev_loop_destroy(loop);
 }
 
+/* ---- cold timers --------------------------------------------------------------- */
+
+static BENCH_NOINLINE void ev_cold_pass(void)
+{
+        ev_run(loop, EVRUN_NOWAIT);
+}
+
+static void bench_coldtimers(void)
+{
+        static const struct cold_timer_ops ops = {
+                .schedule = ev_timer_schedule, .cancel = ev_timer_cancel,
+                .pass = ev_cold_pass,
+        };
+        long n = bench_default(opts.n, 1000000);
+
+        timers = calloc((size_t)n, sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        if (!opts.no_warmup)    /* -z: the caller's pages left untouched too */
+                memset(timers, 0, (size_t)n * sizeof(*timers));
+        loop = new_loop();
+        bench_note("ev_now_update once per batch, ev_timer_init + ev_timer_start; cancel = ev_timer_stop");
+        cold_timer_bench(&opts, &ops);
+        ev_loop_destroy(loop);
+        free(timers);
+}
+
+/* ---- memory ---------------------------------------------------------------------- */
+
+static void mem_io_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+        (void)l;
+        (void)w;
+        (void)revents;
+}
+
+static void ev_mem_timers(long n, const uint32_t *d)
+{
+        timers = malloc((size_t)n * sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        ev_timer_schedule(n, d);
+}
+
+static void ev_mem_fds(const int *fds, long nfds)
+{
+        ev_io *w = malloc((size_t)nfds * sizeof(*w));
+
+        if (!w)
+                bench_die("out of memory");
+        for (long i = 0; i < nfds; i++) {
+                ev_io_init(&w[i], mem_io_cb, fds[i], EV_READ);
+                ev_io_start(loop, &w[i]);
+        }
+        ev_run(loop, EVRUN_NOWAIT);
+}
+
+static void bench_memory(void)
+{
+        static const struct mem_ops ops = {
+                .timers = ev_mem_timers, .fds = ev_mem_fds,
+                .caller_timer = sizeof(ev_timer), .caller_fd = sizeof(ev_io),
+        };
+
+        loop = new_loop();
+        bench_note("timer: ev_timer (the caller's) + ev_timer_start; fd: ev_io (the caller's) + ev_io_start");
+        mem_bench(&opts, &ops);
+}
+
+/* ---- timer lateness ---------------------------------------------------------------- */
+
+static ev_timer *late_w;
+static int64_t late_now;        /* libev's time of its last pass, as near as we see it */
+
+static void late_cb(struct ev_loop *l, ev_timer *w, int revents)
+{
+        (void)l;
+        (void)revents;
+        late_fire(w - late_w);
+}
+
+static void ev_late_pass(void)
+{
+        ev_run(loop, EVRUN_NOWAIT);
+        late_now = (int64_t)bench_now_ns();
+}
+
+static int64_t ev_late_schedule(long i, uint32_t d)
+{
+        ev_timer_init(&late_w[i], late_cb, d * 1e-3, 0.);
+        ev_timer_start(loop, &late_w[i]);
+        return late_now + (int64_t)d * 1000000;
+}
+
+static void ev_late_run(void)
+{
+        ev_run(loop, 0);
+}
+
+static void bench_lateness(void)
+{
+        static const struct late_ops ops = {
+                .pass = ev_late_pass, .schedule = ev_late_schedule, .run = ev_late_run,
+        };
+
+        loop = new_loop();
+        late_w = calloc((size_t)bench_default(opts.n, 10000), sizeof(*late_w));
+        if (!late_w)
+                bench_die("out of memory");
+        bench_note("ev_timer_start counts from ev_now(), the time of the loop's last pass; "
+                   "due = CLOCK_MONOTONIC read right after that pass + delay");
+        late_bench(&opts, &ops);
+        free(late_w);
+        ev_loop_destroy(loop);
+}
+
+/* ---- HTTP server ------------------------------------------------------------------- */
+
+struct ev_conn {
+        ev_io io;
+        struct http_conn c;
+};
+
+static void http_conn_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+        struct ev_conn *ec = (struct ev_conn *)w;
+
+        (void)revents;
+        if (http_on_readable(&ec->c) < 0) {
+                ev_io_stop(l, w);
+                close(ec->c.fd);
+                free(ec);
+        }
+}
+
+static void http_accept_cb(struct ev_loop *l, ev_io *w, int revents)
+{
+        int cfd;
+
+        (void)revents;
+        while ((cfd = accept4(w->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+                struct ev_conn *ec = malloc(sizeof(*ec));
+
+                if (!ec)
+                        bench_die("out of memory");
+                http_setup_fd(cfd);
+                ec->c.fd = cfd;
+                ec->c.len = 0;
+                ev_io_init(&ec->io, http_conn_cb, cfd, EV_READ);
+                ev_io_start(l, &ec->io);
+        }
+}
+
+static void http_stop_cb(struct ev_loop *l, ev_signal *w, int revents)
+{
+        (void)w;
+        (void)revents;
+        ev_break(l, EVBREAK_ALL);
+}
+
+static void bench_http(void)
+{
+        ev_io lw;
+        ev_signal sw;
+
+        loop = new_loop();
+        ev_io_init(&lw, http_accept_cb, http_listen(), EV_READ);
+        ev_io_start(loop, &lw);
+        ev_signal_init(&sw, http_stop_cb, SIGTERM);
+        ev_signal_start(loop, &sw);
+        bench_note("ev_io, read(2), write(2)");
+        ev_run(loop, 0);
+        http_report();
+        exit(0);
+}
+
 int main(int argc, char **argv)
 {
         static const struct bench_workload workloads[] = {
@@ -454,6 +637,11 @@ int main(int argc, char **argv)
                 { "xthread", bench_xthread },
                 { "pingpong", bench_pingpong },
                 { "echo", bench_echo },
+                { "coldtimers", bench_coldtimers },
+                { "memtimers", bench_memory },
+                { "memfds", bench_memory },
+                { "lateness", bench_lateness },
+                { "http", bench_http },
         };
 
         return bench_main(argc, argv, &opts, workloads, sizeof(workloads) / sizeof(workloads[0]));

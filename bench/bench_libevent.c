@@ -15,6 +15,13 @@
  *             thread, evthread_use_pthreads(): every post runs.
  *   pingpong  one base per thread, event_base_once onto the other base.
  *   echo      struct event (EV_READ | EV_PERSIST) on both sockets.
+ *   coldtimers  the timers of "timers" on a fresh base, then again warm.
+ *   memtimers, memfds  struct event (the caller's memory, counted) +
+ *             evtimer_add; event_assign + event_add.
+ *   lateness  evtimer_add (libevent's clock: CLOCK_MONOTONIC_COARSE).
+ *   http      struct event (EV_READ | EV_PERSIST) on the listening socket
+ *             and on every connection, read(2), write(2); not bufferevents,
+ *             so that it is the same work as the other readers.
  *
  * evthread_use_pthreads() is called only for xthread and pingpong: it puts
  * a lock round every base operation, which a single-threaded user would not
@@ -22,6 +29,7 @@
  */
 #include "bench.h"
 
+#include <signal.h>
 #include <stdatomic.h>
 
 #include <event2/event.h>
@@ -408,6 +416,188 @@ static void bench_echo(void)
         event_base_free(base);
 }
 
+/* ---- cold timers --------------------------------------------------------------- */
+
+static BENCH_NOINLINE void le_cold_pass(void)
+{
+        event_base_loop(base, EVLOOP_NONBLOCK);
+}
+
+static void bench_coldtimers(void)
+{
+        static const struct cold_timer_ops ops = {
+                .schedule = le_timer_schedule, .cancel = le_timer_cancel,
+                .pass = le_cold_pass,
+        };
+        long n = bench_default(opts.n, 1000000);
+
+        timers = calloc((size_t)n, sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        if (!opts.no_warmup)    /* -z: the caller's pages left untouched too */
+                memset(timers, 0, (size_t)n * sizeof(*timers));
+        base = new_base(0);
+        bench_note("evtimer_assign + evtimer_add; cancel = event_del");
+        cold_timer_bench(&opts, &ops);
+        event_base_free(base);
+        free(timers);
+}
+
+/* ---- memory ---------------------------------------------------------------------- */
+
+static void mem_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        (void)arg;
+}
+
+static void le_mem_timers(long n, const uint32_t *d)
+{
+        timers = malloc((size_t)n * sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        le_timer_schedule(n, d);
+}
+
+static void le_mem_fds(const int *fds, long nfds)
+{
+        struct event *e = malloc((size_t)nfds * sizeof(*e));
+
+        if (!e)
+                bench_die("out of memory");
+        for (long i = 0; i < nfds; i++) {
+                event_assign(&e[i], base, fds[i], EV_READ | EV_PERSIST, mem_ev_cb, NULL);
+                BENCH_CHECK(event_add(&e[i], NULL));
+        }
+        event_base_loop(base, EVLOOP_NONBLOCK);
+}
+
+static void bench_memory(void)
+{
+        static const struct mem_ops ops = {
+                .timers = le_mem_timers, .fds = le_mem_fds,
+                .caller_timer = sizeof(struct event), .caller_fd = sizeof(struct event),
+        };
+
+        base = new_base(0);
+        bench_note("timer: struct event (the caller's) + evtimer_assign + evtimer_add; "
+                   "fd: struct event (the caller's) + event_assign + event_add");
+        mem_bench(&opts, &ops);
+}
+
+/* ---- timer lateness ---------------------------------------------------------------- */
+
+static struct event *late_ev;
+
+static void late_cb(evutil_socket_t fd, short what, void *arg)
+{
+        (void)fd;
+        (void)what;
+        late_fire((long)(intptr_t)arg);
+}
+
+static void le_late_pass(void)
+{
+        event_base_loop(base, EVLOOP_NONBLOCK);
+}
+
+static int64_t le_late_schedule(long i, uint32_t d)
+{
+        struct timeval tv = { .tv_sec = d / 1000, .tv_usec = (suseconds_t)(d % 1000) * 1000 };
+        struct timespec ts;
+
+        /* libevent reads CLOCK_MONOTONIC_COARSE in event_add outside
+         * dispatch (unless EVENT_BASE_FLAG_PRECISE_TIMER) */
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        evtimer_assign(&late_ev[i], base, late_cb, (void *)(intptr_t)i);
+        BENCH_CHECK(evtimer_add(&late_ev[i], &tv));
+        return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec + (int64_t)d * 1000000;
+}
+
+static void le_late_run(void)
+{
+        event_base_dispatch(base);
+}
+
+static void bench_lateness(void)
+{
+        static const struct late_ops ops = {
+                .pass = le_late_pass, .schedule = le_late_schedule, .run = le_late_run,
+        };
+
+        base = new_base(0);
+        late_ev = calloc((size_t)bench_default(opts.n, 10000), sizeof(*late_ev));
+        if (!late_ev)
+                bench_die("out of memory");
+        bench_note("evtimer_add counts from CLOCK_MONOTONIC_COARSE (libevent's default clock); "
+                   "due = that clock read before the call + delay");
+        late_bench(&opts, &ops);
+        event_base_free(base);
+        free(late_ev);
+}
+
+/* ---- HTTP server: struct event per connection -------------------------------------- */
+
+struct le_conn {
+        struct event ev;
+        struct http_conn c;
+};
+
+static void http_conn_cb(evutil_socket_t fd, short what, void *arg)
+{
+        struct le_conn *lc = arg;
+
+        (void)what;
+        if (http_on_readable(&lc->c) < 0) {
+                event_del(&lc->ev);
+                close(fd);
+                free(lc);
+        }
+}
+
+static void http_accept_cb(evutil_socket_t fd, short what, void *arg)
+{
+        int cfd;
+
+        (void)what;
+        (void)arg;
+        while ((cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+                struct le_conn *lc = malloc(sizeof(*lc));
+
+                if (!lc)
+                        bench_die("out of memory");
+                http_setup_fd(cfd);
+                lc->c.fd = cfd;
+                lc->c.len = 0;
+                event_assign(&lc->ev, base, cfd, EV_READ | EV_PERSIST, http_conn_cb, lc);
+                BENCH_CHECK(event_add(&lc->ev, NULL));
+        }
+}
+
+static void http_stop_cb(evutil_socket_t sig, short what, void *arg)
+{
+        (void)sig;
+        (void)what;
+        (void)arg;
+        event_base_loopbreak(base);
+}
+
+static void bench_http(void)
+{
+        struct event lev, sev;
+
+        base = new_base(0);
+        event_assign(&lev, base, http_listen(), EV_READ | EV_PERSIST, http_accept_cb, NULL);
+        BENCH_CHECK(event_add(&lev, NULL));
+        evsignal_assign(&sev, base, SIGTERM, http_stop_cb, NULL);
+        BENCH_CHECK(event_add(&sev, NULL));
+        bench_note("struct event (EV_READ | EV_PERSIST), read(2), write(2)");
+        event_base_dispatch(base);
+        http_report();
+        exit(0);
+}
+
 int main(int argc, char **argv)
 {
         static const struct bench_workload workloads[] = {
@@ -417,6 +607,11 @@ int main(int argc, char **argv)
                 { "xthread", bench_xthread },
                 { "pingpong", bench_pingpong },
                 { "echo", bench_echo },
+                { "coldtimers", bench_coldtimers },
+                { "memtimers", bench_memory },
+                { "memfds", bench_memory },
+                { "lateness", bench_lateness },
+                { "http", bench_http },
         };
 
         return bench_main(argc, argv, &opts, workloads, sizeof(workloads) / sizeof(workloads[0]));

@@ -23,10 +23,20 @@
  *             loop_sock_sendall, each done callback starting the next
  *             operation; with -S io_uring on loop_proactor_loop_new().
  *
+ *   coldtimers  the timers of "timers" scheduled and cancelled (+ the
+ *             handle's unref) on a fresh loop, then again warm; -q: call_at.
+ *   memtimers, memfds  loop_call_later_ns with a handle; loop_add_reader.
+ *   lateness  loop_call_later_ns (due: loop_handle_when_ns); -q:
+ *             loop_call_at_ns from one loop_time_ns() per batch.
+ *   http      readers (loop_add_reader, read, write); -q: futures
+ *             (loop_sock_accept, loop_sock_recv_into, loop_sock_sendall);
+ *             -S epoll or -S io_uring (the proactor loop).
+ *
  * Loops come from loop_new() (the default selector) unless -S is given.
  */
 #include "bench.h"
 
+#include <signal.h>
 #include <stdatomic.h>
 
 #include <loop.h>
@@ -550,6 +560,314 @@ static void bench_echo(void)
         free_loop(loop);
 }
 
+/* ---- cold timers --------------------------------------------------------------- */
+
+static BENCH_NOINLINE void ll_cold_cancel(long n)
+{
+        for (long i = 0; i < n; i++) {
+                loop_handle_cancel(timers[i]);
+                timers[i] = loop_handle_unref(timers[i]);
+        }
+}
+
+static BENCH_NOINLINE void ll_cold_pass(void)
+{
+        LOOP_CHECK(loop_run_once(loop, 0));
+}
+
+static void bench_coldtimers(void)
+{
+        static const struct cold_timer_ops ops = {
+                .schedule = ll_timer_schedule, .cancel = ll_cold_cancel,
+                .pass = ll_cold_pass,
+        }, ops_at = {
+                .schedule = ll_timer_schedule_at, .cancel = ll_cold_cancel,
+                .pass = ll_cold_pass,
+        };
+        long n = bench_default(opts.n, 1000000);
+
+        timers = calloc((size_t)n, sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        if (!opts.no_warmup)    /* -z: the caller's pages left untouched too */
+                memset(timers, 0, (size_t)n * sizeof(*timers));
+        loop = new_loop();
+        if (opts.variant)
+                bench_note("loop_call_at_ns(base + delay), base = loop_time_ns() once per batch; "
+                           "cancel = loop_handle_cancel + loop_handle_unref");
+        else
+                bench_note("loop_call_later_ns (a clock reading per call); "
+                           "cancel = loop_handle_cancel + loop_handle_unref");
+        cold_timer_bench(&opts, opts.variant ? &ops_at : &ops);
+        free_loop(loop);
+        free(timers);
+}
+
+/* ---- memory ---------------------------------------------------------------------- */
+
+static int mem_io_cb(loop_t *l, int fd, void *userdata)
+{
+        (void)l;
+        (void)fd;
+        (void)userdata;
+        return 0;
+}
+
+static void ll_mem_timers(long n, const uint32_t *d)
+{
+        timers = malloc((size_t)n * sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        ll_timer_schedule(n, d);
+}
+
+static void ll_mem_fds(const int *fds, long nfds)
+{
+        for (long i = 0; i < nfds; i++)
+                LOOP_CHECK(loop_add_reader(loop, fds[i], mem_io_cb, NULL));
+        LOOP_CHECK(loop_run_once(loop, 0));
+}
+
+static void bench_memory(void)
+{
+        static const struct mem_ops ops = {
+                .timers = ll_mem_timers, .fds = ll_mem_fds,
+                .caller_timer = sizeof(loop_handle_t *), .caller_fd = 0,
+        };
+
+        loop = new_loop();
+        bench_note("timer: loop_call_later_ns with a handle (the caller keeps the pointer); "
+                   "fd: loop_add_reader");
+        mem_bench(&opts, &ops);
+        /* the process exits: nothing to release that the kernel does not */
+}
+
+/* ---- timer lateness ---------------------------------------------------------------- */
+
+static int late_cb(loop_t *l, void *userdata)
+{
+        late_fire((long)(intptr_t)userdata);
+        if (late.fired == late.n)
+                loop_stop(l);
+        return 0;
+}
+
+static void ll_late_pass(void)
+{
+        LOOP_CHECK(loop_run_once(loop, 0));
+}
+
+static int64_t late_base;
+
+static int64_t ll_late_schedule(long i, uint32_t d)
+{
+        loop_handle_t *h;
+        int64_t when;
+
+        if (opts.variant) {
+                if (i == 0)
+                        late_base = loop_time_ns(loop);
+                when = late_base + (int64_t)d * 1000000;
+                LOOP_CHECK(loop_call_at_ns(loop, when, late_cb, (void *)(intptr_t)i, NULL));
+                return when;
+        }
+        LOOP_CHECK(loop_call_later_ns(loop, (int64_t)d * 1000000, late_cb, (void *)(intptr_t)i, &h));
+        when = loop_handle_when_ns(h);
+        loop_handle_unref(h);
+        return when;
+}
+
+static void ll_late_run(void)
+{
+        LOOP_CHECK(loop_run_forever(loop));
+}
+
+static void bench_lateness(void)
+{
+        static const struct late_ops ops = {
+                .pass = ll_late_pass, .schedule = ll_late_schedule, .run = ll_late_run,
+        };
+
+        loop = new_loop();
+        if (opts.variant)
+                bench_note("loop_call_at_ns(base + delay), base = loop_time_ns() at the batch's start; "
+                           "due = base + delay");
+        else
+                bench_note("loop_call_later_ns; due = loop_handle_when_ns (its own clock reading + delay)");
+        late_bench(&opts, &ops);
+        free_loop(loop);
+}
+
+/* ---- HTTP server ------------------------------------------------------------------- */
+
+static int http_stop_cb(loop_t *l, int signum, void *userdata)
+{
+        (void)signum;
+        (void)userdata;
+        return loop_stop(l);
+}
+
+/* Readers: loop_add_reader on the listening socket and on each connection. */
+static int http_conn_cb(loop_t *l, int fd, void *userdata)
+{
+        struct http_conn *c = userdata;
+
+        if (http_on_readable(c) < 0) {
+                loop_remove_reader(l, fd);
+                close(fd);
+                free(c);
+        }
+        return 0;
+}
+
+static int http_accept_cb(loop_t *l, int fd, void *userdata)
+{
+        (void)userdata;
+        for (;;) {
+                int cfd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+
+                if (cfd < 0)
+                        return 0;
+                http_setup_fd(cfd);
+                LOOP_CHECK(loop_add_reader(l, cfd, http_conn_cb, http_conn_new(cfd)));
+        }
+}
+
+/* Futures: loop_sock_accept, loop_sock_recv_into into the connection's
+ * buffer, loop_sock_sendall of the responses; a done callback starts the
+ * next operation (one receive pending per connection, as the reader
+ * variant has one reader). */
+static int http_recv_done(loop_future_t *f, void *userdata);
+
+static void http_conn_close(struct http_conn *c)
+{
+        close(c->fd);
+        free(c);
+}
+
+static void http_recv(struct http_conn *c)
+{
+        loop_future_t *f;
+
+        if (loop_sock_recv_into(loop, c->fd, c->buf + c->len, sizeof(c->buf) - c->len, &f) < 0) {
+                http_errors++;
+                http_conn_close(c);
+                return;
+        }
+        LOOP_CHECK(loop_future_add_done_callback(f, http_recv_done, c));
+        loop_future_unref(f);
+}
+
+static int http_send_done(loop_future_t *f, void *userdata)
+{
+        void *res;
+
+        (void)userdata;
+        if (loop_future_result(f, &res) < 0)
+                http_errors++;
+        return 0;
+}
+
+static void http_send(int fd, long k)
+{
+        http_served += k;
+        while (k > 0) {
+                long b = k < HTTP_MAX_BATCH ? k : HTTP_MAX_BATCH;
+                loop_future_t *f;
+
+                if (loop_sock_sendall(loop, fd, http_out, (size_t)b * HTTP_RESPONSE_LEN, &f) < 0) {
+                        http_errors++;
+                        return;
+                }
+                if (loop_future_done(f))
+                        http_send_done(f, NULL);
+                else
+                        LOOP_CHECK(loop_future_add_done_callback(f, http_send_done, NULL));
+                loop_future_unref(f);
+                k -= b;
+        }
+}
+
+static int http_recv_done(loop_future_t *f, void *userdata)
+{
+        struct http_conn *c = userdata;
+        void *res;
+        size_t got;
+        long reqs;
+
+        if (loop_future_result(f, &res) < 0) {
+                http_errors++;
+                http_conn_close(c);
+                return 0;
+        }
+        got = ((const struct loop_sock_result *)res)->nbytes;
+        if (got == 0) {
+                http_conn_close(c);
+                return 0;
+        }
+        c->len += got;
+        reqs = http_parse(c, got);
+        if (reqs < 0) {
+                http_errors++;
+                http_conn_close(c);
+                return 0;
+        }
+        if (reqs)
+                http_send(c->fd, reqs);
+        http_recv(c);
+        return 0;
+}
+
+static int http_lfd;
+
+static void http_accept(void);
+
+static int http_accept_done(loop_future_t *f, void *userdata)
+{
+        void *res;
+
+        (void)userdata;
+        if (loop_future_result(f, &res) == 0) {
+                int cfd = ((const struct loop_sock_result *)res)->fd;
+
+                bench_nonblock(cfd);
+                http_setup_fd(cfd);
+                http_recv(http_conn_new(cfd));
+        } else {
+                http_errors++;
+        }
+        http_accept();
+        return 0;
+}
+
+static void http_accept(void)
+{
+        loop_future_t *f;
+
+        LOOP_CHECK(loop_sock_accept(loop, http_lfd, &f));
+        LOOP_CHECK(loop_future_add_done_callback(f, http_accept_done, NULL));
+        loop_future_unref(f);
+}
+
+static void bench_http(void)
+{
+        loop = new_loop();
+        http_lfd = http_listen();
+        LOOP_CHECK(loop_add_signal_handler(loop, SIGTERM, http_stop_cb, NULL));
+        if (opts.variant) {
+                bench_note("futures: loop_sock_accept, loop_sock_recv_into, loop_sock_sendall");
+                http_accept();
+        } else {
+                bench_note("readers: loop_add_reader, read(2), write(2)");
+                LOOP_CHECK(loop_add_reader(loop, http_lfd, http_accept_cb, NULL));
+        }
+        LOOP_CHECK(loop_run_forever(loop));
+        http_report();
+        /* exit without loop_close(): the pending operations die with the
+         * process, and no done callback runs on a closing loop */
+        exit(0);
+}
+
 /* "bench_libloop proactor" exits 0 when loop_proactor_loop_new() works here. */
 static void probe_proactor(void)
 {
@@ -576,6 +894,11 @@ int main(int argc, char **argv)
                 { "xthread", bench_xthread },
                 { "pingpong", bench_pingpong },
                 { "echo", bench_echo },
+                { "coldtimers", bench_coldtimers },
+                { "memtimers", bench_memory },
+                { "memfds", bench_memory },
+                { "lateness", bench_lateness },
+                { "http", bench_http },
                 { "selectors", list_selectors },
                 { "proactor", probe_proactor },
         };

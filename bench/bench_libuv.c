@@ -16,9 +16,19 @@
  *   pingpong  one loop per thread, a uv_async_t each.
  *   echo      uv_poll_t on both sockets (readiness, like loop_add_reader;
  *             not uv_tcp_t's read/write requests), one loop, one thread.
+ *   coldtimers  the timers of "timers" on a fresh loop, then again warm
+ *             (uv_timer_init untimed, before the cold run).
+ *   memtimers, memfds  uv_timer_t + uv_timer_init + uv_timer_start;
+ *             uv_poll_t + uv_poll_init_socket + uv_poll_start (the handles
+ *             are the caller's memory and are counted).
+ *   lateness  uv_timer_start, counting from uv_now() (cached, in ms).
+ *   http      uv_tcp_t as a libuv server uses it: uv_listen, uv_accept,
+ *             uv_read_start into the connection's buffer, uv_try_write;
+ *             uv_signal_t for SIGTERM.
  */
 #include "bench.h"
 
+#include <signal.h>
 #include <stdatomic.h>
 
 #include <uv.h>
@@ -434,6 +444,229 @@ static void bench_echo(void)
         fini_loop(loop);
 }
 
+/* ---- cold timers --------------------------------------------------------------- */
+
+static BENCH_NOINLINE void uv_cold_pass(void)
+{
+        uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void bench_coldtimers(void)
+{
+        static const struct cold_timer_ops ops = {
+                .schedule = uv_timer_schedule, .cancel = uv_timer_cancel,
+                .pass = uv_cold_pass,
+        };
+        long n = bench_default(opts.n, 1000000);
+
+        timers = calloc((size_t)n, sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        init_loop(loop);
+        for (long i = 0; i < n; i++)
+                UV_CHECK(uv_timer_init(loop, &timers[i]));
+        bench_note("uv_update_time once per batch, uv_timer_start (handles uv_timer_init'ed before, "
+                   "untimed: that touches the caller's memory); cancel = uv_timer_stop");
+        cold_timer_bench(&opts, &ops);
+        fini_loop(loop);
+        free(timers);
+}
+
+/* ---- memory ---------------------------------------------------------------------- */
+
+static void mem_poll_cb(uv_poll_t *h, int status, int events)
+{
+        (void)h;
+        (void)status;
+        (void)events;
+}
+
+static void uv_mem_timers(long n, const uint32_t *d)
+{
+        timers = malloc((size_t)n * sizeof(*timers));
+        if (!timers)
+                bench_die("out of memory");
+        for (long i = 0; i < n; i++)
+                UV_CHECK(uv_timer_init(loop, &timers[i]));
+        uv_timer_schedule(n, d);
+}
+
+static void uv_mem_fds(const int *fds, long nfds)
+{
+        uv_poll_t *p = malloc((size_t)nfds * sizeof(*p));
+
+        if (!p)
+                bench_die("out of memory");
+        for (long i = 0; i < nfds; i++) {
+                UV_CHECK(uv_poll_init_socket(loop, &p[i], fds[i]));
+                UV_CHECK(uv_poll_start(&p[i], UV_READABLE, mem_poll_cb));
+        }
+        uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static void bench_memory(void)
+{
+        static const struct mem_ops ops = {
+                .timers = uv_mem_timers, .fds = uv_mem_fds,
+                .caller_timer = sizeof(uv_timer_t), .caller_fd = sizeof(uv_poll_t),
+        };
+
+        init_loop(loop);
+        bench_note("timer: uv_timer_t (the caller's) + uv_timer_init + uv_timer_start; "
+                   "fd: uv_poll_t (the caller's) + uv_poll_init_socket + uv_poll_start");
+        mem_bench(&opts, &ops);
+}
+
+/* ---- timer lateness ---------------------------------------------------------------- */
+
+static uv_timer_t *late_t;
+
+static void late_cb(uv_timer_t *t)
+{
+        late_fire(t - late_t);
+}
+
+static void uv_late_pass(void)
+{
+        uv_run(loop, UV_RUN_NOWAIT);
+}
+
+static int64_t uv_late_schedule(long i, uint32_t d)
+{
+        UV_CHECK(uv_timer_init(loop, &late_t[i]));
+        UV_CHECK(uv_timer_start(&late_t[i], late_cb, d, 0));
+        return ((int64_t)uv_now(loop) + (int64_t)d) * 1000000;
+}
+
+static void uv_late_run(void)
+{
+        uv_run(loop, UV_RUN_DEFAULT);
+}
+
+static void bench_lateness(void)
+{
+        static const struct late_ops ops = {
+                .pass = uv_late_pass, .schedule = uv_late_schedule, .run = uv_late_run,
+        };
+
+        init_loop(loop);
+        late_t = calloc((size_t)bench_default(opts.n, 10000), sizeof(*late_t));
+        if (!late_t)
+                bench_die("out of memory");
+        bench_note("uv_timer_start counts from uv_now(), the loop's cached time in ms "
+                   "(CLOCK_MONOTONIC_COARSE where that is fine enough); due = (uv_now() + delay) ms");
+        late_bench(&opts, &ops);
+        fini_loop(loop);
+        free(late_t);
+}
+
+/* ---- HTTP server: uv_tcp_t, the API a libuv server uses ---------------------------- */
+
+struct uv_conn {
+        uv_tcp_t tcp;
+        struct http_conn c;
+};
+
+static void http_free_cb(uv_handle_t *h)
+{
+        free(h->data);
+}
+
+static void http_alloc_cb(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+        struct uv_conn *uc = h->data;
+
+        (void)suggested;
+        buf->base = uc->c.buf + uc->c.len;
+        buf->len = sizeof(uc->c.buf) - uc->c.len;
+}
+
+static void http_read_cb(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+        struct uv_conn *uc = s->data;
+        long reqs;
+
+        (void)buf;
+        if (nread == 0)
+                return;
+        if (nread < 0) {
+                if (nread != UV_EOF)
+                        http_errors++;
+                uv_close((uv_handle_t *)s, http_free_cb);
+                return;
+        }
+        uc->c.len += (size_t)nread;
+        reqs = http_parse(&uc->c, (size_t)nread);
+        if (reqs < 0) {
+                http_errors++;
+                uv_close((uv_handle_t *)s, http_free_cb);
+                return;
+        }
+        http_served += reqs;
+        while (reqs > 0) {
+                long b = reqs < HTTP_MAX_BATCH ? reqs : HTTP_MAX_BATCH;
+                uv_buf_t out = uv_buf_init(http_out, (unsigned)(b * HTTP_RESPONSE_LEN));
+                int w = uv_try_write(s, &out, 1);
+
+                /* the rest, if any, as the other programs do it */
+                if (w < 0 && w != UV_EAGAIN) {
+                        http_errors++;
+                        return;
+                }
+                if (w < 0)
+                        w = 0;
+                if ((size_t)w < out.len) {
+                        http_short_writes++;
+                        http_write_all(uc->c.fd, out.base + w, out.len - (size_t)w);
+                }
+                reqs -= b;
+        }
+}
+
+static void http_connection_cb(uv_stream_t *server, int status)
+{
+        struct uv_conn *uc;
+
+        if (status < 0)
+                return;
+        uc = malloc(sizeof(*uc));
+        if (!uc)
+                bench_die("out of memory");
+        UV_CHECK(uv_tcp_init(loop, &uc->tcp));
+        uc->tcp.data = uc;
+        uc->c.len = 0;
+        if (uv_accept(server, (uv_stream_t *)&uc->tcp) < 0) {
+                uv_close((uv_handle_t *)&uc->tcp, http_free_cb);
+                return;
+        }
+        UV_CHECK(uv_fileno((uv_handle_t *)&uc->tcp, &uc->c.fd));
+        http_setup_fd(uc->c.fd);
+        UV_CHECK(uv_read_start((uv_stream_t *)&uc->tcp, http_alloc_cb, http_read_cb));
+}
+
+static void http_stop_cb(uv_signal_t *h, int signum)
+{
+        (void)signum;
+        uv_stop(h->loop);
+}
+
+static void bench_http(void)
+{
+        uv_tcp_t server;
+        uv_signal_t sig;
+
+        init_loop(loop);
+        UV_CHECK(uv_tcp_init(loop, &server));
+        UV_CHECK(uv_tcp_open(&server, http_listen()));
+        UV_CHECK(uv_listen((uv_stream_t *)&server, 4096, http_connection_cb));
+        UV_CHECK(uv_signal_init(loop, &sig));
+        UV_CHECK(uv_signal_start(&sig, http_stop_cb, SIGTERM));
+        bench_note("uv_tcp_t: uv_listen, uv_accept, uv_read_start, uv_try_write");
+        uv_run(loop, UV_RUN_DEFAULT);
+        http_report();
+        exit(0);
+}
+
 int main(int argc, char **argv)
 {
         static const struct bench_workload workloads[] = {
@@ -443,6 +676,11 @@ int main(int argc, char **argv)
                 { "xthread", bench_xthread },
                 { "pingpong", bench_pingpong },
                 { "echo", bench_echo },
+                { "coldtimers", bench_coldtimers },
+                { "memtimers", bench_memory },
+                { "memfds", bench_memory },
+                { "lateness", bench_lateness },
+                { "http", bench_http },
         };
 
         return bench_main(argc, argv, &opts, workloads, sizeof(workloads) / sizeof(workloads[0]));

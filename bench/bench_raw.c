@@ -16,10 +16,13 @@
  *             sleeps in epoll_wait and swaps the vector out. Every post runs.
  *   pingpong  two threads, each asleep in epoll_wait on its own eventfd.
  *   echo      epoll on both ends of the connection.
+ *   http      epoll (level-triggered) on the listening socket and on every
+ *             connection; read(2) and write(2).
  */
 #include "bench.h"
 
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
@@ -446,6 +449,50 @@ static void print_maxpairs(void)
         printf("%ld %ld\n", ring_max_pairs(RING_HEADROOM), bench_raise_nofile());
 }
 
+/* ---- HTTP server: epoll, level-triggered -------------------------------------- */
+
+static void bench_http(void)
+{
+        struct epoll_event evs[MAX_EVENTS];
+        sigset_t block, wait_mask;
+        int ep = xepoll_create(), lfd = http_listen();
+        struct http_conn listener = { .fd = lfd };
+
+        /* SIGTERM is delivered only inside epoll_pwait, which then fails
+         * with EINTR: no race between checking a flag and sleeping. */
+        sigemptyset(&block);
+        sigaddset(&block, SIGTERM);
+        sigprocmask(SIG_BLOCK, &block, &wait_mask);
+        sigdelset(&wait_mask, SIGTERM);
+        signal(SIGTERM, http_on_term);
+        bench_note("epoll_wait (level-triggered), read(2), write(2)");
+        xepoll_add(ep, lfd, (uint64_t)(uintptr_t)&listener);
+        while (!http_term) {
+                int k = epoll_pwait(ep, evs, MAX_EVENTS, -1, &wait_mask);
+
+                if (k < 0 && errno != EINTR)
+                        bench_die("epoll_wait: %s", strerror(errno));
+                for (int i = 0; i < k; i++) {
+                        struct http_conn *c = (void *)(uintptr_t)evs[i].data.u64;
+
+                        if (c == &listener) {
+                                int cfd;
+
+                                while ((cfd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+                                        http_setup_fd(cfd);
+                                        xepoll_add(ep, cfd, (uint64_t)(uintptr_t)http_conn_new(cfd));
+                                }
+                        } else if (http_on_readable(c) < 0) {
+                                epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+                                close(c->fd);
+                                free(c);
+                        }
+                }
+        }
+        http_report();
+        exit(0);
+}
+
 int main(int argc, char **argv)
 {
         static const struct bench_workload workloads[] = {
@@ -454,6 +501,7 @@ int main(int argc, char **argv)
                 { "xthread", bench_xthread },
                 { "pingpong", bench_pingpong },
                 { "echo", bench_echo },
+                { "http", bench_http },
                 { "maxpairs", print_maxpairs },
         };
 
