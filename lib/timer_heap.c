@@ -187,7 +187,7 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap) {
  * handle's place in the pool, so the pass walks the handles in memory
  * order instead of missing on every one.
  */
-static void purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx) {
+static __attribute__((noinline)) void purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx) {
         uint32_t kept = 0;
 
         for (uint32_t i = 0; i < heap->n; i++) {
@@ -219,6 +219,7 @@ void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_he
                 return;
         heap->cancelled[id / 64] |= UINT64_C(1) << (id % 64);
         heap->n_cancelled++;
+        /* purge() is out of line: cancel's own path saves no registers. */
         if (heap->n_cancelled >= PURGE_MIN && heap->n_cancelled > heap->n / 2)
                 purge(heap, drop, ctx);
 }
