@@ -8,6 +8,7 @@
 #ifndef _WIN32
 #include <netinet/in.h>
 #endif
+#include <pthread.h>
 #include <signal.h>
 #ifndef _WIN32
 #include <sys/wait.h>
