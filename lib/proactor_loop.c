@@ -1456,12 +1456,9 @@ static int proactor_poll(loop_t *loop, int64_t timeout_ns) {
 
         pl->n_events = 0;
         queue_probes(pl);
-        int r = pl_wait(pl, timeout_ns, NULL);
         /* A backend that wakes the loop itself (IOCP's posted packet) gives
-         * no completion for it: the posts are looked for after every wait
-         * (one load when there are none). */
-        if (r >= 0 && loop->wake)
-                loop__threadsafe_poll(loop);
+         * no completion for it: iterate() takes the posts after every wait. */
+        int r = pl_wait(pl, timeout_ns, NULL);
         /* The loop's metrics count readiness events: callbacks queued and
          * operations completed, not raw completions (a probe and its
          * multishot request completing together are one event). */

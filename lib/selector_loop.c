@@ -406,16 +406,15 @@ static int selector_poll(loop_t *loop, int64_t timeout_ns) {
         /*
          * A loop that must not wait and watches nothing but its wake-up
          * descriptor has nothing to ask the kernel: what a wait would
-         * report, the call_soon_threadsafe ring says directly. A run of
-         * call_soon callbacks then costs no system call per iteration.
+         * report, the call_soon_threadsafe ring says directly, and
+         * iterate() reads it after every wait. A run of call_soon
+         * callbacks then costs no system call per iteration.
          * Not when embedded: a wake-up written after this check would keep
          * the outer loop's poll on loop_fileno() readable, and only a wait
          * reads it.
          */
-        if (timeout_ns == 0 && sl->n_watched == 0 && !sl->embedded) {
-                loop__threadsafe_poll(loop);
+        if (timeout_ns == 0 && sl->n_watched == 0 && !sl->embedded)
                 return 0;
-        }
         return sl->sel->ops->select(sl->sel->state, timeout_ns, on_ready, sl);
 }
 
