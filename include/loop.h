@@ -371,6 +371,131 @@ int loop_sock_sendto(loop_t *loop, int fd, const void *data, size_t size, const 
                      socklen_t addrlen, loop_future_t **ret);
 int loop_sock_recvfrom(loop_t *loop, int fd, size_t nbytes, loop_future_t **ret);
 
+/*
+ * Transports and protocols (asyncio's Transport/Protocol pair, over both
+ * loop families): see loop_transport(7).
+ *
+ * A protocol is a table of callbacks and the caller's pointer. The loop
+ * calls them, never from inside the call that caused them: connection_made
+ * first, exactly once; then data_received (or, for a buffered protocol,
+ * get_buffer and buffer_updated), eof_received, pause_writing and
+ * resume_writing; and connection_lost exactly once, last. Every member may
+ * be NULL (asyncio's base class: nothing; a NULL eof_received closes), but
+ * get_buffer and buffer_updated go together. A callback that returns a
+ * negative errno value has "raised": the error goes to the loop's exception
+ * handler and the transport is aborted, and connection_lost gets the error.
+ */
+typedef struct loop_transport loop_transport_t;
+typedef struct loop_server loop_server_t;
+
+struct loop_protocol_ops {
+        size_t size;    /* sizeof(struct loop_protocol_ops) as the caller knew it */
+        int (*connection_made)(loop_transport_t *transport, void *userdata);
+        /* The bytes are valid during the call only. */
+        int (*data_received)(loop_transport_t *transport, const void *data, size_t size, void *userdata);
+        /* The peer will send no more. Return > 0 to keep the transport
+         * open for writing, 0 to close it (flushing what is buffered). */
+        int (*eof_received)(loop_transport_t *transport, void *userdata);
+        /* error: 0 after an EOF, close or abort; else the negative errno
+         * value that ended the connection. The transport is still valid
+         * during the call; nothing is called after it. */
+        int (*connection_lost)(loop_transport_t *transport, int error, void *userdata);
+        int (*pause_writing)(loop_transport_t *transport, void *userdata);
+        int (*resume_writing)(loop_transport_t *transport, void *userdata);
+        /* Buffered protocol (asyncio.BufferedProtocol): get_buffer hands
+         * out memory for at least one byte (size_hint is what the transport
+         * would like, 0 for no preference); buffer_updated says how many
+         * bytes arrived at its start. */
+        int (*get_buffer)(loop_transport_t *transport, size_t size_hint, void **buf, size_t *size, void *userdata);
+        int (*buffer_updated)(loop_transport_t *transport, size_t nbytes, void *userdata);
+};
+
+/* One piece of a loop_transport_writev(). */
+struct loop_iovec {
+        const void *base;
+        size_t len;
+};
+
+/* loop_transport_set_write_buffer_limits(): asyncio's None. */
+#define LOOP_TRANSPORT_DEFAULT_LIMIT ((size_t) -1)
+
+loop_transport_t *loop_transport_ref(loop_transport_t *transport);
+loop_transport_t *loop_transport_unref(loop_transport_t *transport);
+loop_t *loop_transport_get_loop(const loop_transport_t *transport);
+int loop_transport_get_fd(const loop_transport_t *transport);
+int loop_transport_get_peername(const loop_transport_t *transport, struct sockaddr *addr, socklen_t *addrlen);
+int loop_transport_get_sockname(const loop_transport_t *transport, struct sockaddr *addr, socklen_t *addrlen);
+int loop_transport_set_protocol(loop_transport_t *transport, const struct loop_protocol_ops *ops, void *userdata);
+const struct loop_protocol_ops *loop_transport_get_protocol(const loop_transport_t *transport, void **userdata);
+int loop_transport_write(loop_transport_t *transport, const void *data, size_t size);
+int loop_transport_writev(loop_transport_t *transport, const struct loop_iovec *iov, size_t n);
+int loop_transport_write_eof(loop_transport_t *transport);
+int loop_transport_can_write_eof(const loop_transport_t *transport);
+int loop_transport_close(loop_transport_t *transport);
+int loop_transport_abort(loop_transport_t *transport);
+int loop_transport_is_closing(const loop_transport_t *transport);
+int loop_transport_pause_reading(loop_transport_t *transport);
+int loop_transport_resume_reading(loop_transport_t *transport);
+int loop_transport_is_reading(const loop_transport_t *transport);
+int loop_transport_set_write_buffer_limits(loop_transport_t *transport, size_t high, size_t low);
+int loop_transport_get_write_buffer_limits(const loop_transport_t *transport, size_t *low, size_t *high);
+size_t loop_transport_get_write_buffer_size(const loop_transport_t *transport);
+
+/* Streams: asyncio's create_connection, create_server and their kin. The
+ * futures' results are a loop_transport_t * or a loop_server_t * that the
+ * future owns (take a reference to keep it beyond the future). */
+struct loop_connection_options {
+        size_t size;                    /* sizeof(struct loop_connection_options) */
+        int family;                     /* for getaddrinfo: AF_UNSPEC (0), AF_INET, AF_INET6 */
+        int flags;                      /* getaddrinfo's ai_flags */
+        const struct sockaddr *local_addr;      /* bind there first, or NULL */
+        socklen_t local_addrlen;
+        /* Happy eyeballs (RFC 8305, asyncio's happy_eyeballs_delay): > 0
+         * starts the next address's attempt this long after the previous
+         * one began, if none has won yet; 0 tries one address after the
+         * other. interleave: 0 is asyncio's default (1 with happy
+         * eyeballs: alternate the families, first family first). */
+        int64_t happy_eyeballs_delay_ns;
+        int interleave;
+};
+
+struct loop_server_options {
+        size_t size;                    /* sizeof(struct loop_server_options) */
+        int family;                     /* for getaddrinfo: AF_UNSPEC (0), AF_INET, AF_INET6 */
+        int flags;                      /* getaddrinfo's ai_flags; AI_PASSIVE is always added */
+        int backlog;                    /* listen(2)'s; 0: 100, asyncio's default */
+        int reuse_address;              /* SO_REUSEADDR: < 0 off, > 0 on, 0 asyncio's default (on, but not on Windows) */
+        int reuse_port;                 /* SO_REUSEPORT: > 0 on */
+        int defer_serving;              /* > 0: accept only after loop_server_start_serving() */
+};
+
+typedef int (*loop_protocol_factory_t)(loop_server_t *server, const struct loop_protocol_ops **ops, void **userdata,
+                                       void *factory_userdata);
+
+int loop_create_connection(loop_t *loop, const struct loop_protocol_ops *ops, void *userdata, const char *host,
+                           const char *port, const struct loop_connection_options *options, loop_future_t **ret);
+int loop_create_unix_connection(loop_t *loop, const struct loop_protocol_ops *ops, void *userdata, const char *path,
+                                loop_future_t **ret);
+int loop_connect_accepted_socket(loop_t *loop, const struct loop_protocol_ops *ops, void *userdata, int fd,
+                                 loop_future_t **ret);
+int loop_create_server(loop_t *loop, loop_protocol_factory_t factory, void *userdata, const char *host,
+                       const char *port, const struct loop_server_options *options, loop_future_t **ret);
+int loop_create_unix_server(loop_t *loop, loop_protocol_factory_t factory, void *userdata, const char *path,
+                            const struct loop_server_options *options, loop_future_t **ret);
+int loop_server_new(loop_t *loop, loop_protocol_factory_t factory, void *userdata, const int *fds, size_t n_fds,
+                    const struct loop_server_options *options, loop_server_t **ret);
+loop_server_t *loop_server_ref(loop_server_t *server);
+loop_server_t *loop_server_unref(loop_server_t *server);
+loop_t *loop_server_get_loop(const loop_server_t *server);
+int loop_server_start_serving(loop_server_t *server);
+int loop_server_is_serving(const loop_server_t *server);
+int loop_server_close(loop_server_t *server);
+int loop_server_close_clients(loop_server_t *server);
+int loop_server_abort_clients(loop_server_t *server);
+int loop_server_wait_closed(loop_server_t *server, loop_future_t **ret);
+int loop_server_get_fds(const loop_server_t *server, int *fds, size_t n);
+size_t loop_server_get_connections(const loop_server_t *server);
+
 /* Child processes */
 typedef int (*loop_child_callback_t)(loop_t *loop, pid_t pid, int status, void *userdata);
 

@@ -204,6 +204,9 @@ struct loop__sock_call {
         int fd;
         void *buf;                      /* recv_into: the caller's buffer */
         const void *data;               /* sendall, sendto: the caller's bytes, valid during the call only */
+        void *give;                     /* sendall, proactor loop only: data is at the start of this
+                                         * malloc'd block, which the operation takes over (frees) once
+                                         * sock_call returns 0; NULL: data is copied as needed */
         size_t size;                    /* bytes wanted, or to send */
         const struct sockaddr *addr;    /* sendto (may be NULL), connect */
         socklen_t addrlen;
@@ -251,6 +254,7 @@ struct loop {
         struct loop__executor *executor;
         struct loop__children *children;
         struct loop__sockets *sockets;
+        struct loop__transports *transports;
 
         /* Metrics (loop_get_metrics) */
         uint64_t n_iterations, n_callbacks, n_events;
@@ -386,6 +390,7 @@ struct loop__close_hook {
         struct loop__close_hook *next;
 };
 void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook);
+void loop__remove_close_hook(loop_t *loop, struct loop__close_hook *hook);
 
 /*
  * executor.c: loop_run_in_executor(), and in addition free_arg(arg) runs (in
@@ -401,6 +406,13 @@ int loop__executor_submit(loop_t *loop, loop_executor_fn_t fn, void *arg, void (
  * replace: -1 and errno. */
 int loop__accept_nonblock(int fd, struct sockaddr *addr, socklen_t *addrlen); /* O_NONBLOCK, FD_CLOEXEC */
 int loop__pipe_cloexec(int p[2], bool nonblock);
+/* posix.c, win32.c: a socket with O_NONBLOCK and FD_CLOEXEC (overlapped
+ * on Windows), or a negative errno. */
+int loop__socket_nonblock(int domain, int type, int protocol);
+#ifndef LOOP_WINDOWS
+/* posix.c (win32.h has Windows' one): O_NONBLOCK on; 0 or -1 and errno. */
+int loop__set_nonblock(int fd);
+#endif
 /* posix.c, win32.c: 0 if fd is open (fcntl F_GETFD; on Windows, a socket),
  * else a negative errno (-EBADF; on Windows -ENOTSOCK for a handle that is
  * open but no socket). */

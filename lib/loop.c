@@ -293,6 +293,16 @@ void loop__add_close_hook(loop_t *loop, struct loop__close_hook *hook) {
         loop->close_hooks = hook;
 }
 
+/* For a component whose state ends before the loop (a connection attempt). */
+void loop__remove_close_hook(loop_t *loop, struct loop__close_hook *hook) {
+        for (struct loop__close_hook **p = &loop->close_hooks; *p; p = &(*p)->next)
+                if (*p == hook) {
+                        *p = hook->next;
+                        hook->next = NULL;
+                        return;
+                }
+}
+
 /*
  * loop_stop() may come from any thread. Sequentially consistent, paired
  * with the exchange that sets `running` (enter()): either the stopping

@@ -33,7 +33,7 @@
 #define USE_ACCEPT4 1
 #endif
 
-#if !defined(USE_ACCEPT4) || !defined(HAVE_PIPE2)
+#if !defined(USE_ACCEPT4) || !defined(HAVE_PIPE2) || !defined(HAVE_SOCK_NONBLOCK_CLOEXEC)
 /* FD_CLOEXEC, and O_NONBLOCK if asked; -1 and errno if fcntl failed. */
 static int set_fd_flags(int fd, bool nonblock) {
         if (fcntl(fd, F_SETFD, FD_CLOEXEC) < 0)
@@ -71,6 +71,32 @@ int loop__accept_nonblock(int fd, struct sockaddr *addr, socklen_t *addrlen) {
         }
         return nfd;
 #endif
+}
+
+int loop__socket_nonblock(int domain, int type, int protocol) {
+#ifdef HAVE_SOCK_NONBLOCK_CLOEXEC
+        int fd = socket(domain, type | SOCK_NONBLOCK | SOCK_CLOEXEC, protocol);
+        return fd < 0 ? -errno : fd;
+#else
+        int fd = socket(domain, type, protocol);
+
+        if (fd < 0)
+                return -errno;
+        if (set_fd_flags(fd, true) < 0) {
+                int e = errno;
+                close(fd);
+                return -e;
+        }
+        return fd;
+#endif
+}
+
+int loop__set_nonblock(int fd) {
+        int fl = fcntl(fd, F_GETFL);
+
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)
+                return -1;
+        return 0;
 }
 
 int loop__pipe_cloexec(int p[2], bool nonblock) {

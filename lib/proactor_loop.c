@@ -1296,18 +1296,31 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                         do
                                 n = loop__send(fd, call->data, call->size, SEND_FLAGS);
                         while (n < 0 && errno == EINTR);
-                        if (n < 0 && !would_block(errno))
-                                return -errno;
+                        if (n < 0 && !would_block(errno)) {
+                                int e = errno;
+                                /* Other errors fail the future (sock_call
+                                 * returns 0): give is ours to free then. */
+                                if (e != EBADF && e != ENOTSOCK)
+                                        free(call->give);
+                                return -e;
+                        }
                         if (n < 0)
                                 n = 0;
                 }
                 if ((size_t) n == call->size) {
                         op->res->nbytes = call->size;
+                        free(call->give);
                         return 1;
+                }
+                op->size = call->size - (size_t) n;
+                if (call->give) {
+                        /* A transport's buffer, ours now: no copy. */
+                        op->buf = call->give;
+                        op->off = (size_t) n;
+                        return 0;
                 }
                 /* Only the rest is copied: the caller's buffer is only
                  * valid during the call. */
-                op->size = call->size - (size_t) n;
                 op->buf = malloc(op->size);
                 if (!op->buf)
                         return -ENOMEM;

@@ -188,6 +188,20 @@ int loop__set_nonblock(int fd) {
         return ioctlsocket((SOCKET) fd, FIONBIO, &on) == SOCKET_ERROR ? loop__wsa_fail() : 0;
 }
 
+int loop__socket_nonblock(int domain, int type, int protocol) {
+        /* Overlapped (for the completion port) and not inheritable. */
+        SOCKET s = WSASocketW(domain, type, protocol, NULL, 0, WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+
+        if (s == INVALID_SOCKET)
+                return -loop__errno_from_wsa(WSAGetLastError());
+        if (loop__set_nonblock((int) s) < 0) {
+                int e = errno;
+                closesocket(s);
+                return -e;
+        }
+        return (int) s;
+}
+
 int loop__accept_nonblock(int fd, struct sockaddr *addr, socklen_t *addrlen) {
         /* An accepted socket has the listener's properties, non-blocking
          * among them, but only if the listener is: set it anyway. Sockets

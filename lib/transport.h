@@ -1,0 +1,108 @@
+/* SPDX-License-Identifier: MIT */
+#pragma once
+
+/*
+ * Stream transports (transport.c) and the two ways of moving their bytes:
+ * readiness (transport_sel.c: readers, writers and non-blocking send/recv,
+ * asyncio's _SelectorSocketTransport) and completions (transport_pro.c:
+ * the proactor loop's receive and send operations,
+ * _ProactorSocketTransport). transport.c owns everything the protocol
+ * sees (the write buffer, the water marks, the order of callbacks, closing);
+ * a driver only moves bytes and tells the core what happened.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "internal.h"
+
+/* Bytes accepted by write() and not yet given to the kernel: [head, head+len). */
+struct loop__wbuf {
+        char *base;
+        size_t head, len, cap;
+};
+
+struct loop__transport_driver {
+        /* Start receiving (connection_made has run, reading is wanted). */
+        int (*start)(loop_transport_t *t);
+        /* Stop or go on receiving; the core calls it on changes only. */
+        int (*set_reading)(loop_transport_t *t, bool on);
+        /* Nothing is buffered or in flight: send what can be sent of data
+         * now and return how much was taken; the core buffers the rest in
+         * t->wbuf, which the driver then flushes by itself. An error goes
+         * to loop__transport_fatal (and everything counts as taken). */
+        size_t (*write)(loop_transport_t *t, const void *data, size_t n);
+        /* t->wbuf holds bytes and nothing is in flight: as write, from t->wbuf. */
+        void (*flush)(loop_transport_t *t);
+        /* Bytes the kernel has not confirmed yet beyond t->wbuf (a send in flight). */
+        size_t (*inflight)(const loop_transport_t *t);
+        /* Stop every operation on t->fd for good (before it is closed). */
+        void (*stop)(loop_transport_t *t);
+        /* Release the driver's memory (last reference gone). */
+        void (*free)(loop_transport_t *t);
+};
+
+extern LOOP_HIDDEN const struct loop__transport_driver loop__transport_sel;
+extern LOOP_HIDDEN const struct loop__transport_driver loop__transport_pro;
+
+struct loop__transports;
+
+struct loop_transport {
+        unsigned n_ref;
+        loop_t *loop;
+        int fd;                         /* -1 once closed */
+        const struct loop__transport_driver *drv;
+        void *drv_state;
+
+        struct loop_protocol_ops proto; /* the caller's, missing members NULL */
+        void *userdata;
+
+        struct loop__wbuf wbuf;
+        size_t high, low;
+
+        bool made;                      /* connection_made has run */
+        bool reading;                   /* the driver receives */
+        bool paused;                    /* pause_reading() */
+        bool closing;                   /* close() or abort(), or lost */
+        bool lost;                      /* connection_lost is scheduled or ran */
+        bool lost_done;                 /* connection_lost ran (or never will) */
+        bool eof_wanted;                /* write_eof() */
+        bool eof_sent;
+        bool writing_paused;            /* pause_writing() called, resume_writing() not yet */
+        bool peer_eof;                  /* eof received */
+        bool reader_on, writer_on;      /* transport_sel.c: registered with the loop */
+        int lost_error;
+
+        loop_future_t *waiter;          /* completed after connection_made, or NULL */
+        loop_server_t *server;          /* the server that accepted it, a reference, or NULL */
+
+        loop_transport_t *prev, *next;  /* every open transport of the loop */
+        loop_transport_t *sprev, *snext;        /* its server's connections */
+};
+
+/* For drivers. */
+void loop__transport_received(loop_transport_t *t, const void *data, size_t n);
+void loop__transport_eof(loop_transport_t *t);
+void loop__transport_fatal(loop_transport_t *t, int error);
+void loop__transport_sent(loop_transport_t *t);
+int loop__transport_recv_buffer(loop_t *loop, void **buf, size_t *size);
+bool loop__transport_buffered(const loop_transport_t *t);
+int loop__transport_get_buffer(loop_transport_t *t, size_t hint, void **buf, size_t *size);
+void loop__transport_buffer_updated(loop_transport_t *t, size_t n);
+
+/* For connect.c and server.c: a transport over fd (a connected, non-blocking
+ * stream socket), owned by the transport from a successful return on. The
+ * protocol's connection_made is scheduled, then waiter (if not NULL) is
+ * completed with the transport. */
+int loop__transport_new(loop_t *loop, int fd, const struct loop_protocol_ops *ops, void *userdata,
+                        loop_server_t *server, loop_future_t *waiter, loop_transport_t **ret);
+int loop__protocol_check(const struct loop_protocol_ops *ops);
+
+/* server.c: a connection of server ended (connection_lost ran). */
+void loop__server_connection_gone(loop_server_t *server, loop_transport_t *t);
+void loop__server_connection_add(loop_server_t *server, loop_transport_t *t);
+
+/* Write buffer */
+int loop__wbuf_append(struct loop__wbuf *b, const void *data, size_t n);
+void loop__wbuf_consume(struct loop__wbuf *b, size_t n);
+void loop__wbuf_free(struct loop__wbuf *b);
