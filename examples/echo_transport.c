@@ -6,10 +6,14 @@
  * sends its messages, checks every echo and closes. Both run in one loop,
  * on 127.0.0.1 and a port the kernel picks.
  *
- *     echo_transport [--proactor] [--serve PORT]
+ *     echo_transport [--proactor] [--tls CERT KEY] [--serve PORT]
  *
  * --proactor runs it on the proactor loop (io_uring on Linux, IOCP on
  * Windows); the program is otherwise the same on both loop families.
+ * --tls serves TLS with that certificate and key (PEM files), and the
+ * built-in client trusts CERT and checks that it names "localhost":
+ * only the server's and client's options change, not their protocols.
+ * With --serve, try `openssl s_client -connect 127.0.0.1:PORT`.
  * --serve PORT serves on 127.0.0.1:PORT until Ctrl-C (SIGINT) instead of
  * running the built-in client; try it with `nc 127.0.0.1 PORT`. Build
  * against an installed libloop with
@@ -147,7 +151,8 @@ static int on_sigint(loop_t *loop, int signum, void *userdata) {
 
 int main(int argc, char **argv) {
         bool proactor = false;
-        const char *serve = NULL;
+        const char *serve = NULL, *cert = NULL, *key = NULL;
+        loop_tls_context_t *server_tls = NULL, *client_tls = NULL;
         loop_t *loop = NULL;
         loop_future_t *f = NULL;
         loop_server_t *server;
@@ -158,8 +163,11 @@ int main(int argc, char **argv) {
                         proactor = true;
                 else if (strcmp(argv[i], "--serve") == 0 && i + 1 < argc)
                         serve = argv[++i];
-                else {
-                        fprintf(stderr, "usage: echo_transport [--proactor] [--serve PORT]\n");
+                else if (strcmp(argv[i], "--tls") == 0 && i + 2 < argc) {
+                        cert = argv[++i];
+                        key = argv[++i];
+                } else {
+                        fprintf(stderr, "usage: echo_transport [--proactor] [--tls CERT KEY] [--serve PORT]\n");
                         return 2;
                 }
         }
@@ -171,7 +179,21 @@ int main(int argc, char **argv) {
         if (r < 0)
                 die(r, "loop");
 
-        r = loop_create_server(loop, factory, NULL, "127.0.0.1", serve ? serve : "0", NULL, &f);
+        if (cert) {
+                r = loop_tls_context_new_server(cert, key, &server_tls);
+                if (r == 0)
+                        r = loop_tls_context_new_client(&client_tls);
+                if (r == 0)
+                        r = loop_tls_context_load_verify_locations(client_tls, cert, NULL);
+                if (r == -EOPNOTSUPP) {
+                        fprintf(stderr, "echo_transport: no TLS in this libloop (OpenSSL missing)\n");
+                        return 77;
+                }
+                if (r < 0)
+                        die(r, "TLS context");
+        }
+        struct loop_server_options sopts = { .size = sizeof(sopts), .tls = server_tls };
+        r = loop_create_server(loop, factory, NULL, "127.0.0.1", serve ? serve : "0", &sopts, &f);
         if (r < 0 || (r = loop_run_until_complete(loop, f)) < 0)
                 die(r, "create_server");
         loop_future_result(f, (void **) &server);
@@ -199,7 +221,12 @@ int main(int argc, char **argv) {
                 if (r < 0)
                         die(r, "future");
                 /* The future completes once connection_made has run. */
-                r = loop_create_connection(loop, &client_protocol, &c, "127.0.0.1", port, NULL, &f);
+                struct loop_connection_options copts = {
+                        .size = sizeof(copts),
+                        .tls = client_tls,
+                        .server_hostname = client_tls ? "localhost" : NULL,
+                };
+                r = loop_create_connection(loop, &client_protocol, &c, "127.0.0.1", port, &copts, &f);
                 if (r < 0 || (r = loop_run_until_complete(loop, f)) < 0)
                         die(r, "create_connection");
                 f = loop_future_unref(f);
@@ -213,6 +240,8 @@ int main(int argc, char **argv) {
                 loop_future_unref(f);
         }
         loop_server_unref(server);
+        loop_tls_context_unref(server_tls);
+        loop_tls_context_unref(client_tls);
         loop_close(loop);
         loop_unref(loop);
         if (r < 0)

@@ -376,7 +376,9 @@ int loop_sock_recvfrom(loop_t *loop, int fd, size_t nbytes, loop_future_t **ret)
  * loop families): see loop_transport(7).
  *
  * A protocol is a table of callbacks and the caller's pointer. The loop
- * calls them, never from inside the call that caused them: connection_made
+ * calls them, never from inside the call that caused them (but for
+ * pause_writing, which the write that crosses the high-water mark calls,
+ * as in asyncio): connection_made
  * first, exactly once; then data_received (or, for a buffered protocol,
  * get_buffer and buffer_updated), eof_received, pause_writing and
  * resume_writing; and connection_lost exactly once, last. Every member may
@@ -457,6 +459,13 @@ struct loop_connection_options {
          * eyeballs: alternate the families, first family first). */
         int64_t happy_eyeballs_delay_ns;
         int interleave;
+        /* TLS over the connection (see loop_tls_context_new_client(3)):
+         * server_hostname (NULL: host) is sent as SNI and checked against
+         * the certificate; the handshake must end within
+         * tls_handshake_timeout_ns (0: 60 s, asyncio's). */
+        struct loop_tls_context *tls;
+        const char *server_hostname;
+        int64_t tls_handshake_timeout_ns;
 };
 
 struct loop_server_options {
@@ -467,7 +476,32 @@ struct loop_server_options {
         int reuse_address;              /* SO_REUSEADDR: < 0 off, > 0 on, 0 asyncio's default (on, but not on Windows) */
         int reuse_port;                 /* SO_REUSEPORT: > 0 on */
         int defer_serving;              /* > 0: accept only after loop_server_start_serving() */
+        struct loop_tls_context *tls;   /* TLS on every connection, or NULL */
+        int64_t tls_handshake_timeout_ns;       /* 0: 60 s */
 };
+
+/*
+ * TLS (OpenSSL, through memory BIOs: the same code on both loop families).
+ * libloop loads libssl the first time a context is made; a program that
+ * makes none never loads it. Without OpenSSL at build time or libssl at
+ * run time, the calls that make a context say -EOPNOTSUPP.
+ */
+typedef struct loop_tls_context loop_tls_context_t;
+
+int loop_tls_context_new_client(loop_tls_context_t **ret);
+int loop_tls_context_new_server(const char *cert_file, const char *key_file, loop_tls_context_t **ret);
+loop_tls_context_t *loop_tls_context_ref(loop_tls_context_t *ctx);
+loop_tls_context_t *loop_tls_context_unref(loop_tls_context_t *ctx);
+int loop_tls_context_load_verify_locations(loop_tls_context_t *ctx, const char *cafile, const char *capath);
+int loop_tls_context_set_verify(loop_tls_context_t *ctx, int verify);
+int loop_tls_context_set_check_hostname(loop_tls_context_t *ctx, int check);
+int loop_tls_context_set_alpn_protocols(loop_tls_context_t *ctx, const char *const *protocols, size_t n);
+void *loop_tls_context_get_ssl_ctx(loop_tls_context_t *ctx);
+int loop_start_tls(loop_transport_t *transport, const struct loop_protocol_ops *ops, void *userdata,
+                   loop_tls_context_t *ctx, int server_side, const char *server_hostname,
+                   int64_t handshake_timeout_ns, loop_future_t **ret);
+const char *loop_transport_get_alpn_protocol(const loop_transport_t *transport);
+void *loop_transport_get_ssl(const loop_transport_t *transport);
 
 typedef int (*loop_protocol_factory_t)(loop_server_t *server, const struct loop_protocol_ops **ops, void **userdata,
                                        void *factory_userdata);

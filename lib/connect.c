@@ -58,6 +58,7 @@ struct connector {
         int last_error;
         unsigned n_ref;                 /* 1 until it ends, + each done callback of ours queued */
         bool ended;
+        char *hostname;                 /* TLS: the name to ask for and check */
 };
 
 static int on_connected(loop_future_t *f, void *userdata);
@@ -65,6 +66,8 @@ static int on_connected(loop_future_t *f, void *userdata);
 static void connector_unref(struct connector *c) {
         if (--c->n_ref > 0)
                 return;
+        loop_tls_context_unref(c->opts.tls);
+        free(c->hostname);
         free(c->addrs);
         free(c->attempts);
         free(c);
@@ -236,7 +239,11 @@ static int on_connected(loop_future_t *f, void *userdata) {
         int fd = a->fd;
         a->fd = -1;
         c->n_live--;
-        r = loop__transport_new(c->loop, fd, &c->ops, c->userdata, NULL, c->result, NULL);
+        if (c->opts.tls)
+                r = loop__tls_wrap(c->loop, fd, c->opts.tls, false, c->hostname, c->opts.tls_handshake_timeout_ns,
+                                   &c->ops, c->userdata, NULL, c->result);
+        else
+                r = loop__transport_new(c->loop, fd, &c->ops, c->userdata, NULL, c->result, NULL);
         if (r < 0) {
                 loop__close_socket(fd);
                 fail(c, r);
@@ -246,51 +253,46 @@ static int on_connected(loop_future_t *f, void *userdata) {
         return 0;
 }
 
-/* RFC 8305 §4: alternate the families, the first address's family first. */
+/* RFC 8305 §4, as asyncio's _interleave_addrinfos: the first count - 1
+ * addresses of the first family, then one of each family in turn, the
+ * families in the order they first appear. */
 static void interleave(struct address *v, size_t n, int count) {
-        if (n < 3 || count <= 0)
+        if (n < 2 || count <= 0)
                 return;
         struct address *out = malloc(n * sizeof(*out));
         bool *used = calloc(n, sizeof(*used));
-        if (!out || !used) {
+        int *families = malloc(n * sizeof(*families));
+        if (!out || !used || !families) {
                 free(out);
                 free(used);
+                free(families);
                 return;         /* the order is a preference only */
         }
-        size_t k = 0;
-        int first = v[0].family;
-        while (k < n) {
-                for (int pass = 0; pass < 2 && k < n; pass++) {
-                        int taken = 0;
-                        for (size_t i = 0; i < n && taken < (pass == 0 ? count : 1); i++) {
-                                bool mine = (v[i].family == first) == (pass == 0);
-                                if (!used[i] && mine) {
-                                        used[i] = true;
-                                        out[k++] = v[i];
-                                        taken++;
-                                }
-                        }
-                }
-                /* One family exhausted: the rest in their order. */
-                bool any_first = false, any_other = false;
-                for (size_t i = 0; i < n; i++)
-                        if (!used[i]) {
-                                if (v[i].family == first)
-                                        any_first = true;
-                                else
-                                        any_other = true;
-                        }
-                if (!any_first || !any_other) {
-                        for (size_t i = 0; i < n; i++)
-                                if (!used[i]) {
-                                        used[i] = true;
-                                        out[k++] = v[i];
-                                }
-                }
+        size_t k = 0, n_fam = 0;
+        for (size_t i = 0; i < n; i++) {
+                size_t f = 0;
+                while (f < n_fam && families[f] != v[i].family)
+                        f++;
+                if (f == n_fam)
+                        families[n_fam++] = v[i].family;
         }
+        for (size_t i = 0; i < n && k + 1 < (size_t) count; i++)
+                if (v[i].family == families[0]) {
+                        used[i] = true;
+                        out[k++] = v[i];
+                }
+        while (k < n)
+                for (size_t f = 0; f < n_fam; f++)
+                        for (size_t i = 0; i < n; i++)
+                                if (!used[i] && v[i].family == families[f]) {
+                                        used[i] = true;
+                                        out[k++] = v[i];
+                                        break;
+                                }
         memcpy(v, out, n * sizeof(*v));
         free(out);
         free(used);
+        free(families);
 }
 
 static int take_addresses(struct connector *c, const struct addrinfo *list) {
@@ -369,10 +371,12 @@ static int connector_new(loop_t *loop, const struct loop_protocol_ops *ops, void
                 }
                 memcpy(&c->local, c->opts.local_addr, c->opts.local_addrlen);
         }
-        if (c->opts.happy_eyeballs_delay_ns < 0 || c->opts.interleave < 0) {
+        if (c->opts.happy_eyeballs_delay_ns < 0 || c->opts.interleave < 0 || c->opts.tls_handshake_timeout_ns < 0 ||
+            (!c->opts.tls && c->opts.server_hostname)) {
                 free(c);
-                return -EINVAL;
+                return -EINVAL;         /* asyncio: server_hostname is only meaningful with ssl */
         }
+        loop_tls_context_ref(c->opts.tls);
         c->loop = loop;
         c->n_ref = 1;
         r = loop_create_future(loop, &c->result);
@@ -399,6 +403,10 @@ LOOP_EXPORT int loop_create_connection(loop_t *loop, const struct loop_protocol_
         r = connector_new(loop, ops, userdata, options, &c);
         if (r < 0)
                 return r;
+        if (c->opts.tls && !(c->hostname = strdup(c->opts.server_hostname ? c->opts.server_hostname : host))) {
+                connector_end(c);
+                return -ENOMEM;
+        }
         struct addrinfo hints = {
                 .ai_family = c->opts.family,
                 .ai_socktype = SOCK_STREAM,

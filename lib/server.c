@@ -63,6 +63,7 @@ struct loop_server {
 };
 
 static void server_free(loop_server_t *s) {
+        loop_tls_context_unref(s->opts.tls);
         free(s->listeners);
         free(s->unix_path);
         free(s->waiters);
@@ -119,7 +120,10 @@ static void accepted(loop_server_t *s, int fd) {
 
         if (r >= 0 && !ops)
                 r = -EINVAL;
-        if (r >= 0)
+        if (r >= 0 && s->opts.tls)
+                r = loop__tls_wrap(s->loop, fd, s->opts.tls, true, NULL, s->opts.tls_handshake_timeout_ns, ops,
+                                   userdata, s, NULL);
+        else if (r >= 0)
                 r = loop__transport_new(s->loop, fd, ops, userdata, s, NULL, NULL);
         if (r < 0) {
                 loop__report(s->loop, "Error in the protocol factory of a server: the connection is closed", r,
@@ -377,10 +381,11 @@ static int server_new(loop_t *loop, loop_protocol_factory_t factory, void *userd
         if (options)
                 memcpy(&s->opts, options, options->size < sizeof(s->opts) ? options->size : sizeof(s->opts));
         s->opts.size = sizeof(s->opts);
-        if (s->opts.backlog < 0) {
+        if (s->opts.backlog < 0 || s->opts.tls_handshake_timeout_ns < 0) {
                 free(s);
                 return -EINVAL;
         }
+        loop_tls_context_ref(s->opts.tls);
         if (s->opts.backlog == 0)
                 s->opts.backlog = DEFAULT_BACKLOG;
         s->n_ref = 1;           /* its own, until closed */
@@ -508,7 +513,7 @@ LOOP_EXPORT int loop_create_server(loop_t *loop, loop_protocol_factory_t factory
         loop_future_t *f;
         int r;
 
-        return_if_fail(port, -EINVAL);
+        return_if_fail(port && ret, -EINVAL);
         r = server_new(loop, factory, userdata, options, &s);
         if (r < 0)
                 return r;
@@ -569,7 +574,7 @@ LOOP_EXPORT int loop_create_unix_server(loop_t *loop, loop_protocol_factory_t fa
         loop_future_t *f;
         int r;
 
-        return_if_fail(path && *path, -EINVAL);
+        return_if_fail(path && *path && ret, -EINVAL);
         if (strlen(path) >= sizeof(sun.sun_path))
                 return -ENAMETOOLONG;
         strcpy(sun.sun_path, path);
@@ -612,7 +617,7 @@ LOOP_EXPORT int loop_server_new(loop_t *loop, loop_protocol_factory_t factory, v
         loop_server_t *s;
         int r;
 
-        return_if_fail(fds && n_fds > 0, -EINVAL);
+        return_if_fail(fds && n_fds > 0 && ret, -EINVAL);
         for (size_t i = 0; i < n_fds; i++) {
                 r = loop__check_socket(fds[i]);
                 if (r == -EINVAL) {

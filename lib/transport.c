@@ -151,7 +151,7 @@ LOOP_EXPORT loop_transport_t *loop_transport_ref(loop_transport_t *t) {
 }
 
 static void transport_free(loop_transport_t *t) {
-        if (t->fd >= 0) {
+        if (t->fd >= 0 && !t->drv->foreign_fd) {
                 /* Never started (its loop went first): the fd is ours. */
                 t->drv->stop(t);
                 loop__close_socket(t->fd);
@@ -188,8 +188,13 @@ static int schedule(loop_transport_t *t, loop_callback_t cb) {
 /* ---- the protocol ------------------------------------------------------------ */
 
 int loop__protocol_check(const struct loop_protocol_ops *ops) {
+        struct loop_protocol_ops p = { 0 };
+
         return_if_fail(ops, -EINVAL);
         return_if_fail(ops->size >= offsetof(struct loop_protocol_ops, connection_made) + sizeof(void *), -EINVAL);
+        memcpy(&p, ops, ops->size < sizeof(p) ? ops->size : sizeof(p));
+        /* A buffered protocol has both halves. */
+        return_if_fail(!p.get_buffer == !p.buffer_updated, -EINVAL);
         return 0;
 }
 
@@ -361,6 +366,18 @@ static void shutdown_write(loop_transport_t *t) {
         }
 }
 
+/* Closing, and everything written: the end, the driver's way if it has one. */
+static void finish_close(loop_transport_t *t) {
+        if (!t->drv->shutdown) {
+                force_close(t, 0);
+                return;
+        }
+        if (t->shutting)
+                return;
+        t->shutting = true;
+        t->drv->shutdown(t);
+}
+
 /* The driver has given the kernel every byte, and nothing is in flight. */
 void loop__transport_sent(loop_transport_t *t) {
         if (t->lost)
@@ -372,7 +389,7 @@ void loop__transport_sent(loop_transport_t *t) {
                 /* Through the loop, not at once as asyncio does: a done
                  * callback of the driver may already be queued behind us,
                  * and it must find the transport still there. */
-                force_close(t, 0);
+                finish_close(t);
         } else if (t->eof_wanted)
                 shutdown_write(t);
 }
@@ -388,7 +405,9 @@ static int start_cb(loop_t *loop, void *userdata) {
                 force_close(t, -ECANCELED);
         } else if (!t->lost) {
                 t->made = true;
-                int r = t->proto.connection_made ? t->proto.connection_made(t, t->userdata) : 0;
+                int r = 0;
+                if (t->proto.connection_made && !t->skip_made)
+                        r = t->proto.connection_made(t, t->userdata);
                 if (r < 0)
                         raised(t, "connection_made", r);
                 else if (!t->closing && !t->paused) {
@@ -421,10 +440,9 @@ static void call_connection_lost(loop_transport_t *t) {
         if (t->waiter && !loop_future_done(t->waiter))
                 (void) loop_future_cancel(t->waiter);
         t->waiter = loop_future_unref(t->waiter);
-        if (t->fd >= 0) {
+        if (t->fd >= 0 && !t->drv->foreign_fd)
                 loop__close_socket(t->fd);
-                t->fd = -1;
-        }
+        t->fd = -1;
         registry_remove(t);
         if (t->server)
                 loop__server_connection_gone(t->server, t);
@@ -472,6 +490,25 @@ static void transports_close(loop_t *loop, struct loop__close_hook *hook) {
 
 int loop__transport_new(loop_t *loop, int fd, const struct loop_protocol_ops *ops, void *userdata,
                         loop_server_t *server, loop_future_t *waiter, loop_transport_t **ret) {
+        struct loop__transport_args a = {
+                .fd = fd,
+                .ops = ops,
+                .userdata = userdata,
+                .server = server,
+                .waiter = waiter,
+        };
+
+        return loop__transport_new_full(loop, &a, ret);
+}
+
+int loop__transport_start(loop_transport_t *t) {
+        if (!t->deferred)
+                return 0;
+        t->deferred = false;
+        return schedule(t, start_cb);
+}
+
+int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *a, loop_transport_t **ret) {
         struct loop__transports *reg;
         loop_transport_t *t;
         int r;
@@ -484,8 +521,8 @@ int loop__transport_new(loop_t *loop, int fd, const struct loop_protocol_ops *op
                 return -ENOMEM;
         t->n_ref = 1;
         t->fd = -1;
-        t->drv = loop__proactor_name(loop) ? &loop__transport_pro : &loop__transport_sel;
-        r = protocol_set(t, ops, userdata);
+        t->drv = a->drv ? a->drv : loop__proactor_name(loop) ? &loop__transport_pro : &loop__transport_sel;
+        r = protocol_set(t, a->ops, a->userdata);
         if (r < 0) {
                 free(t);
                 return r;
@@ -493,13 +530,19 @@ int loop__transport_new(loop_t *loop, int fd, const struct loop_protocol_ops *op
         t->loop = loop_ref(loop);
         t->high = DEFAULT_HIGH;
         t->low = DEFAULT_HIGH / 4;
-        t->fd = fd;
-        r = schedule(t, start_cb);
+        t->fd = a->fd;
+        t->drv_state = a->drv_state;
+        t->skip_made = a->made;
+        t->deferred = a->deferred;
+        r = a->deferred ? 0 : schedule(t, start_cb);
         if (r < 0) {
                 t->fd = -1;     /* the caller's still */
+                t->drv_state = NULL;
                 loop_transport_unref(t);
                 return r;
         }
+        loop_server_t *server = a->server;
+        loop_future_t *waiter = a->waiter;
         t->next = reg->list;
         if (reg->list)
                 reg->list->prev = t;
@@ -568,7 +611,7 @@ static int write_check(loop_transport_t *t) {
                 return r;
         if (t->eof_wanted)
                 return -ESHUTDOWN;
-        if (t->lost)
+        if (t->lost || t->shutting)
                 return -EPIPE;
         return 0;
 }
@@ -585,8 +628,13 @@ LOOP_EXPORT int loop_transport_write(loop_transport_t *t, const void *data, size
                 /* Nothing queued: the driver sends what it can at once,
                  * from the caller's memory. */
                 size_t n = t->drv->write(t, data, size);
-                if (n == size || t->lost)
+                if (t->lost)
                         return 0;
+                if (n == size) {
+                        /* All taken, maybe into a send in flight (proactor). */
+                        maybe_pause_protocol(t);
+                        return 0;
+                }
                 data = (const char *) data + n;
                 size -= n;
         }
@@ -633,6 +681,8 @@ LOOP_EXPORT int loop_transport_write_eof(loop_transport_t *t) {
         int r = loop__usable(t->loop);
         if (r < 0)
                 return r;
+        if (t->drv->no_write_eof)
+                return -EOPNOTSUPP;
         if (t->closing || t->eof_wanted)
                 return 0;
         t->eof_wanted = true;
@@ -643,7 +693,7 @@ LOOP_EXPORT int loop_transport_write_eof(loop_transport_t *t) {
 
 LOOP_EXPORT int loop_transport_can_write_eof(const loop_transport_t *t) {
         return_if_fail(t, -EINVAL);
-        return 1;
+        return !t->drv->no_write_eof;
 }
 
 LOOP_EXPORT int loop_transport_close(loop_transport_t *t) {
@@ -659,7 +709,7 @@ LOOP_EXPORT int loop_transport_close(loop_transport_t *t) {
                 (void) t->drv->set_reading(t, false);
         }
         if (t->wbuf.len == 0 && t->drv->inflight(t) == 0)
-                force_close(t, 0);
+                finish_close(t);
         return 0;
 }
 
@@ -732,22 +782,22 @@ LOOP_EXPORT int loop_transport_set_write_buffer_limits(loop_transport_t *t, size
         return_if_fail(low <= high, -EINVAL);
         t->high = high;
         t->low = low;
+        if (t->drv->limits)
+                t->drv->limits(t);
         if (!t->lost)
                 maybe_pause_protocol(t);
         return 0;
 }
 
 LOOP_EXPORT int loop_transport_get_write_buffer_limits(const loop_transport_t *t, size_t *low, size_t *high) {
-        return_if_fail(t, -EINVAL);
-        if (low)
-                *low = t->low;
-        if (high)
-                *high = t->high;
+        return_if_fail(t && low && high, -EINVAL);
+        *low = t->low;
+        *high = t->high;
         return 0;
 }
 
 LOOP_EXPORT size_t loop_transport_get_write_buffer_size(const loop_transport_t *t) {
         if (!t)
                 return 0;
-        return t->wbuf.len + t->drv->inflight(t);
+        return t->wbuf.len + (t->drv->buffered ? t->drv->buffered(t) : t->drv->inflight(t));
 }

@@ -40,10 +40,26 @@ struct loop__transport_driver {
         void (*stop)(loop_transport_t *t);
         /* Release the driver's memory (last reference gone). */
         void (*free)(loop_transport_t *t);
+        /* Optional. Closing, and everything is written: end the stream the
+         * driver's way (TLS: close_notify, then the socket's transport
+         * closes), and call loop__transport_fatal(t, 0) when it has. NULL:
+         * the core ends the transport at once. */
+        void (*shutdown)(loop_transport_t *t);
+        /* Optional: bytes written and not yet sent beyond t->wbuf and what
+         * inflight says, for get_write_buffer_size() and the water marks
+         * only (TLS: its socket's transport's buffer). NULL: inflight. */
+        size_t (*buffered)(const loop_transport_t *t);
+        /* Optional: the write buffer limits changed (TLS passes them on). */
+        void (*limits)(loop_transport_t *t);
+        bool foreign_fd;                /* t->fd is someone else's: never closed here */
+        bool no_write_eof;              /* write_eof() is -EOPNOTSUPP (TLS has no half-close) */
 };
 
 extern LOOP_HIDDEN const struct loop__transport_driver loop__transport_sel;
 extern LOOP_HIDDEN const struct loop__transport_driver loop__transport_pro;
+#ifdef ENABLE_OPENSSL
+extern LOOP_HIDDEN const struct loop__transport_driver loop__transport_tls;
+#endif
 
 struct loop__transports;
 
@@ -69,6 +85,9 @@ struct loop_transport {
         bool eof_wanted;                /* write_eof() */
         bool eof_sent;
         bool writing_paused;            /* pause_writing() called, resume_writing() not yet */
+        bool shutting;                  /* the driver's shutdown is under way */
+        bool deferred;                  /* created, not started yet (loop__transport_start) */
+        bool skip_made;                 /* start_tls: no connection_made */
         bool peer_eof;                  /* eof received */
         bool reader_on, writer_on;      /* transport_sel.c: registered with the loop */
         int lost_error;
@@ -96,7 +115,33 @@ void loop__transport_buffer_updated(loop_transport_t *t, size_t n);
  * completed with the transport. */
 int loop__transport_new(loop_t *loop, int fd, const struct loop_protocol_ops *ops, void *userdata,
                         loop_server_t *server, loop_future_t *waiter, loop_transport_t **ret);
+
+/* The same with a driver of one's own (TLS): drv_state is set before
+ * anything can call the driver; deferred: nothing is scheduled until
+ * loop__transport_start(); made: connection_made is not called (start_tls:
+ * the protocol already has its connection). */
+struct loop__transport_args {
+        int fd;
+        const struct loop_protocol_ops *ops;
+        void *userdata;
+        loop_server_t *server;
+        loop_future_t *waiter;
+        const struct loop__transport_driver *drv;       /* NULL: the loop family's */
+        void *drv_state;
+        bool deferred;
+        bool made;
+};
+int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *args, loop_transport_t **ret);
+int loop__transport_start(loop_transport_t *t);
 int loop__protocol_check(const struct loop_protocol_ops *ops);
+
+/* tls.c: a TLS connection over fd (a connected stream socket, owned by the
+ * connection from a successful return on): a raw transport for the socket
+ * and, once the handshake is over, the caller's transport (waiter then
+ * completes with it; server counts it). -EOPNOTSUPP without OpenSSL. */
+int loop__tls_wrap(loop_t *loop, int fd, struct loop_tls_context *ctx, bool server_side, const char *hostname,
+                   int64_t timeout_ns, const struct loop_protocol_ops *ops, void *userdata, loop_server_t *server,
+                   loop_future_t *waiter);
 
 /* server.c: a connection of server ended (connection_lost ran). */
 void loop__server_connection_gone(loop_server_t *server, loop_transport_t *t);
