@@ -20,6 +20,7 @@
  *     cc echo_transport.c $(pkg-config --cflags --libs libloop)
  */
 #include <errno.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +28,6 @@
 #ifndef _WIN32
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <signal.h>
 #endif
 
 #include <loop.h>

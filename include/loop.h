@@ -481,6 +481,42 @@ struct loop_server_options {
 };
 
 /*
+ * Datagrams (asyncio's create_datagram_endpoint and DatagramProtocol): the
+ * transport is a loop_transport_t too (close, abort, is_closing, the write
+ * buffer's size and limits, get_fd, get_sockname/peername); datagrams go
+ * out with loop_transport_sendto(), or loop_transport_write() on a
+ * connected endpoint, whole or not at all, and what the socket cannot take
+ * now waits in the transport, in order. Errors of a datagram (an ICMP
+ * refusal, a send that failed) go to error_received and the endpoint
+ * stays open.
+ */
+struct loop_datagram_protocol_ops {
+        size_t size;    /* sizeof(struct loop_datagram_protocol_ops) */
+        int (*connection_made)(loop_transport_t *transport, void *userdata);
+        int (*datagram_received)(loop_transport_t *transport, const void *data, size_t size,
+                                 const struct sockaddr *addr, socklen_t addrlen, void *userdata);
+        int (*error_received)(loop_transport_t *transport, int error, void *userdata);
+        int (*connection_lost)(loop_transport_t *transport, int error, void *userdata);
+        int (*pause_writing)(loop_transport_t *transport, void *userdata);
+        int (*resume_writing)(loop_transport_t *transport, void *userdata);
+};
+
+struct loop_datagram_options {
+        size_t size;                    /* sizeof(struct loop_datagram_options) */
+        int family;                     /* AF_UNSPEC (0), AF_INET, AF_INET6 */
+        int flags;                      /* getaddrinfo's ai_flags */
+        int reuse_port;                 /* SO_REUSEPORT: > 0 on */
+        int allow_broadcast;            /* SO_BROADCAST: > 0 on */
+};
+
+int loop_create_datagram_endpoint(loop_t *loop, const struct loop_datagram_protocol_ops *ops, void *userdata,
+                                  const char *local_host, const char *local_port, const char *remote_host,
+                                  const char *remote_port, const struct loop_datagram_options *options,
+                                  loop_future_t **ret);
+int loop_transport_sendto(loop_transport_t *transport, const void *data, size_t size, const struct sockaddr *addr,
+                          socklen_t addrlen);
+
+/*
  * TLS (OpenSSL, through memory BIOs: the same code on both loop families).
  * libloop loads libssl the first time a context is made; a program that
  * makes none never loads it. Without OpenSSL at build time or libssl at
@@ -512,6 +548,11 @@ int loop_create_unix_connection(loop_t *loop, const struct loop_protocol_ops *op
                                 loop_future_t **ret);
 int loop_connect_accepted_socket(loop_t *loop, const struct loop_protocol_ops *ops, void *userdata, int fd,
                                  loop_future_t **ret);
+/* Pipes, sockets and character devices, through read(2) and write(2). */
+int loop_connect_read_pipe(loop_t *loop, const struct loop_protocol_ops *ops, void *userdata, int fd,
+                           loop_future_t **ret);
+int loop_connect_write_pipe(loop_t *loop, const struct loop_protocol_ops *ops, void *userdata, int fd,
+                            loop_future_t **ret);
 int loop_create_server(loop_t *loop, loop_protocol_factory_t factory, void *userdata, const char *host,
                        const char *port, const struct loop_server_options *options, loop_future_t **ret);
 int loop_create_unix_server(loop_t *loop, loop_protocol_factory_t factory, void *userdata, const char *path,

@@ -58,6 +58,7 @@ struct connector {
         int last_error;
         unsigned n_ref;                 /* 1 until it ends, + each done callback of ours queued */
         bool ended;
+        bool handed_off;                /* result is the transport's waiter now */
         char *hostname;                 /* TLS: the name to ask for and check */
 };
 
@@ -109,7 +110,8 @@ static void connector_end(struct connector *c) {
         }
         if (c->hook.fn)
                 loop__remove_close_hook(c->loop, &c->hook);
-        loop__future_on_cancel(c->result, NULL, NULL);
+        if (!c->handed_off)
+                loop__future_on_cancel(c->result, NULL, NULL);
         c->result = loop_future_unref(c->result);
         connector_unref(c);
 }
@@ -239,6 +241,9 @@ static int on_connected(loop_future_t *f, void *userdata) {
         int fd = a->fd;
         a->fd = -1;
         c->n_live--;
+        /* From here a cancel of the result is the transport's business. */
+        loop__future_on_cancel(c->result, NULL, NULL);
+        c->handed_off = true;
         if (c->opts.tls)
                 r = loop__tls_wrap(c->loop, fd, c->opts.tls, false, c->hostname, c->opts.tls_handshake_timeout_ns,
                                    &c->ops, c->userdata, NULL, c->result);
@@ -365,7 +370,7 @@ static int connector_new(loop_t *loop, const struct loop_protocol_ops *ops, void
                 memcpy(&c->opts, options, options->size < sizeof(c->opts) ? options->size : sizeof(c->opts));
         c->opts.size = sizeof(c->opts);
         if (c->opts.local_addr) {
-                if (c->opts.local_addrlen == 0 || c->opts.local_addrlen > sizeof(c->local)) {
+                if (c->opts.local_addrlen <= 0 || (size_t) c->opts.local_addrlen > sizeof(c->local)) {
                         free(c);
                         return -EINVAL;
                 }
@@ -403,9 +408,15 @@ LOOP_EXPORT int loop_create_connection(loop_t *loop, const struct loop_protocol_
         r = connector_new(loop, ops, userdata, options, &c);
         if (r < 0)
                 return r;
-        if (c->opts.tls && !(c->hostname = strdup(c->opts.server_hostname ? c->opts.server_hostname : host))) {
-                connector_end(c);
-                return -ENOMEM;
+        if (c->opts.tls) {
+                const char *name = c->opts.server_hostname ? c->opts.server_hostname : host;
+                r = loop__tls_check_client(c->opts.tls, name);
+                if (r == 0 && !(c->hostname = strdup(name)))
+                        r = -ENOMEM;
+                if (r < 0) {
+                        connector_end(c);
+                        return r;
+                }
         }
         struct addrinfo hints = {
                 .ai_family = c->opts.family,

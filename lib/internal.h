@@ -207,6 +207,7 @@ struct loop__sock_call {
         void *give;                     /* sendall, proactor loop only: data is at the start of this
                                          * malloc'd block, which the operation takes over (frees) once
                                          * sock_call returns 0; NULL: data is copied as needed */
+        bool no_try;                    /* recv_into, proactor loop only: queue it without a recv() first */
         size_t size;                    /* bytes wanted, or to send */
         const struct sockaddr *addr;    /* sendto (may be NULL), connect */
         socklen_t addrlen;
@@ -459,6 +460,10 @@ int loop__signal_take(int signum, void (*handler)(int signum), loop__sig_saved_t
 void loop__signal_give(int signum, const loop__sig_saved_t *saved);
 /* send(2) and sendto(2) that never raise SIGPIPE: EPIPE instead. */
 ssize_t loop__send(int fd, const void *buf, size_t len, int flags);
+#ifndef LOOP_WINDOWS
+/* posix.c: write(2) that never raises SIGPIPE (a pipe's reader gone): EPIPE. */
+ssize_t loop__write_nosigpipe(int fd, const void *buf, size_t len);
+#endif
 ssize_t loop__sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen);
 
 /* wakeup.c: an eventfd (a self-pipe elsewhere) that wakes a waiting loop */
@@ -488,6 +493,9 @@ extern LOOP_HIDDEN const struct loop__impl loop__selector_impl;
 int loop__proactor_loop_new_named(const char *name, loop_t **ret);
 /* The completion backend's name for a proactor loop, NULL for others (loop_dump). */
 const char *loop__proactor_name(loop_t *loop);
+
+/* resolve.c: an EAI_* code (and errno, for EAI_SYSTEM) as a negative errno value. */
+int loop__eai_to_errno(int eai, int saved_errno);
 
 /* sock.c: the results a future of a socket operation owns. */
 void loop__sock_result_free(void *result);

@@ -134,7 +134,7 @@ int loop__pipe_cloexec(int p[2], bool nonblock) {
  *   system calls more per send (four after EPIPE), on systems that have
  *   nothing better.
  */
-#if !defined(HAVE_MSG_NOSIGNAL) && !defined(HAVE_SO_NOSIGPIPE)
+/* Pipes have neither flag: loop__write_nosigpipe() always guards. */
 struct sigpipe_guard {
         sigset_t old_mask;
         bool was_pending;
@@ -166,7 +166,15 @@ static void sigpipe_unblock(struct sigpipe_guard *g, ssize_t n) {
         pthread_sigmask(SIG_SETMASK, &g->old_mask, NULL);
         errno = e;
 }
-#endif
+
+ssize_t loop__write_nosigpipe(int fd, const void *buf, size_t len) {
+        struct sigpipe_guard g;
+
+        sigpipe_block(&g);
+        ssize_t n = write(fd, buf, len);
+        sigpipe_unblock(&g, n);
+        return n;
+}
 
 #if !defined(HAVE_MSG_NOSIGNAL) && defined(HAVE_SO_NOSIGPIPE)
 /* A failure here (not a socket) is the send's to report. */

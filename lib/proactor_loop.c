@@ -1242,6 +1242,11 @@ static int try_now(struct pop *op, const struct loop__sock_call *call) {
                 int r = stash_take(op->pl, op);
                 if (r != 0)
                         return r;
+                /* The caller knows the socket was just drained (a
+                 * transport's next receive): a recv() now would only say
+                 * EAGAIN. */
+                if (call->no_try)
+                        return 0;
                 if (op->kind == LOOP__SOCK_RECV) {
                         /* Never NULL, even for size 0, so memcpy(dst, data, size) is valid. */
                         op->buf = malloc(op->size ? op->size : 1);

@@ -31,7 +31,7 @@
 
 #include "internal.h"
 
-static int eai_to_errno(int eai, int saved_errno) {
+int loop__eai_to_errno(int eai, int saved_errno) {
         switch (eai) {
 #ifdef EAI_SYSTEM       /* not on Windows, whose EAI_* are WSA* codes */
         case EAI_SYSTEM:
@@ -106,7 +106,7 @@ static int addrinfo_run(void *arg, void **result) {
         errno = 0;
         int eai = getaddrinfo(job->host, job->service, job->has_hints ? &job->hints : NULL, &res);
         if (eai != 0)
-                return eai_to_errno(eai, errno);
+                return loop__eai_to_errno(eai, errno);
         *result = res;
         return 0;
 }
@@ -177,7 +177,7 @@ static int nameinfo_run(void *arg, void **result) {
         int eai = getnameinfo((const struct sockaddr *) &job->addr, job->addrlen, ni->host, sizeof(ni->host),
                               ni->service, sizeof(ni->service), job->flags);
         if (eai != 0) {
-                int r = eai_to_errno(eai, errno);
+                int r = loop__eai_to_errno(eai, errno);
                 free(ni);
                 return r;
         }

@@ -113,18 +113,30 @@ static int retry_cb(loop_t *loop, void *userdata) {
         return 0;
 }
 
+int loop__server_make_protocol(loop_server_t *s, const struct loop_protocol_ops **ops, void **userdata) {
+        *ops = NULL;
+        *userdata = NULL;
+        int r = s->factory(s, ops, userdata, s->factory_userdata);
+        if (r >= 0 && !*ops)
+                r = -EINVAL;
+        return r < 0 ? r : 0;
+}
+
 static void accepted(loop_server_t *s, int fd) {
         const struct loop_protocol_ops *ops = NULL;
         void *userdata = NULL;
-        int r = s->factory(s, &ops, &userdata, s->factory_userdata);
+        int r;
 
-        if (r >= 0 && !ops)
-                r = -EINVAL;
-        if (r >= 0 && s->opts.tls)
-                r = loop__tls_wrap(s->loop, fd, s->opts.tls, true, NULL, s->opts.tls_handshake_timeout_ns, ops,
-                                   userdata, s, NULL);
-        else if (r >= 0)
-                r = loop__transport_new(s->loop, fd, ops, userdata, s, NULL, NULL);
+        /* With TLS the factory is asked once the handshake is over: a
+         * connection that never gets that far costs the program nothing. */
+        if (s->opts.tls)
+                r = loop__tls_wrap(s->loop, fd, s->opts.tls, true, NULL, s->opts.tls_handshake_timeout_ns, NULL,
+                                   NULL, s, NULL);
+        else {
+                r = loop__server_make_protocol(s, &ops, &userdata);
+                if (r >= 0)
+                        r = loop__transport_new(s->loop, fd, ops, userdata, s, NULL, NULL);
+        }
         if (r < 0) {
                 loop__report(s->loop, "Error in the protocol factory of a server: the connection is closed", r,
                              NULL, fd);
@@ -381,7 +393,8 @@ static int server_new(loop_t *loop, loop_protocol_factory_t factory, void *userd
         if (options)
                 memcpy(&s->opts, options, options->size < sizeof(s->opts) ? options->size : sizeof(s->opts));
         s->opts.size = sizeof(s->opts);
-        if (s->opts.backlog < 0 || s->opts.tls_handshake_timeout_ns < 0) {
+        if (s->opts.backlog < 0 || s->opts.tls_handshake_timeout_ns < 0 ||
+            (s->opts.tls && !loop__tls_context_is_server(s->opts.tls))) {
                 free(s);
                 return -EINVAL;
         }

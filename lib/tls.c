@@ -77,6 +77,8 @@ struct tls {
         bool failed;
         bool raw_eof, eof_given;
         bool process_queued;
+        bool need_protocol;             /* a server's: the factory is asked after the handshake */
+        loop_server_t *server;
         char *alpn;                     /* the protocol agreed on, NUL-terminated */
 };
 
@@ -193,7 +195,9 @@ LOOP_EXPORT int loop_tls_context_set_verify(loop_tls_context_t *c, int verify) {
 
 LOOP_EXPORT int loop_tls_context_set_check_hostname(loop_tls_context_t *c, int check) {
         return_if_fail(c, -EINVAL);
-        /* Python: check_hostname needs verification on. */
+        /* A name check without verification means nothing. Python 3.7+
+         * turns verification on for it; we refuse instead, so that
+         * turning verification on is never a side effect. */
         if (check && c->o->SSL_CTX_get_verify_mode(c->ctx) == SSL_VERIFY_NONE)
                 return -EINVAL;
         c->check_hostname = check != 0;
@@ -231,18 +235,32 @@ LOOP_EXPORT int loop_tls_context_set_alpn_protocols(loop_tls_context_t *c, const
                 memcpy(p, protocols[i], k);
                 p += k;
         }
+        if (!c->server && c->o->SSL_CTX_set_alpn_protos(c->ctx, wire, (unsigned) len) != 0) {
+                free(wire);             /* returns 0 on success, unlike the rest */
+                return -ENOMEM;
+        }
         free(c->alpn);
         c->alpn = wire;
         c->alpn_len = (unsigned) len;
         if (c->server)
                 c->o->SSL_CTX_set_alpn_select_cb(c->ctx, n ? alpn_select : NULL, c);
-        else if (c->o->SSL_CTX_set_alpn_protos(c->ctx, wire, (unsigned) len) != 0)
-                return -ENOMEM;         /* returns 0 on success, unlike the rest */
         return 0;
 }
 
 LOOP_EXPORT void *loop_tls_context_get_ssl_ctx(loop_tls_context_t *c) {
         return c ? c->ctx : NULL;
+}
+
+bool loop__tls_context_is_server(const loop_tls_context_t *c) {
+        return c->server;
+}
+
+int loop__tls_check_client(const loop_tls_context_t *c, const char *hostname) {
+        if (c->server)
+                return -EINVAL;         /* a server's context cannot start a client's handshake */
+        if (c->check_hostname && (!hostname || !*hostname))
+                return -EINVAL;         /* Python: check_hostname requires server_hostname */
+        return 0;
 }
 
 /* ---- the engine ------------------------------------------------------------------ */
@@ -303,11 +321,16 @@ static void fail(struct tls *t, int error) {
         if (t->failed)
                 return;
         t->failed = true;
-        if (t->app && t->app->waiter && !loop_future_done(t->app->waiter))
-                (void) loop_future_set_error(t->app->waiter, error);
-        if (t->app)
+        if (t->app && t->app->waiter) {
+                loop__future_on_cancel(t->app->waiter, NULL, NULL);
+                if (!loop_future_done(t->app->waiter))
+                        (void) loop_future_set_error(t->app->waiter, error);
+        }
+        /* raw_lost ends the app transport, before the socket closes. */
+        if (t->raw)
+                (void) loop_transport_abort(t->raw);
+        else if (t->app)
                 loop__transport_fatal(t->app, error);
-        (void) loop_transport_abort(t->raw);
 }
 
 static int process_cb(loop_t *loop, void *userdata);
@@ -341,9 +364,28 @@ static void handshake(struct tls *t) {
                         memcpy(t->alpn, alpn, alpn_len);
                         t->alpn[alpn_len] = 0;
                 }
+                if (!t->app)
+                        return;
+                if (t->app->waiter)
+                        loop__future_on_cancel(t->app->waiter, NULL, NULL);
+                if (t->need_protocol) {
+                        const struct loop_protocol_ops *ops;
+                        void *userdata;
+                        t->need_protocol = false;
+                        r = loop__server_make_protocol(t->server, &ops, &userdata);
+                        if (r == 0)
+                                r = loop_transport_set_protocol(t->app, ops, userdata);
+                        if (r < 0) {
+                                loop__report(t->raw->loop,
+                                             "Error in the protocol factory of a server: the connection is closed", r,
+                                             NULL, t->raw->fd);
+                                fail(t, r);
+                                return;
+                        }
+                }
                 /* connection_made (or start_tls's future) from the loop; the
                  * app transport's start then reads what already came. */
-                if (t->app && (r = loop__transport_start(t->app)) < 0)
+                if ((r = loop__transport_start(t->app)) < 0)
                         fail(t, r);
                 return;
         }
@@ -373,7 +415,8 @@ static void process(struct tls *t) {
         loop_transport_t *app = t->app;
         while (app->reading && !t->eof_given) {
                 void *buf;
-                size_t size, n = 0;
+                size_t size, off = 0;
+                int e = SSL_ERROR_NONE;
                 int r = loop__transport_buffered(app) ? loop__transport_get_buffer(app, READ_CHUNK, &buf, &size)
                                                       : loop__transport_recv_buffer(app->loop, &buf, &size);
                 if (r < 0) {
@@ -381,15 +424,25 @@ static void process(struct tls *t) {
                                 loop__transport_fatal(app, r);
                         return;
                 }
-                r = o->SSL_read_ex(t->ssl, buf, size, &n);
-                if (r == 1) {
-                        if (loop__transport_buffered(app))
-                                loop__transport_buffer_updated(app, n);
-                        else
-                                loop__transport_received(app, buf, n);
-                        continue;
+                /* Every record there is, in one delivery, as asyncio's
+                 * sslproto does: not one data_received per 16 KiB record. */
+                while (off < size) {
+                        size_t n = 0;
+                        r = o->SSL_read_ex(t->ssl, (char *) buf + off, size - off, &n);
+                        if (r != 1) {
+                                e = o->SSL_get_error(t->ssl, r);
+                                break;
+                        }
+                        off += n;
                 }
-                int e = o->SSL_get_error(t->ssl, r);
+                if (off > 0) {
+                        if (loop__transport_buffered(app))
+                                loop__transport_buffer_updated(app, off);
+                        else
+                                loop__transport_received(app, buf, off);
+                }
+                if (e == SSL_ERROR_NONE)
+                        continue;       /* the buffer filled up: more may wait */
                 if (e == SSL_ERROR_WANT_READ) {
                         if (t->raw_eof)
                                 give_eof(t);
@@ -401,7 +454,8 @@ static void process(struct tls *t) {
                 }
                 if (e == SSL_ERROR_WANT_WRITE)
                         break;
-                loop__transport_fatal(app, tls_error(t, "read"));
+                if (!app->lost)
+                        loop__transport_fatal(app, tls_error(t, "read"));
                 return;
         }
         flush_out(t);   /* what reading wrote: a key update, session tickets */
@@ -487,10 +541,21 @@ static int raw_lost(loop_transport_t *raw, int error, void *userdata) {
                 (void) loop_handle_cancel(t->timer);
                 t->timer = loop_handle_unref(t->timer);
         }
-        if (!t->handshake_done)
-                fail(t, error < 0 ? error : -ECONNRESET);
-        else if (t->app)
-                loop__transport_fatal(t->app, error);
+        if (!t->handshake_done && !t->failed) {
+                t->failed = true;
+                if (t->app && t->app->waiter) {
+                        loop__future_on_cancel(t->app->waiter, NULL, NULL);
+                        if (!loop_future_done(t->app->waiter))
+                                (void) loop_future_set_error(t->app->waiter, error < 0 ? error : -ECONNRESET);
+                }
+        }
+        /* Now, while the socket is still open (the raw transport closes
+         * it after this returns): the app's connection_lost may still ask
+         * for the peer's address, as on a plain transport. */
+        t->n_ref++;
+        if (t->app)
+                loop__transport_lost_now(t->app, t->handshake_done ? error : (error < 0 ? error : -ECONNRESET));
+        tls_unref(t);
         tls_unref(t);   /* the raw protocol's */
         return 0;
 }
@@ -717,18 +782,40 @@ static int app_new(loop_t *loop, struct tls *t, int fd, const struct loop_protoc
         return 0;
 }
 
+/* The caller's future was cancelled during the handshake: the end, at once. */
+static void waiter_cancelled(loop_future_t *f, void *data) {
+        struct tls *t = data;
+
+        (void) f;
+        t->failed = true;
+        if (t->raw)
+                (void) loop_transport_abort(t->raw);
+}
+
+/* A server's connection before its protocol exists (the factory's turn
+ * comes after the handshake). */
+static const struct loop_protocol_ops no_protocol = { .size = sizeof(struct loop_protocol_ops) };
+
 int loop__tls_wrap(loop_t *loop, int fd, loop_tls_context_t *ctx, bool server_side, const char *hostname,
                    int64_t timeout_ns, const struct loop_protocol_ops *ops, void *userdata, loop_server_t *server,
                    loop_future_t *waiter) {
         struct tls *t;
         int r;
 
-        r = loop__protocol_check(ops);
-        if (r < 0)
-                return r;
+        if (ops) {
+                r = loop__protocol_check(ops);
+                if (r < 0)
+                        return r;
+        } else if (!server)
+                return -EINVAL;
         r = tls_new(loop, ctx, server_side, hostname, timeout_ns, &t);
         if (r < 0)
                 return r;
+        if (!ops) {
+                t->need_protocol = true;
+                t->server = server;     /* the app transport holds the reference */
+                ops = &no_protocol;
+        }
         /* The app transport first: deferred, and not owning fd, it is
          * easy to undo; the raw transport takes fd. */
         r = app_new(loop, t, fd, ops, userdata, server, waiter, false);
@@ -744,6 +831,8 @@ int loop__tls_wrap(loop_t *loop, int fd, loop_tls_context_t *ctx, bool server_si
                 return r;
         }
         loop_transport_ref(t->raw);
+        if (waiter)
+                loop__future_on_cancel(waiter, waiter_cancelled, t);
         return 0;
 }
 
@@ -782,8 +871,11 @@ LOOP_EXPORT int loop_start_tls(loop_transport_t *transport, const struct loop_pr
         }
         t->n_ref++;     /* the raw protocol's */
         t->raw = loop_transport_ref(transport);
-        /* The transport is ours now: its bytes are ciphertext. */
+        /* The transport is ours now: its bytes are ciphertext, and the
+         * handshake needs them even if the program had paused it. */
         (void) loop_transport_set_protocol(transport, &raw_protocol, t);
+        (void) loop_transport_resume_reading(transport);
+        loop__future_on_cancel(f, waiter_cancelled, t);
         r = begin(t);
         if (r < 0)
                 fail(t, r);

@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 #ifndef LOOP_WINDOWS
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #endif
 
@@ -275,6 +277,11 @@ static void maybe_resume_protocol(loop_transport_t *t) {
         }
 }
 
+void loop__transport_check_pause(loop_transport_t *t) {
+        if (!t->lost)
+                maybe_pause_protocol(t);
+}
+
 void loop__transport_received(loop_transport_t *t, const void *data, size_t n) {
         if (t->closing || !t->made)
                 return;
@@ -346,6 +353,8 @@ void loop__transport_eof(loop_transport_t *t) {
                 keep = t->proto.eof_received(t, t->userdata);
         if (keep < 0)
                 raised(t, "eof_received", keep);
+        else if (t->kind == LOOP__T_READ_PIPE)
+                force_close(t, 0);      /* asyncio: a read pipe ends at EOF, whatever eof_received says */
         else if (keep == 0)
                 loop_transport_close(t);
 }
@@ -354,6 +363,11 @@ static void shutdown_write(loop_transport_t *t) {
         if (t->eof_sent)
                 return;
         t->eof_sent = true;
+        if (t->kind == LOOP__T_WRITE_PIPE) {
+                /* A pipe's EOF is its closing (asyncio's write_eof). */
+                force_close(t, 0);
+                return;
+        }
         if (shutdown(t->fd, SHUT_WR) < 0) {
 #ifdef LOOP_WINDOWS
                 int e = loop__errno_from_wsa(WSAGetLastError());
@@ -449,6 +463,17 @@ static void call_connection_lost(loop_transport_t *t) {
         loop_transport_unref(t);        /* the transport's own */
 }
 
+void loop__transport_lost_now(loop_transport_t *t, int error) {
+        if (!t->lost) {
+                t->lost = t->closing = true;
+                t->lost_error = error;
+                t->reading = false;
+                loop__wbuf_free(&t->wbuf);
+                t->drv->stop(t);
+        }
+        call_connection_lost(t);
+}
+
 static int lost_cb(loop_t *loop, void *userdata) {
         loop_transport_t *t = userdata;
 
@@ -521,7 +546,13 @@ int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *a,
                 return -ENOMEM;
         t->n_ref = 1;
         t->fd = -1;
-        t->drv = a->drv ? a->drv : loop__proactor_name(loop) ? &loop__transport_pro : &loop__transport_sel;
+        t->kind = a->kind;
+        if (a->drv)
+                t->drv = a->drv;
+        else if (a->kind != LOOP__T_STREAM || !loop__proactor_name(loop))
+                t->drv = &loop__transport_sel;
+        else
+                t->drv = &loop__transport_pro;
         r = protocol_set(t, a->ops, a->userdata);
         if (r < 0) {
                 free(t);
@@ -532,6 +563,13 @@ int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *a,
         t->low = DEFAULT_HIGH / 4;
         t->fd = a->fd;
         t->drv_state = a->drv_state;
+        if (t->kind == LOOP__T_STREAM && !t->drv->foreign_fd) {
+                /* asyncio sets TCP_NODELAY on every TCP transport: a
+                 * protocol's small writes go out at once. Not TCP: it
+                 * fails, and that is fine. */
+                int on = 1;
+                (void) setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, (const void *) &on, sizeof(on));
+        }
         t->skip_made = a->made;
         t->deferred = a->deferred;
         r = a->deferred ? 0 : schedule(t, start_cb);
@@ -609,6 +647,8 @@ static int write_check(loop_transport_t *t) {
         int r = loop__usable(t->loop);
         if (r < 0)
                 return r;
+        if (t->kind == LOOP__T_READ_PIPE)
+                return -EOPNOTSUPP;
         if (t->eof_wanted)
                 return -ESHUTDOWN;
         if (t->lost || t->shutting)
@@ -617,6 +657,8 @@ static int write_check(loop_transport_t *t) {
 }
 
 LOOP_EXPORT int loop_transport_write(loop_transport_t *t, const void *data, size_t size) {
+        if (t && t->kind == LOOP__T_DATAGRAM)
+                return loop_transport_sendto(t, data, size, NULL, 0);   /* a connected endpoint's */
         int r = write_check(t);
 
         if (r < 0)
@@ -646,6 +688,8 @@ LOOP_EXPORT int loop_transport_write(loop_transport_t *t, const void *data, size
 }
 
 LOOP_EXPORT int loop_transport_writev(loop_transport_t *t, const struct loop_iovec *iov, size_t n) {
+        if (t && t->kind == LOOP__T_DATAGRAM)
+                return -EOPNOTSUPP;
         int r = write_check(t);
 
         if (r < 0)
@@ -681,7 +725,7 @@ LOOP_EXPORT int loop_transport_write_eof(loop_transport_t *t) {
         int r = loop__usable(t->loop);
         if (r < 0)
                 return r;
-        if (t->drv->no_write_eof)
+        if (t->drv->no_write_eof || t->kind == LOOP__T_READ_PIPE)
                 return -EOPNOTSUPP;
         if (t->closing || t->eof_wanted)
                 return 0;
@@ -693,7 +737,7 @@ LOOP_EXPORT int loop_transport_write_eof(loop_transport_t *t) {
 
 LOOP_EXPORT int loop_transport_can_write_eof(const loop_transport_t *t) {
         return_if_fail(t, -EINVAL);
-        return !t->drv->no_write_eof;
+        return !t->drv->no_write_eof && t->kind != LOOP__T_READ_PIPE;
 }
 
 LOOP_EXPORT int loop_transport_close(loop_transport_t *t) {
@@ -731,6 +775,8 @@ LOOP_EXPORT int loop_transport_is_closing(const loop_transport_t *t) {
 
 LOOP_EXPORT int loop_transport_pause_reading(loop_transport_t *t) {
         return_if_fail(t, -EINVAL);
+        if (t->kind == LOOP__T_WRITE_PIPE)
+                return -EOPNOTSUPP;
         if (t->closing || t->paused)
                 return 0;
         t->paused = true;
@@ -743,6 +789,8 @@ LOOP_EXPORT int loop_transport_pause_reading(loop_transport_t *t) {
 
 LOOP_EXPORT int loop_transport_resume_reading(loop_transport_t *t) {
         return_if_fail(t, -EINVAL);
+        if (t->kind == LOOP__T_WRITE_PIPE)
+                return -EOPNOTSUPP;
         if (t->closing || !t->paused)
                 return 0;
         int r = loop__usable(t->loop);
@@ -764,7 +812,7 @@ LOOP_EXPORT int loop_transport_resume_reading(loop_transport_t *t) {
 
 LOOP_EXPORT int loop_transport_is_reading(const loop_transport_t *t) {
         return_if_fail(t, -EINVAL);
-        return !t->paused && !t->closing;
+        return !t->paused && !t->closing && t->kind != LOOP__T_WRITE_PIPE;
 }
 
 LOOP_EXPORT int loop_transport_set_write_buffer_limits(loop_transport_t *t, size_t high, size_t low) {

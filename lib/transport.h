@@ -63,6 +63,16 @@ extern LOOP_HIDDEN const struct loop__transport_driver loop__transport_tls;
 
 struct loop__transports;
 
+/* What a transport carries (asyncio's socket transport, and the Unix pipe
+ * transports of connect_read_pipe/connect_write_pipe). Pipes use read(2)
+ * and write(2), on readiness, on both loop families. */
+enum {
+        LOOP__T_STREAM,
+        LOOP__T_READ_PIPE,
+        LOOP__T_WRITE_PIPE,
+        LOOP__T_DATAGRAM,               /* datagram.c's driver */
+};
+
 struct loop_transport {
         unsigned n_ref;
         loop_t *loop;
@@ -90,6 +100,7 @@ struct loop_transport {
         bool skip_made;                 /* start_tls: no connection_made */
         bool peer_eof;                  /* eof received */
         bool reader_on, writer_on;      /* transport_sel.c: registered with the loop */
+        uint8_t kind;                   /* LOOP__T_* */
         int lost_error;
 
         loop_future_t *waiter;          /* completed after connection_made, or NULL */
@@ -103,7 +114,12 @@ struct loop_transport {
 void loop__transport_received(loop_transport_t *t, const void *data, size_t n);
 void loop__transport_eof(loop_transport_t *t);
 void loop__transport_fatal(loop_transport_t *t, int error);
+/* From the loop only, and only for a driver with no done callbacks of its
+ * own pending (TLS): connection_lost(error) now, not one iteration later. */
+void loop__transport_lost_now(loop_transport_t *t, int error);
 void loop__transport_sent(loop_transport_t *t);
+/* The driver queued bytes of its own: pause the protocol past the high mark. */
+void loop__transport_check_pause(loop_transport_t *t);
 int loop__transport_recv_buffer(loop_t *loop, void **buf, size_t *size);
 bool loop__transport_buffered(const loop_transport_t *t);
 int loop__transport_get_buffer(loop_transport_t *t, size_t hint, void **buf, size_t *size);
@@ -130,6 +146,7 @@ struct loop__transport_args {
         void *drv_state;
         bool deferred;
         bool made;
+        uint8_t kind;                   /* LOOP__T_*; pipes get the readiness driver */
 };
 int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *args, loop_transport_t **ret);
 int loop__transport_start(loop_transport_t *t);
@@ -138,10 +155,19 @@ int loop__protocol_check(const struct loop_protocol_ops *ops);
 /* tls.c: a TLS connection over fd (a connected stream socket, owned by the
  * connection from a successful return on): a raw transport for the socket
  * and, once the handshake is over, the caller's transport (waiter then
- * completes with it; server counts it). -EOPNOTSUPP without OpenSSL. */
+ * completes with it; server counts it). ops NULL (servers): the server's
+ * factory gives the protocol once the handshake is over. -EOPNOTSUPP
+ * without OpenSSL. */
 int loop__tls_wrap(loop_t *loop, int fd, struct loop_tls_context *ctx, bool server_side, const char *hostname,
                    int64_t timeout_ns, const struct loop_protocol_ops *ops, void *userdata, loop_server_t *server,
                    loop_future_t *waiter);
+
+/* tls.c: a context for servers (false: for clients). */
+bool loop__tls_context_is_server(const struct loop_tls_context *ctx);
+/* tls.c: 0 if a client with ctx may ask for hostname, or -EINVAL. */
+int loop__tls_check_client(const struct loop_tls_context *ctx, const char *hostname);
+/* server.c: the factory's protocol for a new connection of s. */
+int loop__server_make_protocol(loop_server_t *s, const struct loop_protocol_ops **ops, void **userdata);
 
 /* server.c: a connection of server ended (connection_lost ran). */
 void loop__server_connection_gone(loop_server_t *server, loop_transport_t *t);

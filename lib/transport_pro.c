@@ -43,7 +43,8 @@ static struct pro *pro(loop_transport_t *t) {
 
 static int on_recv(loop_future_t *f, void *userdata);
 
-static int issue_recv(loop_transport_t *t) {
+/* drained: the socket was just read empty of what it had (no recv() first). */
+static int issue_recv(loop_transport_t *t, bool drained) {
         struct pro *p = pro(t);
         loop_future_t *f;
         int r;
@@ -61,6 +62,7 @@ static int issue_recv(loop_transport_t *t) {
                 .fd = t->fd,
                 .buf = p->rbuf,
                 .size = RECV_SIZE,
+                .no_try = drained,
         };
         r = t->loop->impl->sock_call(t->loop, &call, &f);
         if (r < 0)
@@ -84,7 +86,8 @@ static void deliver(loop_transport_t *t, size_t n) {
         }
         loop__transport_received(t, p->rbuf, n);
         if (t->reading && !p->rf) {
-                int r = issue_recv(t);
+                /* Less than a full buffer came: the socket is empty now. */
+                int r = issue_recv(t, n < RECV_SIZE);
                 if (r < 0)
                         loop__transport_fatal(t, r);
         }
@@ -158,7 +161,7 @@ static int set_reading(loop_transport_t *t, bool on) {
                 p->kick = true;
                 return 0;
         }
-        return p->rf ? 0 : issue_recv(t);
+        return p->rf ? 0 : issue_recv(t, false);
 }
 
 static int start(loop_transport_t *t) {

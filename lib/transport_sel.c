@@ -8,6 +8,9 @@
  * has readers and writers; the selector loop uses it.
  */
 #include <string.h>
+#ifndef LOOP_WINDOWS
+#include <unistd.h>
+#endif
 
 #include "transport.h"
 
@@ -26,6 +29,14 @@ static bool would_block(int e) {
         return e == EAGAIN || e == EWOULDBLOCK;
 }
 
+static ssize_t receive(loop_transport_t *t, int fd, void *buf, size_t size) {
+#ifndef LOOP_WINDOWS
+        if (t->kind != LOOP__T_STREAM)
+                return read(fd, buf, size);
+#endif
+        return loop__recv(fd, buf, size, RECV_FLAGS);
+}
+
 static int on_readable(loop_t *loop, int fd, void *userdata) {
         loop_transport_t *t = userdata;
         void *buf;
@@ -34,6 +45,13 @@ static int on_readable(loop_t *loop, int fd, void *userdata) {
         int r;
 
         (void) loop;
+        if (t->kind == LOOP__T_WRITE_PIPE) {
+                /* The write end is readable when the reader is gone
+                 * (asyncio watches it for that): the end, with EPIPE if
+                 * bytes were still to go. */
+                loop__transport_fatal(t, t->wbuf.len > 0 ? -EPIPE : 0);
+                return 0;
+        }
         if (!t->reading)
                 return 0;
         if (loop__transport_buffered(t))
@@ -46,7 +64,7 @@ static int on_readable(loop_t *loop, int fd, void *userdata) {
                 return 0;
         }
         do
-                n = loop__recv(fd, buf, size, RECV_FLAGS);
+                n = receive(t, fd, buf, size);
         while (n < 0 && sock_errno() == EINTR);
         if (n > 0) {
                 if (loop__transport_buffered(t))
@@ -91,9 +109,14 @@ static void set_writing(loop_transport_t *t, bool on) {
 static ssize_t send_now(loop_transport_t *t, const void *data, size_t n) {
         ssize_t k;
 
-        do
-                k = loop__send(t->fd, data, n, SEND_FLAGS);
-        while (k < 0 && sock_errno() == EINTR);
+        do {
+#ifndef LOOP_WINDOWS
+                if (t->kind != LOOP__T_STREAM)
+                        k = loop__write_nosigpipe(t->fd, data, n);
+                else
+#endif
+                        k = loop__send(t->fd, data, n, SEND_FLAGS);
+        } while (k < 0 && sock_errno() == EINTR);
         if (k >= 0)
                 return k;
         if (would_block(sock_errno()))
