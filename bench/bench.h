@@ -234,15 +234,16 @@ struct bench_opts {
         int variant;            /* -q: library-specific variant (see program) */
         int no_warmup;          /* -z: no untimed warm-up run (for callgrind) */
         const char *selector;   /* -S: libloop selector name */
+        const char *tls_dir;    /* -k: TLS, DIR/cert.pem + DIR/key.pem (trips, stream) */
 };
 
 static inline void bench_usage(const char *prog)
 {
         fprintf(stderr,
                 "usage: %s WORKLOAD [-n N] [-a ACTIVE] [-w WRITES] [-p PER_PASS]\n"
-                "          [-s SIZE] [-r REPS] [-q] [-z] [-S SELECTOR]\n"
+                "          [-s SIZE] [-r REPS] [-q] [-z] [-S SELECTOR] [-k TLSDIR]\n"
                 "workloads: pipe timers soon xthread pingpong echo coldtimers\n"
-                "           memtimers memfds lateness http\n",
+                "           memtimers memfds lateness http trips stream\n",
                 prog);
         exit(2);
 }
@@ -289,6 +290,7 @@ static inline void bench_parse(int argc, char **argv, struct bench_opts *o)
                 case 's': o->size = bench_atol(argv[0], v); break;
                 case 'r': o->reps = (int)bench_atol(argv[0], v); break;
                 case 'S': o->selector = v; break;
+                case 'k': o->tls_dir = v; break;
                 default: bench_usage(argv[0]);
                 }
         }
@@ -1295,6 +1297,258 @@ static inline void http_report(void)
                 bench_note("%ld short writes (finished with poll)", http_short_writes);
         printf("R served %ld\nR conns %ld\nR errors %ld\n", http_served, http_conns, http_errors);
         fflush(stdout);
+}
+
+/* ---- workload 10: transport echo (issue 24) ------------------------------------
+ *
+ * An echo over one loopback TCP connection, both ends driven by the
+ * library's stream API (libloop transports, libuv uv_stream_t, libevent
+ * bufferevents), in one loop and one thread: the server writes back what
+ * it receives, the client
+ *
+ *   trips   sends an -s byte message (default 64), waits until all of it
+ *           is back, sends the next: -n round trips per run (default
+ *           20,000); "rtps" = round trips per second;
+ *   stream  sends -n MiB (default 256) in XP_CHUNK (64 KiB) writes,
+ *           keeping at most XP_WINDOW bytes in flight (sent and not yet
+ *           back, so that no write buffer on either side outgrows it); a
+ *           run ends when the last byte is back; "mibps" = MiB of echoed
+ *           payload per second.
+ *
+ * Both are also reported per second of the process's CPU time (getrusage:
+ * user + system, every thread; "rtps_cpu", "mibps_cpu"): on a machine
+ * shared with other work the wall-clock rates move with whoever else runs
+ * on the CPU, the CPU-time rates much less.
+ *
+ * -k DIR: TLS on that connection, DIR/cert.pem and DIR/key.pem on the
+ * server, no certificate verification on the client, TLS 1.3. The
+ * connection and its handshake are made once, untimed; the warm-up run and
+ * the measured runs reuse it. The payload is a pattern (the byte at offset
+ * o of a run is o % XP_PERIOD), checked byte for byte in the warm-up run;
+ * every run checks that every byte sent came back and no more.
+ *
+ * The library part: connect (untimed), then per run xp_pump() from the
+ * client's side and run the loop until xp.done; the client's read callback
+ * calls xp_on_data() (or xp_check() and xp_received()) and, unless that
+ * says the run is done, xp_pump() again. xp_pump() hands the library's
+ * write call each piece it may send now.
+ */
+#define XP_CHUNK (64 * 1024)
+#define XP_PERIOD 251
+#define XP_WINDOW (1024 * 1024)
+
+struct xp {
+        int stream;             /* 0: trips, 1: stream */
+        size_t size;            /* trips: the message size */
+        long target;            /* trips: round trips per run */
+        uint64_t total;         /* stream: bytes per run */
+        uint64_t sent, got;     /* this run's bytes written, bytes back */
+        long trips;
+        int check;              /* compare the bytes back with the pattern */
+        int done;
+        unsigned char src[XP_CHUNK + XP_PERIOD];
+        char cert[4096], key[4096];     /* -k: the server's PEM files */
+};
+
+static struct xp xp;
+
+/* Called with SIGALRM: a run that stalls (a lost wake-up, a flow-control
+ * deadlock) fails the cell instead of hanging the whole table. */
+static inline void xp_on_alarm(int signum)
+{
+        static const char msg[] = "bench: transport echo stalled (no progress for 300 s)\n";
+
+        (void)signum;
+        if (write(2, msg, sizeof(msg) - 1) < 0)
+                _exit(2);
+        _exit(2);
+}
+
+/* A cell that cannot run here: the reason on stderr, exit 77 (run-bench
+ * prints it in the table instead of a number). */
+static inline void bench_skip(const char *fmt, ...)
+        __attribute__((format(printf, 1, 2), noreturn));
+static inline void bench_skip(const char *fmt, ...)
+{
+        va_list ap;
+
+        fflush(stdout);
+        fputs("bench: ", stderr);
+        va_start(ap, fmt);
+        vfprintf(stderr, fmt, ap);
+        va_end(ap);
+        fputc('\n', stderr);
+        exit(77);
+}
+
+/* Parse the workload's options into xp; returns 1 for TLS. */
+static inline int xp_init(const struct bench_opts *o)
+{
+        xp.stream = !strcmp(o->workload, "stream");
+        xp.size = (size_t)o->size;
+        if (xp.size > XP_CHUNK)
+                bench_die("trips: -s must be at most %d", XP_CHUNK);
+        xp.target = bench_default(o->n, 20000);
+        xp.total = (uint64_t)bench_default(o->n, 256) << 20;
+        for (size_t i = 0; i < sizeof(xp.src); i++)
+                xp.src[i] = (unsigned char)(i % XP_PERIOD);
+        if (xp.stream)
+                bench_param("stream: %llu MiB per run in %d KiB writes, at most %d KiB in flight",
+                            (unsigned long long)(xp.total >> 20), XP_CHUNK / 1024, XP_WINDOW / 1024);
+        else
+                bench_param("trips: %zu-byte messages, %ld round trips per run", xp.size, xp.target);
+        signal(SIGALRM, xp_on_alarm);
+        signal(SIGPIPE, SIG_IGN);
+        if (!o->tls_dir)
+                return 0;
+        if ((size_t)snprintf(xp.cert, sizeof(xp.cert), "%s/cert.pem", o->tls_dir) >= sizeof(xp.cert) ||
+            (size_t)snprintf(xp.key, sizeof(xp.key), "%s/key.pem", o->tls_dir) >= sizeof(xp.key))
+                bench_die("-k: path too long");
+        if (access(xp.cert, R_OK) < 0 || access(xp.key, R_OK) < 0)
+                bench_die("-k: %s or %s: %s", xp.cert, xp.key, strerror(errno));
+        return 1;
+}
+
+/* The next piece the client may write now (its length; 0: none). */
+static inline size_t xp_next(const void **p)
+{
+        size_t len;
+
+        if (xp.done)
+                return 0;
+        if (!xp.stream) {
+                if (xp.sent != xp.got)
+                        return 0;       /* the echo of the last one is awaited */
+                len = xp.size;
+        } else {
+                if (xp.sent >= xp.total || xp.sent - xp.got + XP_CHUNK > XP_WINDOW)
+                        return 0;
+                len = xp.total - xp.sent < XP_CHUNK ? (size_t)(xp.total - xp.sent) : XP_CHUNK;
+        }
+        *p = xp.src + xp.sent % XP_PERIOD;
+        xp.sent += len;
+        return len;
+}
+
+/* Compare len bytes that arrived `off` bytes after the last counted one
+ * with the pattern (only in the checking run). */
+static inline void xp_check(uint64_t off, const void *data, size_t len)
+{
+        const unsigned char *d = data;
+
+        if (!xp.check)
+                return;
+        off += xp.got;
+        while (len > 0) {
+                size_t k = len < XP_CHUNK ? len : XP_CHUNK;
+
+                if (memcmp(d, xp.src + off % XP_PERIOD, k))
+                        bench_die("echo: wrong bytes back at offset %llu", (unsigned long long)off);
+                d += k;
+                off += k;
+                len -= k;
+        }
+}
+
+/* Count len bytes back; returns 1 when the run is complete. */
+static inline int xp_received(size_t len)
+{
+        if (xp.got + len > xp.sent)
+                bench_die("echo: %llu bytes back, %llu sent",
+                          (unsigned long long)(xp.got + len), (unsigned long long)xp.sent);
+        xp.got += len;
+        if (!xp.stream) {
+                if (xp.got == xp.sent && ++xp.trips == xp.target)
+                        xp.done = 1;
+        } else if (xp.got == xp.total) {
+                xp.done = 1;
+        }
+        return xp.done;
+}
+
+static inline int xp_on_data(const void *data, size_t len)
+{
+        xp_check(0, data, len);
+        return xp_received(len);
+}
+
+static inline double xp_cpu_seconds(void)
+{
+        struct rusage ru;
+
+        if (getrusage(RUSAGE_SELF, &ru) < 0)
+                bench_die("getrusage: %s", strerror(errno));
+        return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+               (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+/* The runs: run(): xp_pump() and run the loop until xp.done. */
+static inline void xp_bench(const struct bench_opts *o, void (*run)(void))
+{
+        struct bench_series s = { .metric = xp.stream ? "mibps" : "rtps" };
+        struct bench_series c = { .metric = xp.stream ? "mibps_cpu" : "rtps_cpu" };
+
+        for (int rep = bench_first_rep(o); rep < o->reps; rep++) {
+                double amount = xp.stream ? (double)xp.total / 1048576.0 : (double)xp.target;
+                double c0, c1;
+                uint64_t t0, t1;
+
+                xp.sent = xp.got = 0;
+                xp.trips = 0;
+                xp.done = 0;
+                xp.check = rep < 0 || o->no_warmup;
+                alarm(300);
+                c0 = xp_cpu_seconds();
+                t0 = bench_now_ns();
+                run();
+                t1 = bench_now_ns();
+                c1 = xp_cpu_seconds();
+                alarm(0);
+                if (!xp.done || xp.got != xp.sent ||
+                    (xp.stream ? xp.got != xp.total : xp.trips != xp.target))
+                        bench_die("echo: run ended with %llu of %llu bytes back, %ld round trips",
+                                  (unsigned long long)xp.got, (unsigned long long)xp.sent, xp.trips);
+                if (rep >= 0) {
+                        bench_add(&s, amount * 1e9 / (double)(t1 - t0));
+                        if (c1 > c0)
+                                bench_add(&c, amount / (c1 - c0));
+                }
+        }
+        bench_print(&s);
+        bench_print(&c);
+        bench_param("checked: each run got back all %llu bytes it sent, the %s run byte for byte",
+                    (unsigned long long)(xp.stream ? xp.total : (uint64_t)xp.target * xp.size),
+                    o->no_warmup ? "first" : "warm-up");
+}
+
+/* A connected loopback TCP pair for the libraries that take a socket
+ * (libuv's uv_tcp_open, libevent's bufferevent_socket_new): non-blocking,
+ * TCP_NODELAY on both ends (what libloop's side sets too), kernel default
+ * buffer sizes (autotuned). */
+static inline void xp_pair(int *cfd, int *sfd)
+{
+        struct sockaddr_in sa = { .sin_family = AF_INET };
+        socklen_t len = sizeof(sa);
+        int one = 1, lfd;
+
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (lfd < 0 || bind(lfd, (struct sockaddr *)&sa, sizeof(sa)) < 0 ||
+            listen(lfd, 1) < 0 || getsockname(lfd, (struct sockaddr *)&sa, &len) < 0)
+                bench_die("listen on 127.0.0.1: %s", strerror(errno));
+        *cfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (*cfd < 0 || connect(*cfd, (struct sockaddr *)&sa, sizeof(sa)) < 0)
+                bench_die("connect: %s", strerror(errno));
+        *sfd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+        if (*sfd < 0)
+                bench_die("accept: %s", strerror(errno));
+        close(lfd);
+        for (int i = 0; i < 2; i++) {
+                int fd = i ? *sfd : *cfd;
+
+                setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+                bench_nonblock(fd);
+        }
 }
 
 #endif /* BENCH_H */

@@ -22,6 +22,18 @@
  *   http      struct event (EV_READ | EV_PERSIST) on the listening socket
  *             and on every connection, read(2), write(2); not bufferevents,
  *             so that it is the same work as the other readers.
+ *   trips, stream  bufferevent_socket_new on a connected loopback pair
+ *             (bench.h's xp_pair sets TCP_NODELAY), default watermarks and
+ *             read/write sizes: the server moves its input buffer to its
+ *             output (bufferevent_write_buffer, no copy), the client
+ *             bufferevent_write's the pattern (a copy into the output
+ *             buffer) and drains what comes back. -k DIR: TLS, a
+ *             bufferevent_openssl_filter_new over each socket bufferevent
+ *             (the filter: OpenSSL reads and writes through the underlying
+ *             bufferevent's buffers, as libloop's memory BIOs feed its raw
+ *             transport); -k DIR -q: bufferevent_openssl_socket_new
+ *             instead (OpenSSL reads and writes the socket itself). Built
+ *             without libevent_openssl (BENCH_LIBEVENT_OPENSSL), -k exits 77.
  *
  * evthread_use_pthreads() is called only for xthread and pingpong: it puts
  * a lock round every base operation, which a single-threaded user would not
@@ -35,6 +47,14 @@
 #include <event2/event.h>
 #include <event2/event_struct.h>      /* struct event, for event_assign */
 #include <event2/thread.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+
+#ifdef BENCH_LIBEVENT_OPENSSL
+#include <event2/bufferevent_ssl.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 static struct bench_opts opts;
 static struct event_base *base;
@@ -598,6 +618,178 @@ static void bench_http(void)
         exit(0);
 }
 
+/* ---- transport echo (trips, stream) ------------------------------------------------ */
+
+static struct bufferevent *xp_cbev, *xp_sbev;
+static int xp_connected;
+
+static void xp_pump(void)
+{
+        const void *p;
+        size_t len;
+
+        while ((len = xp_next(&p)) > 0)
+                BENCH_CHECK(bufferevent_write(xp_cbev, p, len));
+}
+
+static void xp_server_read(struct bufferevent *bev, void *arg)
+{
+        (void)arg;
+        BENCH_CHECK(bufferevent_write_buffer(bev, bufferevent_get_input(bev)));
+}
+
+static void xp_client_read(struct bufferevent *bev, void *arg)
+{
+        struct evbuffer *in = bufferevent_get_input(bev);
+        size_t n = evbuffer_get_length(in);
+
+        (void)arg;
+        if (xp.check) {
+                struct evbuffer_iovec v[64];
+                int k = evbuffer_peek(in, -1, NULL, v, 64);
+                uint64_t off = 0;
+
+                if (k > 64)
+                        bench_die("evbuffer_peek: %d chains", k);
+                for (int i = 0; i < k; i++) {
+                        xp_check(off, v[i].iov_base, v[i].iov_len);
+                        off += v[i].iov_len;
+                }
+        }
+        BENCH_CHECK(evbuffer_drain(in, n));
+        if (xp_received(n))
+                event_base_loopbreak(base);
+        else
+                xp_pump();
+}
+
+static void xp_event(struct bufferevent *bev, short what, void *arg)
+{
+        const char *side = arg;
+
+        (void)bev;
+        if (what & BEV_EVENT_CONNECTED) {
+                xp_connected++;
+                return;
+        }
+#ifdef BENCH_LIBEVENT_OPENSSL
+        {
+                unsigned long e = bufferevent_get_openssl_error(bev);
+                char buf[256] = "";
+
+                if (e)
+                        ERR_error_string_n(e, buf, sizeof(buf));
+                bench_die("%s bufferevent: event 0x%x (%s%s%s)", side, (unsigned)what,
+                          evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()), e ? ", " : "", buf);
+        }
+#else
+        bench_die("%s bufferevent: event 0x%x (%s)", side, (unsigned)what,
+                  evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+#endif
+}
+
+static void xp_run(void)
+{
+        xp_pump();
+        BENCH_CHECK(event_base_dispatch(base));
+}
+
+#ifdef BENCH_LIBEVENT_OPENSSL
+static SSL_CTX *xp_ssl_ctx(int server)
+{
+        SSL_CTX *ctx = SSL_CTX_new(server ? TLS_server_method() : TLS_client_method());
+
+        if (!ctx || !SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION))
+                bench_die("SSL_CTX_new failed");
+        if (server && (SSL_CTX_use_certificate_chain_file(ctx, xp.cert) != 1 ||
+                       SSL_CTX_use_PrivateKey_file(ctx, xp.key, SSL_FILETYPE_PEM) != 1))
+                bench_die("loading %s and %s failed", xp.cert, xp.key);
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+        return ctx;
+}
+
+/* The TLS bufferevent for one end: the filter over a socket bufferevent,
+ * or (-q) OpenSSL on the socket itself. */
+static struct bufferevent *xp_tls_bev(SSL_CTX *ctx, int fd, int server)
+{
+        SSL *ssl = SSL_new(ctx);
+        enum bufferevent_ssl_state st = server ? BUFFEREVENT_SSL_ACCEPTING : BUFFEREVENT_SSL_CONNECTING;
+        struct bufferevent *bev;
+
+        if (!ssl)
+                bench_die("SSL_new failed");
+        if (opts.variant) {
+                bev = bufferevent_openssl_socket_new(base, fd, ssl, st, BEV_OPT_CLOSE_ON_FREE);
+        } else {
+                struct bufferevent *under = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+
+                if (!under)
+                        bench_die("bufferevent_socket_new failed");
+                bev = bufferevent_openssl_filter_new(base, under, ssl, st, BEV_OPT_CLOSE_ON_FREE);
+        }
+        if (!bev)
+                bench_die("bufferevent_openssl_%s_new failed", opts.variant ? "socket" : "filter");
+        return bev;
+}
+#endif
+
+static void bench_transport(void)
+{
+        int tls = xp_init(&opts), cfd, sfd;
+#ifdef BENCH_LIBEVENT_OPENSSL
+        SSL_CTX *sctx = NULL, *cctx = NULL;
+#endif
+
+#ifndef BENCH_LIBEVENT_OPENSSL
+        if (tls)
+                bench_skip("bench_libevent built without libevent_openssl");
+#endif
+        base = new_base(0);
+        xp_pair(&cfd, &sfd);
+        if (!tls) {
+                xp_cbev = bufferevent_socket_new(base, cfd, BEV_OPT_CLOSE_ON_FREE);
+                xp_sbev = bufferevent_socket_new(base, sfd, BEV_OPT_CLOSE_ON_FREE);
+                if (!xp_cbev || !xp_sbev)
+                        bench_die("bufferevent_socket_new failed");
+                xp_connected = 2;
+        }
+#ifdef BENCH_LIBEVENT_OPENSSL
+        else {
+                sctx = xp_ssl_ctx(1);
+                cctx = xp_ssl_ctx(0);
+                xp_sbev = xp_tls_bev(sctx, sfd, 1);
+                xp_cbev = xp_tls_bev(cctx, cfd, 0);
+        }
+#endif
+        bufferevent_setcb(xp_sbev, xp_server_read, NULL, xp_event, "server");
+        bufferevent_setcb(xp_cbev, xp_client_read, NULL, xp_event, "client");
+        BENCH_CHECK(bufferevent_enable(xp_sbev, EV_READ | EV_WRITE));
+        BENCH_CHECK(bufferevent_enable(xp_cbev, EV_READ | EV_WRITE));
+        /* the handshakes (TLS): both ends report BEV_EVENT_CONNECTED */
+        while (xp_connected < 2)
+                BENCH_CHECK(event_base_loop(base, EVLOOP_ONCE));
+        if (!tls) {
+                bench_note("bufferevent_socket_new, bufferevent_write; the server: bufferevent_write_buffer");
+        }
+#ifdef BENCH_LIBEVENT_OPENSSL
+        else {
+                SSL *ssl = bufferevent_openssl_get_ssl(xp_cbev);
+
+                bench_note("%s %s, %s", SSL_get_version(ssl), SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)),
+                           opts.variant ? "bufferevent_openssl_socket_new (OpenSSL on the socket)"
+                                        : "bufferevent_openssl_filter_new over bufferevent_socket_new");
+        }
+#endif
+        xp_bench(&opts, xp_run);
+        bufferevent_free(xp_cbev);
+        bufferevent_free(xp_sbev);
+        event_base_free(base);
+#ifdef BENCH_LIBEVENT_OPENSSL
+        SSL_CTX_free(sctx);
+        SSL_CTX_free(cctx);
+#endif
+}
+
 int main(int argc, char **argv)
 {
         static const struct bench_workload workloads[] = {
@@ -612,6 +804,8 @@ int main(int argc, char **argv)
                 { "memfds", bench_memory },
                 { "lateness", bench_lateness },
                 { "http", bench_http },
+                { "trips", bench_transport },
+                { "stream", bench_transport },
         };
 
         return bench_main(argc, argv, &opts, workloads, sizeof(workloads) / sizeof(workloads[0]));

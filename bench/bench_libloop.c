@@ -31,6 +31,17 @@
  *   http      readers (loop_add_reader, read, write); -q: futures
  *             (loop_sock_accept, loop_sock_recv_into, loop_sock_sendall);
  *             -S epoll or -S io_uring (the proactor loop).
+ *   trips, stream  transports: loop_create_server + loop_create_connection
+ *             on 127.0.0.1, protocols with data_received; the server
+ *             echoes with loop_transport_write, the client writes with
+ *             loop_transport_write. -k DIR: TLS (the options' tls field,
+ *             a server context from DIR's files, a client context with
+ *             verification and the host name check off), TLS 1.3 as the
+ *             minimum where the program is built with OpenSSL's headers
+ *             (BENCH_OPENSSL). TCP_NODELAY is set on both sockets, as on
+ *             the other libraries' (libloop sets it on TCP transports
+ *             itself, as asyncio does; -q: the program does not).
+ *             -S epoll or -S io_uring (the proactor loop).
  *
  * Loops come from loop_new() (the default selector) unless -S is given.
  */
@@ -40,6 +51,10 @@
 #include <stdatomic.h>
 
 #include <loop.h>
+
+#ifdef BENCH_OPENSSL
+#include <openssl/ssl.h>
+#endif
 
 static struct bench_opts opts;
 static loop_t *loop;
@@ -868,6 +883,188 @@ static void bench_http(void)
         exit(0);
 }
 
+/* ---- transport echo (trips, stream) ------------------------------------------------- */
+
+static loop_transport_t *xp_client, *xp_server;
+
+static void xp_nodelay(loop_transport_t *t)
+{
+        int one = 1, fd = loop_transport_get_fd(t);
+
+        if (opts.variant)
+                return;
+        if (fd < 0 || setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+                bench_die("TCP_NODELAY on the transport's socket (fd %d): %s", fd, strerror(errno));
+}
+
+static void xp_pump(void)
+{
+        const void *p;
+        size_t len;
+
+        while ((len = xp_next(&p)) > 0)
+                LOOP_CHECK(loop_transport_write(xp_client, p, len));
+}
+
+static int xp_server_made(loop_transport_t *t, void *userdata)
+{
+        (void)userdata;
+        xp_server = loop_transport_ref(t);
+        xp_nodelay(t);
+        return 0;
+}
+
+static int xp_server_data(loop_transport_t *t, const void *data, size_t size, void *userdata)
+{
+        (void)userdata;
+        return loop_transport_write(t, data, size);
+}
+
+static int xp_lost(loop_transport_t *t, int error, void *userdata)
+{
+        (void)t;
+        if (!userdata)  /* the teardown's: set to non-NULL before closing */
+                bench_die("transport echo: %s connection lost: %s", t == xp_client ? "client" : "server",
+                          error ? loop_strerror(error) : "EOF");
+        return 0;
+}
+
+static int xp_client_made(loop_transport_t *t, void *userdata)
+{
+        (void)userdata;
+        xp_client = loop_transport_ref(t);
+        xp_nodelay(t);
+        return 0;
+}
+
+static int xp_client_data(loop_transport_t *t, const void *data, size_t size, void *userdata)
+{
+        (void)t;
+        (void)userdata;
+        if (xp_on_data(data, size))
+                return loop_stop(loop);
+        xp_pump();
+        return 0;
+}
+
+static const struct loop_protocol_ops xp_server_ops = {
+        .size = sizeof(struct loop_protocol_ops),
+        .connection_made = xp_server_made,
+        .data_received = xp_server_data,
+        .connection_lost = xp_lost,
+}, xp_client_ops = {
+        .size = sizeof(struct loop_protocol_ops),
+        .connection_made = xp_client_made,
+        .data_received = xp_client_data,
+        .connection_lost = xp_lost,
+};
+
+static int xp_factory(loop_server_t *server, const struct loop_protocol_ops **ops, void **userdata, void *arg)
+{
+        (void)server;
+        (void)arg;
+        *ops = &xp_server_ops;
+        *userdata = NULL;
+        return 0;
+}
+
+static void xp_run(void)
+{
+        xp_pump();
+        LOOP_CHECK(loop_run_forever(loop));
+}
+
+/* Where the program has OpenSSL's headers: TLS 1.3 only, and say what was
+ * agreed. (libloop's contexts allow TLS 1.2 and up; two OpenSSL 3 peers
+ * agree on 1.3 anyway.) */
+static void xp_tls_min13(loop_tls_context_t *ctx)
+{
+#ifdef BENCH_OPENSSL
+        if (!SSL_CTX_set_min_proto_version(loop_tls_context_get_ssl_ctx(ctx), TLS1_3_VERSION))
+                bench_die("SSL_CTX_set_min_proto_version(TLS1_3_VERSION) failed");
+#else
+        (void)ctx;
+#endif
+}
+
+static void xp_tls_note(void)
+{
+#ifdef BENCH_OPENSSL
+        SSL *ssl = loop_transport_get_ssl(xp_client);
+
+        if (ssl)
+                bench_note("%s %s, memory BIOs", SSL_get_version(ssl),
+                           SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
+#endif
+}
+
+static void bench_transport(void)
+{
+        int tls = xp_init(&opts);
+        loop_tls_context_t *sctx = NULL, *cctx = NULL;
+        loop_server_t *server;
+        loop_future_t *f;
+        struct sockaddr_in sa;
+        socklen_t salen = sizeof(sa);
+        char port[16];
+        int lfd, r;
+
+        if (opts.selector && !strcmp(opts.selector, "io_uring")) {
+                loop_t *l;
+
+                if ((r = loop_proactor_loop_new(&l)) < 0)
+                        bench_skip("no io_uring proactor here (%s)", loop_strerror(r));
+                free_loop(l);
+        }
+        loop = new_loop();
+        if (tls) {
+                r = loop_tls_context_new_server(xp.cert, xp.key, &sctx);
+                if (r == -EOPNOTSUPP)
+                        bench_skip("no TLS in this libloop build (OpenSSL missing)");
+                LOOP_CHECK(r);
+                LOOP_CHECK(loop_tls_context_new_client(&cctx));
+                LOOP_CHECK(loop_tls_context_set_check_hostname(cctx, 0));
+                LOOP_CHECK(loop_tls_context_set_verify(cctx, 0));
+                xp_tls_min13(sctx);
+                xp_tls_min13(cctx);
+        }
+        struct loop_server_options sopts = { .size = sizeof(sopts), .tls = sctx };
+        LOOP_CHECK(loop_create_server(loop, xp_factory, NULL, "127.0.0.1", "0", &sopts, &f));
+        LOOP_CHECK(loop_run_until_complete(loop, f));
+        LOOP_CHECK(loop_future_result(f, (void **)&server));
+        server = loop_server_ref(server);
+        loop_future_unref(f);
+        if (loop_server_get_fds(server, &lfd, 1) < 1 || getsockname(lfd, (struct sockaddr *)&sa, &salen) < 0)
+                bench_die("the server's port: %s", strerror(errno));
+        snprintf(port, sizeof(port), "%u", ntohs(sa.sin_port));
+        struct loop_connection_options copts = { .size = sizeof(copts), .tls = cctx };
+        LOOP_CHECK(loop_create_connection(loop, &xp_client_ops, NULL, "127.0.0.1", port, &copts, &f));
+        LOOP_CHECK(loop_run_until_complete(loop, f));
+        loop_future_unref(f);
+        /* the server's side may finish its handshake a pass later */
+        while (!xp_server || !xp_client)
+                LOOP_CHECK(loop_run_once(loop, 1000000));
+        bench_note("loop_create_server + loop_create_connection, data_received, loop_transport_write%s",
+                   opts.variant ? "; no TCP_NODELAY (libloop's default)" : "; TCP_NODELAY set by the program");
+        if (tls)
+                xp_tls_note();
+        xp_bench(&opts, xp_run);
+
+        /* teardown: connection_lost is now expected (non-NULL userdata) */
+        LOOP_CHECK(loop_transport_set_protocol(xp_client, &xp_client_ops, &xp));
+        LOOP_CHECK(loop_transport_set_protocol(xp_server, &xp_server_ops, &xp));
+        loop_transport_abort(xp_client);
+        loop_transport_abort(xp_server);
+        loop_server_close(server);
+        LOOP_CHECK(loop_run_once(loop, 0));
+        loop_transport_unref(xp_client);
+        loop_transport_unref(xp_server);
+        loop_server_unref(server);
+        loop_tls_context_unref(sctx);
+        loop_tls_context_unref(cctx);
+        free_loop(loop);
+}
+
 /* "bench_libloop proactor" exits 0 when loop_proactor_loop_new() works here. */
 static void probe_proactor(void)
 {
@@ -899,6 +1096,8 @@ int main(int argc, char **argv)
                 { "memfds", bench_memory },
                 { "lateness", bench_lateness },
                 { "http", bench_http },
+                { "trips", bench_transport },
+                { "stream", bench_transport },
                 { "selectors", list_selectors },
                 { "proactor", probe_proactor },
         };

@@ -25,6 +25,14 @@
  *   http      uv_tcp_t as a libuv server uses it: uv_listen, uv_accept,
  *             uv_read_start into the connection's buffer, uv_try_write;
  *             uv_signal_t for SIGTERM.
+ *   trips, stream  uv_tcp_t streams on a connected loopback pair
+ *             (uv_tcp_open; bench.h's xp_pair sets TCP_NODELAY): the
+ *             server as libuv's own echo server (test/echo-server.c) does
+ *             it, uv_read_start into a malloc'd buffer of the suggested
+ *             size (64 KiB) handed to uv_write and freed in its callback;
+ *             the client uv_write's the pattern (no copy: the bytes stay
+ *             put until the write callback) and reads into one buffer.
+ *             libuv has no TLS: -k exits 77.
  */
 #include "bench.h"
 
@@ -667,6 +675,131 @@ static void bench_http(void)
         exit(0);
 }
 
+/* ---- transport echo (trips, stream) ------------------------------------------------ */
+
+static uv_tcp_t xp_ctcp, xp_stcp;
+
+struct xp_wreq {
+        uv_write_t req;
+        uv_buf_t buf;
+        struct xp_wreq *next;   /* the client's free list */
+};
+
+static struct xp_wreq *xp_free_reqs;
+
+static void xp_client_write_cb(uv_write_t *req, int status)
+{
+        struct xp_wreq *w = (struct xp_wreq *)req;
+
+        if (status < 0)
+                bench_die("uv_write (client): %s", uv_strerror(status));
+        w->next = xp_free_reqs;
+        xp_free_reqs = w;
+}
+
+static void xp_pump(void)
+{
+        const void *p;
+        size_t len;
+
+        while ((len = xp_next(&p)) > 0) {
+                struct xp_wreq *w = xp_free_reqs;
+
+                if (w)
+                        xp_free_reqs = w->next;
+                else if (!(w = malloc(sizeof(*w))))
+                        bench_die("out of memory");
+                w->buf = uv_buf_init((char *)p, (unsigned)len);
+                UV_CHECK(uv_write(&w->req, (uv_stream_t *)&xp_ctcp, &w->buf, 1, xp_client_write_cb));
+        }
+}
+
+static void xp_server_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+        (void)h;
+        buf->base = malloc(suggested);
+        buf->len = buf->base ? suggested : 0;
+}
+
+static void xp_server_write_cb(uv_write_t *req, int status)
+{
+        struct xp_wreq *w = (struct xp_wreq *)req;
+
+        if (status < 0)
+                bench_die("uv_write (server): %s", uv_strerror(status));
+        free(w->buf.base);
+        free(w);
+}
+
+static void xp_server_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+        struct xp_wreq *w;
+
+        if (nread <= 0) {
+                free(buf->base);
+                if (nread < 0)
+                        bench_die("server read: %s", uv_strerror((int)nread));
+                return;
+        }
+        if (!(w = malloc(sizeof(*w))))
+                bench_die("out of memory");
+        w->buf = uv_buf_init(buf->base, (unsigned)nread);
+        UV_CHECK(uv_write(&w->req, s, &w->buf, 1, xp_server_write_cb));
+}
+
+static char xp_cbuf[XP_CHUNK];
+
+static void xp_client_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+        (void)h;
+        (void)suggested;
+        *buf = uv_buf_init(xp_cbuf, sizeof(xp_cbuf));
+}
+
+static void xp_client_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+        if (nread < 0)
+                bench_die("client read: %s", uv_strerror((int)nread));
+        if (nread == 0)
+                return;
+        if (xp_on_data(buf->base, (size_t)nread))
+                uv_stop(s->loop);
+        else
+                xp_pump();
+}
+
+static void xp_run(void)
+{
+        xp_pump();
+        uv_run(loop, UV_RUN_DEFAULT);
+}
+
+static void bench_transport(void)
+{
+        int cfd, sfd;
+
+        if (xp_init(&opts))
+                bench_skip("no TLS in libuv");
+        init_loop(loop);
+        xp_pair(&cfd, &sfd);
+        UV_CHECK(uv_tcp_init(loop, &xp_ctcp));
+        UV_CHECK(uv_tcp_open(&xp_ctcp, cfd));
+        UV_CHECK(uv_tcp_init(loop, &xp_stcp));
+        UV_CHECK(uv_tcp_open(&xp_stcp, sfd));
+        UV_CHECK(uv_read_start((uv_stream_t *)&xp_stcp, xp_server_alloc, xp_server_read));
+        UV_CHECK(uv_read_start((uv_stream_t *)&xp_ctcp, xp_client_alloc, xp_client_read));
+        bench_note("uv_tcp_t: uv_read_start, uv_write (server: a malloc'd 64 KiB buffer per read, "
+                   "as libuv's echo server)");
+        xp_bench(&opts, xp_run);
+        fini_loop(loop);
+        while (xp_free_reqs) {
+                struct xp_wreq *w = xp_free_reqs;
+
+                xp_free_reqs = w->next;
+                free(w);
+        }
+}
+
 int main(int argc, char **argv)
 {
         static const struct bench_workload workloads[] = {
@@ -681,6 +814,8 @@ int main(int argc, char **argv)
                 { "memfds", bench_memory },
                 { "lateness", bench_lateness },
                 { "http", bench_http },
+                { "trips", bench_transport },
+                { "stream", bench_transport },
         };
 
         return bench_main(argc, argv, &opts, workloads, sizeof(workloads) / sizeof(workloads[0]));

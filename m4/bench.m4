@@ -10,11 +10,17 @@
 #   libuv     pkg-config libuv                         LIBUV_CFLAGS, LIBUV_LIBS
 #   libevent  pkg-config libevent libevent_pthreads    LIBEVENT_CFLAGS, LIBEVENT_LIBS
 #   libev     ev.h + -lev (Debian ships no .pc file)   LIBEV_CFLAGS, LIBEV_LIBS
+#   libevent_openssl  pkg-config libevent_openssl openssl  LIBEVENT_OPENSSL_CFLAGS,
+#             LIBEVENT_OPENSSL_LIBS (the TLS rows of libevent's transport table)
+#   OpenSSL   pkg-config openssl                       BENCH_OPENSSL_CFLAGS,
+#             BENCH_OPENSSL_LIBS (bench_libloop: TLS 1.3 only, and the cipher
+#             agreed, in the transport table; libloop itself needs neither)
 #
 # LIBEV_CFLAGS and LIBEV_LIBS may be given on the command line (Fedora keeps
 # the header in /usr/include/libev: LIBEV_CFLAGS=-I/usr/include/libev).
 #
-# Defines the Automake conditionals HAVE_LIBUV, HAVE_LIBEV and HAVE_LIBEVENT
+# Defines the Automake conditionals HAVE_LIBUV, HAVE_LIBEV, HAVE_LIBEVENT,
+# HAVE_LIBEVENT_OPENSSL and HAVE_BENCH_OPENSSL
 # and substitutes LIBEV_CFLAGS and LIBEV_LIBS (pkg-config substitutes the
 # others).
 AC_DEFUN([LIBLOOP_BENCH_ANCHORS], [dnl
@@ -23,6 +29,10 @@ PKG_CHECK_MODULES([LIBUV], [libuv],
                   [have_libuv=yes], [have_libuv=no])
 PKG_CHECK_MODULES([LIBEVENT], [libevent libevent_pthreads],
                   [have_libevent=yes], [have_libevent=no])
+PKG_CHECK_MODULES([LIBEVENT_OPENSSL], [libevent_openssl openssl],
+                  [have_libevent_openssl=yes], [have_libevent_openssl=no])
+PKG_CHECK_MODULES([BENCH_OPENSSL], [openssl],
+                  [have_bench_openssl=yes], [have_bench_openssl=no])
 
 AC_ARG_VAR([LIBEV_CFLAGS], [C compiler flags for libev (benchmarks only)])
 AC_ARG_VAR([LIBEV_LIBS], [linker flags for libev (benchmarks only), default -lev])
@@ -42,6 +52,8 @@ AC_SUBST([LIBEV_LIBS])
 AM_CONDITIONAL([HAVE_LIBUV], [test "$have_libuv" = yes])
 AM_CONDITIONAL([HAVE_LIBEV], [test "$have_libev" = yes])
 AM_CONDITIONAL([HAVE_LIBEVENT], [test "$have_libevent" = yes])
+AM_CONDITIONAL([HAVE_LIBEVENT_OPENSSL], [test "$have_libevent" = yes && test "$have_libevent_openssl" = yes])
+AM_CONDITIONAL([HAVE_BENCH_OPENSSL], [test "$have_bench_openssl" = yes])
 
 libloop_bench_anchors=
 AS_IF([test "$have_libev" = yes], [libloop_bench_anchors="${libloop_bench_anchors:+$libloop_bench_anchors }libev"])
