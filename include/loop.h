@@ -548,6 +548,10 @@ int loop_create_unix_connection(loop_t *loop, const struct loop_protocol_ops *op
                                 loop_future_t **ret);
 int loop_connect_accepted_socket(loop_t *loop, const struct loop_protocol_ops *ops, void *userdata, int fd,
                                  loop_future_t **ret);
+/* asyncio's loop.sendfile: count 0 sends to the end of the file; the
+ * result is a struct loop_sock_result (nbytes). */
+int loop_sendfile(loop_transport_t *transport, int file_fd, off_t offset, size_t count, loop_future_t **ret);
+
 /* Pipes, sockets and character devices, through read(2) and write(2). */
 int loop_connect_read_pipe(loop_t *loop, const struct loop_protocol_ops *ops, void *userdata, int fd,
                            loop_future_t **ret);

@@ -232,6 +232,8 @@ static void report(loop_transport_t *t, const char *what, int error) {
 static void force_close(loop_transport_t *t, int error) {
         if (t->lost)
                 return;
+        if (t->sendfile)
+                loop__sendfile_abort(t, error < 0 ? error : -ECANCELED);
         t->lost = true;
         t->closing = true;
         t->lost_error = error;
@@ -396,6 +398,11 @@ static void finish_close(loop_transport_t *t) {
 void loop__transport_sent(loop_transport_t *t) {
         if (t->lost)
                 return;
+        if (t->sendfile) {
+                loop__sendfile_step(t);
+                if (t->sendfile || t->lost)
+                        return;
+        }
         maybe_resume_protocol(t);
         if (t->wbuf.len > 0 || t->drv->inflight(t) > 0)
                 return;         /* resume_writing wrote more */
@@ -659,6 +666,12 @@ static int write_check(loop_transport_t *t) {
 LOOP_EXPORT int loop_transport_write(loop_transport_t *t, const void *data, size_t size) {
         if (t && t->kind == LOOP__T_DATAGRAM)
                 return loop_transport_sendto(t, data, size, NULL, 0);   /* a connected endpoint's */
+        if (t && t->sendfile)
+                return -EBUSY;          /* asyncio: "unable to write; sendfile is in progress" */
+        return loop__transport_write(t, data, size);
+}
+
+int loop__transport_write(loop_transport_t *t, const void *data, size_t size) {
         int r = write_check(t);
 
         if (r < 0)
@@ -690,6 +703,8 @@ LOOP_EXPORT int loop_transport_write(loop_transport_t *t, const void *data, size
 LOOP_EXPORT int loop_transport_writev(loop_transport_t *t, const struct loop_iovec *iov, size_t n) {
         if (t && t->kind == LOOP__T_DATAGRAM)
                 return -EOPNOTSUPP;
+        if (t && t->sendfile)
+                return -EBUSY;
         int r = write_check(t);
 
         if (r < 0)
@@ -748,6 +763,8 @@ LOOP_EXPORT int loop_transport_close(loop_transport_t *t) {
         if (r < 0)
                 return r;
         t->closing = true;
+        if (t->sendfile)
+                loop__sendfile_abort(t, -ECANCELED);    /* what it queued still goes */
         if (t->reading) {
                 t->reading = false;
                 (void) t->drv->set_reading(t, false);

@@ -104,6 +104,7 @@ struct loop_transport {
         int lost_error;
 
         loop_future_t *waiter;          /* completed after connection_made, or NULL */
+        struct loop__sendfile *sendfile;        /* loop_sendfile() under way, or NULL */
         loop_server_t *server;          /* the server that accepted it, a reference, or NULL */
 
         loop_transport_t *prev, *next;  /* every open transport of the loop */
@@ -118,6 +119,13 @@ void loop__transport_fatal(loop_transport_t *t, int error);
  * own pending (TLS): connection_lost(error) now, not one iteration later. */
 void loop__transport_lost_now(loop_transport_t *t, int error);
 void loop__transport_sent(loop_transport_t *t);
+/* write() without the sendfile check (sendfile.c's fallback writes). */
+int loop__transport_write(loop_transport_t *t, const void *data, size_t size);
+/* sendfile.c: send on (the buffer drained, the socket has room); end with error. */
+void loop__sendfile_step(loop_transport_t *t);
+void loop__sendfile_abort(loop_transport_t *t, int error);
+/* transport_sel.c: call sendfile's step when the socket has room. */
+void loop__transport_sel_want_write(loop_transport_t *t);
 /* The driver queued bytes of its own: pause the protocol past the high mark. */
 void loop__transport_check_pause(loop_transport_t *t);
 int loop__transport_recv_buffer(loop_t *loop, void **buf, size_t *size);

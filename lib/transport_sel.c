@@ -153,10 +153,16 @@ static int on_writable(loop_t *loop, int fd, void *userdata) {
         (void) fd;
         if (t->wbuf.len == 0) {
                 set_writing(t, false);
+                if (t->sendfile)
+                        loop__sendfile_step(t);         /* the kernel's copy has room again */
                 return 0;
         }
         flush(t);
         return 0;
+}
+
+void loop__transport_sel_want_write(loop_transport_t *t) {
+        set_writing(t, true);
 }
 
 static size_t inflight(const loop_transport_t *t) {
