@@ -583,6 +583,39 @@ int loop_remove_child_handler(loop_t *loop, pid_t pid);
 int loop_spawn(loop_t *loop, const char *path, char *const argv[], char *const envp[], pid_t *pid,
                int fds[3]);
 
+/*
+ * Subprocesses over pipe transports (asyncio's subprocess_exec,
+ * SubprocessProtocol and SubprocessTransport): the child's stdin, stdout
+ * and stderr are pipes; its output comes to pipe_data_received (fd 1 or
+ * 2), its stdin is loop_subprocess_get_pipe_transport(p, 0). The future's
+ * result is the loop_subprocess_t *, after connection_made; connection_lost
+ * comes last, once the child exited and every pipe ended.
+ */
+typedef struct loop_subprocess loop_subprocess_t;
+
+struct loop_subprocess_protocol_ops {
+        size_t size;    /* sizeof(struct loop_subprocess_protocol_ops) */
+        int (*connection_made)(loop_subprocess_t *process, void *userdata);
+        int (*pipe_data_received)(loop_subprocess_t *process, int fd, const void *data, size_t size,
+                                  void *userdata);
+        int (*pipe_connection_lost)(loop_subprocess_t *process, int fd, int error, void *userdata);
+        int (*process_exited)(loop_subprocess_t *process, void *userdata);
+        int (*connection_lost)(loop_subprocess_t *process, int error, void *userdata);
+};
+
+int loop_subprocess_exec(loop_t *loop, const struct loop_subprocess_protocol_ops *ops, void *userdata,
+                         const char *path, char *const argv[], char *const envp[], loop_future_t **ret);
+loop_subprocess_t *loop_subprocess_ref(loop_subprocess_t *process);
+loop_subprocess_t *loop_subprocess_unref(loop_subprocess_t *process);
+pid_t loop_subprocess_get_pid(const loop_subprocess_t *process);
+int loop_subprocess_get_returncode(const loop_subprocess_t *process, int *returncode);
+loop_transport_t *loop_subprocess_get_pipe_transport(const loop_subprocess_t *process, int fd);
+int loop_subprocess_send_signal(loop_subprocess_t *process, int signum);
+int loop_subprocess_terminate(loop_subprocess_t *process);
+int loop_subprocess_kill(loop_subprocess_t *process);
+int loop_subprocess_close(loop_subprocess_t *process);
+int loop_subprocess_is_closing(const loop_subprocess_t *process);
+
 /* Introspection (libuv's metrics, uv_print_all_handles) */
 struct loop_metrics {
         size_t size;            /* set by the caller: sizeof(struct loop_metrics) */
