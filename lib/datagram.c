@@ -77,8 +77,13 @@ static int on_readable(loop_t *loop, int fd, void *userdata) {
         ssize_t n;
 
         (void) loop;
-        if (!t->reading || loop__transport_recv_buffer(t->loop, &buf, &size) < 0)
+        if (!t->reading)
                 return 0;
+        int r = loop__transport_recv_buffer(t->loop, &buf, &size);
+        if (r < 0) {
+                loop__transport_fatal(t, r);    /* not left ready, to spin */
+                return 0;
+        }
         do
                 n = loop__recvfrom(fd, buf, size, MSG_DONTWAIT, (struct sockaddr *) &addr, &addrlen);
         while (n < 0 && sock_errno() == EINTR);
@@ -89,8 +94,8 @@ static int on_readable(loop_t *loop, int fd, void *userdata) {
                 return 0;
         }
         if (d->ops.datagram_received) {
-                int r = d->ops.datagram_received(t, buf, (size_t) n, addrlen ? (struct sockaddr *) &addr : NULL,
-                                                 addrlen, t->userdata);
+                r = d->ops.datagram_received(t, buf, (size_t) n, addrlen ? (struct sockaddr *) &addr : NULL,
+                                             addrlen, t->userdata);
                 if (r < 0) {
                         loop__report(t->loop, "Fatal error: protocol.datagram_received() call failed.", r, NULL,
                                      t->fd);
@@ -227,14 +232,14 @@ LOOP_EXPORT int loop_transport_sendto(loop_transport_t *t, const void *data, siz
         struct dgram *d = t->drv_state;
         if (addr && (addrlen <= 0 || (size_t) addrlen > sizeof(struct sockaddr_storage)))
                 return -EINVAL;
+        if (t->lost || t->closing)
+                return -EPIPE;
         /* asyncio: a connected endpoint takes no other address, an
          * unconnected one needs one. */
         if (d->connected && addr)
                 return -EISCONN;
         if (!d->connected && !addr)
                 return -EDESTADDRREQ;
-        if (t->lost || t->closing)
-                return -EPIPE;
         if (!d->head && send_one(t, data, size, addr, addrlen))
                 return 0;
         struct dgram_item *it = malloc(sizeof(*it) + (size ? size : 1));

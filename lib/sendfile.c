@@ -83,7 +83,7 @@ void loop__sendfile_abort(loop_transport_t *t, int error) {
         free(j);
 }
 
-static void on_cancel(loop_future_t *f, void *data) {
+static __attribute__((unused)) void on_cancel(loop_future_t *f, void *data) {
         struct loop__sendfile *j = data;
 
         (void) f;
@@ -135,6 +135,7 @@ static int kernel_step(struct loop__sendfile *j) {
 }
 #endif
 
+#ifndef LOOP_WINDOWS
 static void fallback_step(struct loop__sendfile *j) {
         loop_transport_t *t = j->t;
 
@@ -167,6 +168,11 @@ static void fallback_step(struct loop__sendfile *j) {
                 return;         /* on with it when the buffer drains */
         job_end(j, 0);
 }
+#else
+static void fallback_step(struct loop__sendfile *j) {
+        job_end(j, -EOPNOTSUPP);        /* never started there */
+}
+#endif
 
 /* The transport's buffer drained (or, on the kernel path, the socket has
  * room): send on. */
@@ -196,6 +202,12 @@ LOOP_EXPORT int loop_sendfile(loop_transport_t *t, int file_fd, off_t offset, si
         r = loop__usable(t->loop);
         if (r < 0)
                 return r;
+#ifdef LOOP_WINDOWS
+        /* A file there is a C runtime descriptor, not a socket's kind of
+         * handle, and has no pread(). */
+        (void) j, (void) st;
+        return -EOPNOTSUPP;
+#else
         if (t->kind == LOOP__T_READ_PIPE || t->kind == LOOP__T_DATAGRAM)
                 return -EOPNOTSUPP;
         if (t->sendfile)
@@ -230,4 +242,5 @@ LOOP_EXPORT int loop_sendfile(loop_transport_t *t, int file_fd, off_t offset, si
         if (t->wbuf.len == 0 && t->drv->inflight(t) == 0)
                 loop__sendfile_step(t);
         return 0;
+#endif
 }

@@ -31,6 +31,12 @@
 
 #include "transport.h"
 
+#ifdef LOOP_WINDOWS
+/* No such signals there; signal_child() says EOPNOTSUPP to every one. */
+#define SIGKILL 9
+#define SIGTERM 15
+#endif
+
 struct pipe_end {
         loop_subprocess_t *p;
         int index;                      /* 0, 1, 2: the child's descriptor */

@@ -968,6 +968,17 @@ LOOP_EXPORT void *loop_transport_get_ssl(const loop_transport_t *transport) {
         return NULL;
 }
 
+/* No context can exist: these are never reached with one. */
+bool loop__tls_context_is_server(const loop_tls_context_t *ctx) {
+        (void) ctx;
+        return false;
+}
+
+int loop__tls_check_client(const loop_tls_context_t *ctx, const char *hostname) {
+        (void) ctx, (void) hostname;
+        return -EOPNOTSUPP;
+}
+
 int loop__tls_wrap(loop_t *loop, int fd, loop_tls_context_t *ctx, bool server_side, const char *hostname,
                    int64_t timeout_ns, const struct loop_protocol_ops *ops, void *userdata, loop_server_t *server,
                    loop_future_t *waiter) {
