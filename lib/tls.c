@@ -335,11 +335,16 @@ static void fail(struct tls *t, int error) {
 
 static int process_cb(loop_t *loop, void *userdata);
 
+static void process_discard(void *userdata) {
+        tls_unref(userdata);
+}
+
 static void process_later(struct tls *t) {
         if (t->process_queued)
                 return;
         t->n_ref++;
-        if (loop_call_soon(t->raw->loop, process_cb, t, NULL) < 0) {
+        /* A loop closed with it queued drops it: the discard lets go. */
+        if (loop__call_soon_discard(t->raw->loop, process_cb, t, process_discard) < 0) {
                 tls_unref(t);
                 return;
         }
