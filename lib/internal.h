@@ -463,6 +463,8 @@ ssize_t loop__send(int fd, const void *buf, size_t len, int flags);
 #ifndef LOOP_WINDOWS
 /* posix.c: write(2) that never raises SIGPIPE (a pipe's reader gone): EPIPE. */
 ssize_t loop__write_nosigpipe(int fd, const void *buf, size_t len);
+/* posix.c: Linux's sendfile(2) without SIGPIPE, where configure found it. */
+ssize_t loop__sendfile_nosigpipe(int out_fd, int in_fd, off_t *offset, size_t count);
 #endif
 ssize_t loop__sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen);
 

@@ -167,6 +167,19 @@ static void sigpipe_unblock(struct sigpipe_guard *g, ssize_t n) {
         errno = e;
 }
 
+#ifdef HAVE_LINUX_SENDFILE
+#include <sys/sendfile.h>
+/* sendfile(2) takes no MSG_NOSIGNAL: the guard, as for pipes. */
+ssize_t loop__sendfile_nosigpipe(int out_fd, int in_fd, off_t *offset, size_t count) {
+        struct sigpipe_guard g;
+
+        sigpipe_block(&g);
+        ssize_t n = sendfile(out_fd, in_fd, offset, count);
+        sigpipe_unblock(&g, n);
+        return n;
+}
+#endif
+
 ssize_t loop__write_nosigpipe(int fd, const void *buf, size_t len) {
         struct sigpipe_guard g;
 

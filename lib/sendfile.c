@@ -25,6 +25,7 @@
 #include <sys/sendfile.h>
 #endif
 #ifndef LOOP_WINDOWS
+#include <fcntl.h>
 #include <unistd.h>
 #endif
 
@@ -102,7 +103,7 @@ static int kernel_step(struct loop__sendfile *j) {
 
         while (j->remaining > 0 && budget > 0) {
                 size_t want = j->remaining < budget ? j->remaining : budget;
-                ssize_t n = sendfile(t->fd, j->file_fd, &j->offset, want);
+                ssize_t n = loop__sendfile_nosigpipe(t->fd, j->file_fd, &j->offset, want);
                 if (n > 0) {
                         j->sent += (size_t) n;
                         budget -= (size_t) n;
@@ -155,6 +156,8 @@ static void fallback_step(struct loop__sendfile *j) {
                 if (n == 0)
                         break;
                 int r = loop__transport_write(t, j->block, (size_t) n);
+                if (t->sendfile != j)
+                        return;         /* ended meanwhile (the write's pause_writing closed it...): j is gone */
                 if (r < 0 || t->lost) {
                         job_end(j, r < 0 ? r : -EPIPE);
                         return;
@@ -220,6 +223,9 @@ LOOP_EXPORT int loop_sendfile(loop_transport_t *t, int file_fd, off_t offset, si
                 return -errno;
         if (!S_ISREG(st.st_mode))
                 return -EINVAL;         /* asyncio: a regular file opened for reading */
+        int fl = fcntl(file_fd, F_GETFL);
+        if (fl >= 0 && (fl & O_ACCMODE) == O_WRONLY)
+                return -EBADF;          /* not for reading: say so now, not as the connection's end */
         j = calloc(1, sizeof(*j));
         if (!j)
                 return -ENOMEM;

@@ -17,8 +17,9 @@
  * signal that ended it.
  *
  * Ownership: a subprocess holds a reference to itself until
- * connection_lost has run; each pipe's protocol data points at it and
- * the pipes hold no reference (they end before it). loop_close() with a
+ * connection_lost has run, and each pipe holds one until its
+ * connection_lost (loop_close() ends the subprocess before its pipes:
+ * hooks run newest first). loop_close() with a
  * subprocess alive ends its pipes (the transports' hook) and it
  * (connection_lost(-ECANCELED), from our hook); the child is left running.
  */
@@ -158,6 +159,9 @@ static int pipe_lost(loop_transport_t *t, int error, void *userdata) {
         p->n_pipes--;
         try_finish(p);
         loop_subprocess_unref(p);
+        /* The pipe's own: loop_close() may have ended p before its pipes
+         * (close hooks run newest first), and p must outlive them. */
+        loop_subprocess_unref(p);
         return 0;
 }
 
@@ -282,6 +286,7 @@ LOOP_EXPORT int loop_subprocess_exec(loop_t *loop, const struct loop_subprocess_
                 if (r < 0)
                         break;
                 loop_transport_ref(e->t);
+                loop_subprocess_ref(p);         /* the pipe's, until its pipe_lost */
                 fds[i] = -1;
                 p->n_pipes++;
         }

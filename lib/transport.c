@@ -453,6 +453,8 @@ static void call_connection_lost(loop_transport_t *t) {
         if (t->lost_done)
                 return;
         t->lost_done = true;
+        if (t->sendfile)
+                loop__sendfile_abort(t, t->lost_error < 0 ? t->lost_error : -ECANCELED);
         if (t->made && t->proto.connection_lost) {
                 int r = t->proto.connection_lost(t, t->lost_error, t->userdata);
                 if (r < 0)
@@ -745,7 +747,8 @@ LOOP_EXPORT int loop_transport_write_eof(loop_transport_t *t) {
         if (t->closing || t->eof_wanted)
                 return 0;
         t->eof_wanted = true;
-        if (t->wbuf.len == 0 && t->drv->inflight(t) == 0)
+        /* After a sendfile under way too: sent() comes when it ends. */
+        if (t->wbuf.len == 0 && t->drv->inflight(t) == 0 && !t->sendfile)
                 shutdown_write(t);
         return 0;
 }
