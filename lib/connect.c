@@ -132,15 +132,14 @@ static void on_loop_close(loop_t *loop, struct loop__close_hook *hook) {
 
         (void) loop;
         c->hook.fn = NULL;      /* already off the list */
+        c->n_ref++;             /* connector_end may drop what would be the last */
         loop__future_on_cancel(c->result, NULL, NULL);
         (void) loop_future_cancel(c->result);
         connector_end(c);
         /* A closed loop drops the done callbacks it had queued without
          * running them: nothing will come back for the connector. */
-        if (c->n_ref > 0) {
-                c->n_ref = 1;
-                connector_unref(c);
-        }
+        c->n_ref = 1;
+        connector_unref(c);
 }
 
 static int start_next(struct connector *c);

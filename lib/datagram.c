@@ -277,6 +277,7 @@ struct endpoint_job {
         int fd;
         int error;
         bool connected;
+        bool result_cancelled;          /* the caller cancelled result: its cancel completes it */
 };
 
 static int set_opt(int fd, int name) {
@@ -370,8 +371,15 @@ static void endpoint_cancelled(loop_future_t *f, void *data) {
         struct endpoint_job *j = data;
 
         (void) f;
-        if (j->job)
-                (void) loop_future_cancel(j->job);      /* a queued job never runs */
+        j->result_cancelled = true;
+        if (j->job) {
+                /* A queued job never runs: the executor frees it, and j
+                 * with it (endpoint_done), inside this cancel; whoever
+                 * cancels holds a reference (executor.c). */
+                loop_future_t *job = loop_future_ref(j->job);
+                (void) loop_future_cancel(job);
+                loop_future_unref(job);
+        }
 }
 
 static int make_transport(struct endpoint_job *j) {
@@ -412,7 +420,7 @@ static void endpoint_done(void *arg) {
         loop__future_on_cancel(j->result, NULL, NULL);
         j->job = loop_future_unref(j->job);
         if (j->fd >= 0) {
-                if (j->loop->closed || loop_future_done(j->result))
+                if (j->loop->closed || j->result_cancelled || loop_future_done(j->result))
                         r = -ECANCELED;
                 else
                         r = make_transport(j);
@@ -420,7 +428,7 @@ static void endpoint_done(void *arg) {
                         loop__close_socket(j->fd);
         } else if (r == 0)
                 r = -ECANCELED;         /* the job never ran */
-        if (r < 0 && !loop_future_done(j->result)) {
+        if (r < 0 && !j->result_cancelled && !loop_future_done(j->result)) {
                 if (r == -ECANCELED)
                         (void) loop_future_cancel(j->result);
                 else

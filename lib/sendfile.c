@@ -77,7 +77,10 @@ void loop__sendfile_abort(loop_transport_t *t, int error) {
 
         t->sendfile = NULL;
         loop__future_on_cancel(j->f, NULL, NULL);
-        if (!loop_future_done(j->f))
+        /* set_error() refuses -ECANCELED: that is a cancellation. */
+        if (!loop_future_done(j->f) && error == -ECANCELED)
+                (void) loop_future_cancel(j->f);
+        else if (!loop_future_done(j->f))
                 (void) loop_future_set_error(j->f, error);
         loop_future_unref(j->f);
         free(j->block);

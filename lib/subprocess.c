@@ -279,6 +279,7 @@ LOOP_EXPORT int loop_subprocess_exec(loop_t *loop, const struct loop_subprocess_
                         .ops = &pipe_protocol,
                         .userdata = e,
                         .kind = i == 0 ? LOOP__T_WRITE_PIPE : LOOP__T_READ_PIPE,
+                        .lost_always = true,    /* pipe_lost lets go of p */
                 };
                 e->p = p;
                 e->index = i;

@@ -826,8 +826,14 @@ int loop__tls_wrap(loop_t *loop, int fd, loop_tls_context_t *ctx, bool server_si
         r = app_new(loop, t, fd, ops, userdata, server, waiter, false);
         if (r < 0)
                 return r;
-        t->n_ref++;     /* the raw protocol's */
-        r = loop__transport_new(loop, fd, &raw_protocol, t, NULL, NULL, &t->raw);
+        t->n_ref++;     /* the raw protocol's: raw_lost lets go, even if the raw transport never started */
+        struct loop__transport_args ra = {
+                .fd = fd,
+                .ops = &raw_protocol,
+                .userdata = t,
+                .lost_always = true,
+        };
+        r = loop__transport_new_full(loop, &ra, &t->raw);
         if (r < 0) {
                 t->raw = NULL;
                 t->n_ref--;

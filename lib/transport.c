@@ -455,7 +455,7 @@ static void call_connection_lost(loop_transport_t *t) {
         t->lost_done = true;
         if (t->sendfile)
                 loop__sendfile_abort(t, t->lost_error < 0 ? t->lost_error : -ECANCELED);
-        if (t->made && t->proto.connection_lost) {
+        if ((t->made || t->lost_always) && t->proto.connection_lost) {
                 int r = t->proto.connection_lost(t, t->lost_error, t->userdata);
                 if (r < 0)
                         report(t, "connection_lost", r);
@@ -580,6 +580,7 @@ int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *a,
                 (void) setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, (const void *) &on, sizeof(on));
         }
         t->skip_made = a->made;
+        t->lost_always = a->lost_always;
         t->deferred = a->deferred;
         r = a->deferred ? 0 : schedule(t, start_cb);
         if (r < 0) {

@@ -98,6 +98,7 @@ struct loop_transport {
         bool shutting;                  /* the driver's shutdown is under way */
         bool deferred;                  /* created, not started yet (loop__transport_start) */
         bool skip_made;                 /* start_tls: no connection_made */
+        bool lost_always;               /* connection_lost even if connection_made never ran (our own protocols) */
         bool peer_eof;                  /* eof received */
         bool reader_on, writer_on;      /* transport_sel.c: registered with the loop */
         uint8_t kind;                   /* LOOP__T_* */
@@ -155,6 +156,9 @@ struct loop__transport_args {
         bool deferred;
         bool made;
         uint8_t kind;                   /* LOOP__T_*; pipes get the readiness driver */
+        bool lost_always;               /* the protocol is the library's own (TLS's socket, a
+                                         * subprocess's pipes): it hears connection_lost even when
+                                         * the transport ended before connection_made, to let go */
 };
 int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *args, loop_transport_t **ret);
 int loop__transport_start(loop_transport_t *t);
