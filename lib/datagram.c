@@ -106,13 +106,7 @@ static int on_readable(loop_t *loop, int fd, void *userdata) {
 }
 
 static int set_reading(loop_transport_t *t, bool on) {
-        if (on == t->reader_on || t->fd < 0)
-                return 0;
-        int r = on ? loop_add_reader(t->loop, t->fd, on_readable, t) : loop_remove_reader(t->loop, t->fd);
-        if (r < 0)
-                return r;
-        t->reader_on = on;
-        return 0;
+        return loop__transport_watch(t, false, on, on_readable);
 }
 
 static int start(loop_transport_t *t) {
@@ -139,14 +133,10 @@ static int send_one(loop_transport_t *t, const void *data, size_t len, const str
 static int on_writable(loop_t *loop, int fd, void *userdata);
 
 static void set_writing(loop_transport_t *t, bool on) {
-        if (on == t->writer_on || t->fd < 0)
-                return;
-        int r = on ? loop_add_writer(t->loop, t->fd, on_writable, t) : loop_remove_writer(t->loop, t->fd);
-        if (r < 0 && on) {
+        int r = loop__transport_watch(t, true, on, on_writable);
+
+        if (r < 0 && on)
                 loop__transport_fatal(t, r);
-                return;
-        }
-        t->writer_on = on;
 }
 
 static void flush(loop_transport_t *t) {

@@ -125,6 +125,9 @@ int loop__transport_write(loop_transport_t *t, const void *data, size_t size);
 /* sendfile.c: send on (the buffer drained, the socket has room); end with error. */
 void loop__sendfile_step(loop_transport_t *t);
 void loop__sendfile_abort(loop_transport_t *t, int error);
+/* transport_sel.c: register (on) or remove t's reader (write false) or
+ * writer with cb, once; t->reader_on/writer_on say which are. */
+int loop__transport_watch(loop_transport_t *t, bool write, bool on, loop_io_callback_t cb);
 /* transport_sel.c: call sendfile's step when the socket has room. */
 void loop__transport_sel_want_write(loop_transport_t *t);
 /* The driver queued bytes of its own: pause the protocol past the high mark. */

@@ -78,14 +78,24 @@ static int on_readable(loop_t *loop, int fd, void *userdata) {
         return 0;
 }
 
-static int set_reading(loop_transport_t *t, bool on) {
-        if (on == t->reader_on || t->fd < 0)
+int loop__transport_watch(loop_transport_t *t, bool write, bool on, loop_io_callback_t cb) {
+        bool *registered = write ? &t->writer_on : &t->reader_on;
+
+        if (on == *registered || t->fd < 0)
                 return 0;
-        int r = on ? loop_add_reader(t->loop, t->fd, on_readable, t) : loop_remove_reader(t->loop, t->fd);
+        int r;
+        if (write)
+                r = on ? loop_add_writer(t->loop, t->fd, cb, t) : loop_remove_writer(t->loop, t->fd);
+        else
+                r = on ? loop_add_reader(t->loop, t->fd, cb, t) : loop_remove_reader(t->loop, t->fd);
         if (r < 0)
                 return r;
-        t->reader_on = on;
+        *registered = on;
         return 0;
+}
+
+static int set_reading(loop_transport_t *t, bool on) {
+        return loop__transport_watch(t, false, on, on_readable);
 }
 
 static int start(loop_transport_t *t) {
@@ -95,14 +105,10 @@ static int start(loop_transport_t *t) {
 static int on_writable(loop_t *loop, int fd, void *userdata);
 
 static void set_writing(loop_transport_t *t, bool on) {
-        if (on == t->writer_on || t->fd < 0)
-                return;
-        int r = on ? loop_add_writer(t->loop, t->fd, on_writable, t) : loop_remove_writer(t->loop, t->fd);
-        if (r < 0 && on) {
+        int r = loop__transport_watch(t, true, on, on_writable);
+
+        if (r < 0 && on)
                 loop__transport_fatal(t, r);
-                return;
-        }
-        t->writer_on = on;
 }
 
 /* Send what the socket takes now: the count, or -1 after a fatal error. */
