@@ -209,8 +209,6 @@ static int protocol_set(loop_transport_t *t, const struct loop_protocol_ops *ops
                 return r;
         memcpy(&p, ops, ops->size < sizeof(p) ? ops->size : sizeof(p));
         p.size = sizeof(p);
-        if (!p.get_buffer != !p.buffer_updated)
-                return -EINVAL;
         t->proto = p;
         t->userdata = userdata;
         return 0;
