@@ -11,7 +11,9 @@
  * asyncio. A write pipe watches its descriptor for readability, which is
  * how the reader's going away shows (POLLERR on a pipe's write end):
  * connection_lost, with -EPIPE if bytes were still buffered; write_eof
- * closes it once the buffer is out. Windows has no such transports here
+ * closes it once the buffer is out. kqueue reports nothing for a pipe's
+ * write end when the reader leaves: there the next write finds out
+ * (EPIPE). Windows has no such transports here
  * (-EOPNOTSUPP): its loops take sockets only.
  */
 #ifndef LOOP_WINDOWS

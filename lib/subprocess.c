@@ -204,6 +204,13 @@ static int child_exited(loop_t *loop, pid_t pid, int status, void *userdata) {
                 if (r < 0)
                         report(p, "process_exited", r);
         }
+        /* Nobody reads the child's stdin any more: close it (asyncio
+         * closes its pipes at the exit), flushing into EPIPE if bytes were
+         * left. Where the loop cannot see a pipe's reader go (kqueue), the
+         * subprocess would otherwise never end. Its stdout and stderr end
+         * by themselves, at EOF, with nothing of the output lost. */
+        if (p->pipes[0].t && !p->pipes[0].t->lost)
+                (void) loop_transport_close(p->pipes[0].t);
         try_finish(p);
         loop_subprocess_unref(p);
         return 0;

@@ -593,8 +593,13 @@ START_TEST(test_wpipe_epipe) {
 }
 END_TEST
 
-/* The reader goes away with nothing buffered: connection_lost(0). */
+/* The reader goes away with nothing buffered: connection_lost(0). On
+ * kqueue a pipe's write end reports nothing when its reader leaves
+ * (FreeBSD's filters; tests/kqueue models them): there the next write
+ * finds out, with EPIPE. */
 START_TEST(test_wpipe_reader_gone) {
+        const char *sel = getenv("LIBLOOP_SELECTOR");
+        bool kqueue = sel && strcmp(sel, "kqueue") == 0;
         struct tt tt;
         struct rec r;
         int p[2];
@@ -607,9 +612,14 @@ START_TEST(test_wpipe_reader_gone) {
         ck_assert_int_eq(loop_transport_write(t, "x", 1), 0);
         ck_assert_uint_eq(loop_transport_get_write_buffer_size(t), 0);
         ck_assert_int_eq(close(p[0]), 0);
+        if (kqueue) {
+                tu_run_for(tt.loop, 20 * TU_MSEC);
+                ck_assert_int_eq(r.lost, 0);
+                ck_assert_int_eq(loop_transport_write(t, "y", 1), 0);
+        }
         RUN_UNTIL(tt.loop, r.lost);
         EVENTS(&r, EV_MADE, EV_LOST);
-        ck_assert_int_eq(r.lost_error, 0);
+        ck_assert_int_eq(r.lost_error, kqueue ? -EPIPE : 0);
         ck_assert_int_eq(fd_is_open(p[1]), 0);
         rec_free(&r);
         tt_end(&tt, 0);

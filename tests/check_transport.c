@@ -10,17 +10,24 @@
  * servers (factory errors, EMFILE, close, wait_closed, close_clients,
  * abort_clients), loop_close with open transports, argument errors. Each
  * test counts the process's descriptors before and after and installs an
- * exception handler that counts what it gets. POSIX only (AF_UNIX paths,
- * pipes, RLIMIT_NOFILE). tests/run-backends reruns this once per
- * backend, the proactor (io_uring) included.
+ * exception handler that counts what it gets. tests/run-backends reruns
+ * this once per backend, the proactor (io_uring) included. On Windows
+ * (tests/windows: the select and IOCP loops under wine) the sockets are
+ * winsock's and the socketpairs loopback TCP pairs (testutil.h); the cases
+ * about AF_UNIX paths and RLIMIT_NOFILE say why they skip, pipes are pipe
+ * handles there, and loop_create_unix_* are checked to say -EOPNOTSUPP.
  */
+#ifndef _WIN32
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#endif
 #include <signal.h>
 #include <stddef.h>
+#ifndef _WIN32
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#endif
 
 #include "testutil.h"
 
@@ -609,7 +616,10 @@ static int raw_listener(char port[16]) {
         int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), small = 32768;
 
         ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small)), 0);
+#ifdef _WIN32
+        tu_set_nonblock(fd);    /* SOCK_NONBLOCK and SOCK_CLOEXEC are 0 there */
+#endif
+        ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, (const void *) &small, sizeof(small)), 0);
         sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         ck_assert_int_eq(bind(fd, (struct sockaddr *) &sin, sizeof(sin)), 0);
         ck_assert_int_eq(listen(fd, 16), 0);
@@ -617,12 +627,36 @@ static int raw_listener(char port[16]) {
         return fd;
 }
 
+/* accept4(lfd, NULL, NULL, flags): SOCK_CLOEXEC, and SOCK_NONBLOCK if
+ * nonblock; -1 and errno (EAGAIN: nobody waits on a non-blocking lfd). */
+static int accept_cloexec(int lfd, int nonblock) {
+#ifdef _WIN32
+        SOCKET s = accept((SOCKET) lfd, NULL, NULL);
+
+        if (s == INVALID_SOCKET) {
+                errno = tu_win_errno(WSAGetLastError());
+                return -1;
+        }
+        /* The accepted socket has the listener's mode: set it either way. */
+        if (nonblock) {
+                tu_set_nonblock((int) s);
+        } else {
+                u_long off = 0;
+
+                ck_assert_int_eq(ioctlsocket(s, FIONBIO, &off), 0);
+                ck_assert(SetHandleInformation((HANDLE) s, HANDLE_FLAG_INHERIT, 0));
+        }
+        return (int) s;
+#else
+        return accept4(lfd, NULL, NULL, (nonblock ? SOCK_NONBLOCK : 0) | SOCK_CLOEXEC);
+#endif
+}
+
 static int raw_accept(loop_t *loop, int lfd) {
         int64_t deadline = tu_now_ns() + 10 * TU_SEC;
         int fd;
 
-        while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) < 0 && errno == EAGAIN &&
-               tu_now_ns() < deadline)
+        while ((fd = accept_cloexec(lfd, 1)) < 0 && errno == EAGAIN && tu_now_ns() < deadline)
                 ck_assert_int_ge(loop_run_once(loop, 10 * TU_MSEC), 0);
         ck_assert_msg(fd >= 0, "accept: %s", strerror(errno));
         return fd;
@@ -634,7 +668,7 @@ static void small_sndbuf(loop_transport_t *t) {
         int fd = loop_transport_get_fd(t), small = 32768;
 
         ck_assert_int_ge(fd, 0);
-        ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+        ck_assert_int_eq(setsockopt(fd, SOL_SOCKET, SO_SNDBUF, (const void *) &small, sizeof(small)), 0);
 }
 
 /* Byte i of a stream that shows lost, repeated or reordered pieces. */
@@ -1393,7 +1427,7 @@ START_TEST(test_peer_reset) {
                 ck_assert_int_eq(tt_write(t, src, total), 0);
         }
         tu_run_for(tt.loop, 5 * TU_MSEC);
-        ck_assert_int_eq(setsockopt(afd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)), 0);
+        ck_assert_int_eq(setsockopt(afd, SOL_SOCKET, SO_LINGER, (const void *) &lg, sizeof(lg)), 0);
         ck_assert_int_eq(close(afd), 0);
         RUN_UNTIL(tt.loop, c.lost);
         tu_run_for(tt.loop, 30 * TU_MSEC);
@@ -1819,7 +1853,7 @@ START_TEST(test_cancel_connect) {
                 EVENTS(&c, EV_MADE, EV_LOST);
         }
         /* What the kernel queued on the listener. */
-        while ((afd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC)) >= 0)
+        while ((afd = accept_cloexec(lfd, 0)) >= 0)
                 ck_assert_int_eq(close(afd), 0);
         loop_future_unref(f);
         ck_assert_int_eq(close(lfd), 0);
@@ -1861,7 +1895,9 @@ START_TEST(test_accepted_socket) {
         ck_assert_int_eq(write(sv[1], "early", 5), 5);
         t = wrap_socket(&tt, &rec_ops, &r, sv[0]);
         ck_assert_int_eq(loop_transport_get_fd(t), sv[0]);
+#ifndef _WIN32 /* winsock cannot tell whether a socket is non-blocking */
         ck_assert_int_ne(fcntl(sv[0], F_GETFL) & O_NONBLOCK, 0);
+#endif
         RUN_UNTIL(tt.loop, r.nin == 5);
         ck_assert_mem_eq(r.in, "early", 5);
         ck_assert_int_eq(tt_write(t, "reply", 5), 0);
@@ -1890,12 +1926,30 @@ START_TEST(test_accepted_errors) {
 
         tt_begin(&tt);
         rec_init(&r);
+#ifdef _WIN32
+        /* A descriptor is a handle there (loop.h): a pipe's ends are open
+         * handles that are no sockets, and stay the caller's. */
+        {
+                HANDLE h[2];
+                DWORD flags;
+
+                (void) p;
+                ck_assert(CreatePipe(&h[0], &h[1], NULL, 0));
+                for (int i = 0; i < 2; i++) {
+                        ck_assert_int_eq(loop_connect_accepted_socket(tt.loop, &rec_ops, &r, (int) (intptr_t) h[i], &f),
+                                         -ENOTSOCK);
+                        ck_assert(GetHandleInformation(h[i], &flags));
+                        ck_assert(CloseHandle(h[i]));
+                }
+        }
+#else
         tu_pipe(p);
         ck_assert_int_eq(loop_connect_accepted_socket(tt.loop, &rec_ops, &r, p[0], &f), -ENOTSOCK);
         ck_assert_int_eq(loop_connect_accepted_socket(tt.loop, &rec_ops, &r, p[1], &f), -ENOTSOCK);
         ck_assert_int_eq(fd_is_open(p[0]), 1);
         ck_assert_int_eq(fd_is_open(p[1]), 1);
         tu_close_pair(p);
+#endif
 
         tu_socketpair(sv);
         was = sv[0];
@@ -1922,6 +1976,36 @@ END_TEST
 
 /* ---- AF_UNIX ---------------------------------------------------------- */
 
+#ifdef _WIN32
+START_TEST(test_unix) {
+        TU_SKIP_ON_WINDOWS("AF_UNIX path sockets (loop_create_unix_server and loop_create_unix_connection "
+                           "say -EOPNOTSUPP there: test_unix_errors checks that)");
+}
+END_TEST
+
+/* No Unix-domain sockets on Windows: -EOPNOTSUPP, and nothing is called
+ * or opened. */
+START_TEST(test_unix_errors) {
+        struct tt tt;
+        struct srv v;
+        struct rec c;
+        loop_future_t *f = NULL;
+
+        tt_begin(&tt);
+        srv_init(&v);
+        rec_init(&c);
+        ck_assert_int_eq(loop_create_unix_server(tt.loop, srv_factory, &v, "libloop-tt-sock", NULL, &f), -EOPNOTSUPP);
+        ck_assert_int_eq(loop_create_unix_connection(tt.loop, &rec_ops, &c, "libloop-tt-sock", &f), -EOPNOTSUPP);
+        ck_assert_ptr_eq(f, NULL);
+        tu_run_for(tt.loop, 10 * TU_MSEC);
+        rec_assert_nothing(&c);
+        ck_assert_int_eq(v.factory_calls, 0);
+        rec_free(&c);
+        srv_free(&v);
+        tt_end(&tt, 0);
+}
+END_TEST
+#else
 /* A temporary directory and the socket path in it. */
 struct tmp_path {
         char dir[64];
@@ -2048,6 +2132,7 @@ START_TEST(test_unix_errors) {
         tt_end(&tt, 0);
 }
 END_TEST
+#endif /* _WIN32 */
 
 /* ---- servers ----------------------------------------------------------- */
 
@@ -2247,6 +2332,7 @@ START_TEST(test_server_new) {
 }
 END_TEST
 
+#ifndef _WIN32
 /* The lowest descriptor number free now: with RLIMIT_NOFILE there, no
  * descriptor can be opened (the limit bounds the numbers). */
 static int lowest_free_fd(void) {
@@ -2256,10 +2342,14 @@ static int lowest_free_fd(void) {
         ck_assert_int_eq(close(fd), 0);
         return fd;
 }
+#endif
 
 /* Out of descriptors (RLIMIT_NOFILE): the exception handler hears -EMFILE,
  * the listener stays, and accepting resumes (after asyncio's 1 s). */
 START_TEST(test_accept_emfile) {
+#ifdef _WIN32
+        TU_SKIP_ON_WINDOWS("RLIMIT_NOFILE (winsock has no per-process descriptor limit to run out of)");
+#else
         struct tt tt;
         struct srv v;
         char port[16];
@@ -2313,6 +2403,7 @@ START_TEST(test_accept_emfile) {
                 ck_assert_int_eq(tt.exc_error[i], -EMFILE);
         srv_free(&v);
         tt_end(&tt, -1);
+#endif
 }
 END_TEST
 
@@ -2345,12 +2436,18 @@ START_TEST(test_server_all_interfaces) {
                 socklen_t olen = sizeof(on);
 
                 ck_assert_int_eq(getsockname(fds[i], (struct sockaddr *) &ss, &len), 0);
-                ck_assert_int_eq(getsockopt(fds[i], SOL_SOCKET, SO_ACCEPTCONN, &on, &olen), 0);
+                ck_assert_int_eq(getsockopt(fds[i], SOL_SOCKET, SO_ACCEPTCONN, (void *) &on, &olen), 0);
                 ck_assert_int_eq(on, 1);
-                ck_assert_int_eq(getsockopt(fds[i], SOL_SOCKET, SO_REUSEADDR, &on, &olen), 0);
+                ck_assert_int_eq(getsockopt(fds[i], SOL_SOCKET, SO_REUSEADDR, (void *) &on, &olen), 0);
+#ifdef _WIN32
+                /* Off by default there, as asyncio: on Windows SO_REUSEADDR
+                 * lets another socket take a port that is in use. */
+                ck_assert_int_eq(on, 0);
+#else
                 ck_assert_int_ne(on, 0);
+#endif
                 if (ss.ss_family == AF_INET6) {
-                        ck_assert_int_eq(getsockopt(fds[i], IPPROTO_IPV6, IPV6_V6ONLY, &on, &olen), 0);
+                        ck_assert_int_eq(getsockopt(fds[i], IPPROTO_IPV6, IPV6_V6ONLY, (void *) &on, &olen), 0);
                         ck_assert_int_eq(on, 1);
                 } else {
                         const struct sockaddr_in *sin = (const struct sockaddr_in *) &ss;
@@ -2455,6 +2552,14 @@ END_TEST
 /* A path that cannot be created, should a call go ahead by mistake. */
 #define BAD_PATH "/nonexistent/libloop-check-transport"
 
+/* What loop_create_unix_* answer where POSIX answers e: on Windows they
+ * say -EOPNOTSUPP whatever the arguments (no Unix-domain sockets there). */
+#ifdef _WIN32
+#define UNIX_ERR(e) (-EOPNOTSUPP)
+#else
+#define UNIX_ERR(e) (e)
+#endif
+
 /* NULL arguments to the calls that take a loop: -EINVAL, nothing taken. */
 START_TEST(test_bad_args_loop) {
         struct tt tt;
@@ -2473,20 +2578,20 @@ START_TEST(test_bad_args_loop) {
         ck_assert_int_eq(loop_create_connection(tt.loop, &rec_ops, &r, NULL, "9", NULL, &f), -EINVAL);
         ck_assert_int_eq(loop_create_connection(tt.loop, &rec_ops, &r, "127.0.0.1", NULL, NULL, &f), -EINVAL);
         ck_assert_int_eq(loop_create_connection(tt.loop, &rec_ops, &r, "127.0.0.1", "9", NULL, NULL), -EINVAL);
-        ck_assert_int_eq(loop_create_unix_connection(NULL, &rec_ops, &r, BAD_PATH, &f), -EINVAL);
-        ck_assert_int_eq(loop_create_unix_connection(tt.loop, NULL, &r, BAD_PATH, &f), -EINVAL);
-        ck_assert_int_eq(loop_create_unix_connection(tt.loop, &rec_ops, &r, NULL, &f), -EINVAL);
-        ck_assert_int_eq(loop_create_unix_connection(tt.loop, &rec_ops, &r, BAD_PATH, NULL), -EINVAL);
+        ck_assert_int_eq(loop_create_unix_connection(NULL, &rec_ops, &r, BAD_PATH, &f), UNIX_ERR(-EINVAL));
+        ck_assert_int_eq(loop_create_unix_connection(tt.loop, NULL, &r, BAD_PATH, &f), UNIX_ERR(-EINVAL));
+        ck_assert_int_eq(loop_create_unix_connection(tt.loop, &rec_ops, &r, NULL, &f), UNIX_ERR(-EINVAL));
+        ck_assert_int_eq(loop_create_unix_connection(tt.loop, &rec_ops, &r, BAD_PATH, NULL), UNIX_ERR(-EINVAL));
         ck_assert_int_eq(loop_connect_accepted_socket(NULL, &rec_ops, &r, sv[0], &f), -EINVAL);
         ck_assert_int_eq(loop_connect_accepted_socket(tt.loop, NULL, &r, sv[0], &f), -EINVAL);
         ck_assert_int_eq(loop_connect_accepted_socket(tt.loop, &rec_ops, &r, sv[0], NULL), -EINVAL);
         ck_assert_int_eq(loop_create_server(NULL, srv_factory, NULL, "127.0.0.1", "0", NULL, &f), -EINVAL);
         ck_assert_int_eq(loop_create_server(tt.loop, NULL, NULL, "127.0.0.1", "0", NULL, &f), -EINVAL);
         ck_assert_int_eq(loop_create_server(tt.loop, srv_factory, NULL, "127.0.0.1", "0", NULL, NULL), -EINVAL);
-        ck_assert_int_eq(loop_create_unix_server(NULL, srv_factory, NULL, BAD_PATH, NULL, &f), -EINVAL);
-        ck_assert_int_eq(loop_create_unix_server(tt.loop, NULL, NULL, BAD_PATH, NULL, &f), -EINVAL);
-        ck_assert_int_eq(loop_create_unix_server(tt.loop, srv_factory, NULL, NULL, NULL, &f), -EINVAL);
-        ck_assert_int_eq(loop_create_unix_server(tt.loop, srv_factory, NULL, BAD_PATH, NULL, NULL), -EINVAL);
+        ck_assert_int_eq(loop_create_unix_server(NULL, srv_factory, NULL, BAD_PATH, NULL, &f), UNIX_ERR(-EINVAL));
+        ck_assert_int_eq(loop_create_unix_server(tt.loop, NULL, NULL, BAD_PATH, NULL, &f), UNIX_ERR(-EINVAL));
+        ck_assert_int_eq(loop_create_unix_server(tt.loop, srv_factory, NULL, NULL, NULL, &f), UNIX_ERR(-EINVAL));
+        ck_assert_int_eq(loop_create_unix_server(tt.loop, srv_factory, NULL, BAD_PATH, NULL, NULL), UNIX_ERR(-EINVAL));
         ck_assert_int_eq(loop_server_new(NULL, srv_factory, NULL, &lfd, 1, NULL, &s), -EINVAL);
         ck_assert_int_eq(loop_server_new(tt.loop, NULL, NULL, &lfd, 1, NULL, &s), -EINVAL);
         ck_assert_int_eq(loop_server_new(tt.loop, srv_factory, NULL, NULL, 1, NULL, &s), -EINVAL);
@@ -2616,11 +2721,12 @@ START_TEST(test_closed_loop) {
         lfd = raw_listener(port);
         ck_assert_int_eq(loop_close(tt.loop), 0);
         ck_assert_int_eq(loop_create_connection(tt.loop, &rec_ops, &r, "127.0.0.1", port, NULL, &f), -ESHUTDOWN);
-        ck_assert_int_eq(loop_create_unix_connection(tt.loop, &rec_ops, &r, "/nonexistent/x", &f), -ESHUTDOWN);
+        ck_assert_int_eq(loop_create_unix_connection(tt.loop, &rec_ops, &r, "/nonexistent/x", &f),
+                         UNIX_ERR(-ESHUTDOWN));
         ck_assert_int_eq(loop_connect_accepted_socket(tt.loop, &rec_ops, &r, sv[0], &f), -ESHUTDOWN);
         ck_assert_int_eq(loop_create_server(tt.loop, srv_factory, NULL, "127.0.0.1", "0", NULL, &f), -ESHUTDOWN);
         ck_assert_int_eq(loop_create_unix_server(tt.loop, srv_factory, NULL, "/nonexistent/x", NULL, &f),
-                         -ESHUTDOWN);
+                         UNIX_ERR(-ESHUTDOWN));
         ck_assert_int_eq(loop_server_new(tt.loop, srv_factory, NULL, &lfd, 1, NULL, &s), -ESHUTDOWN);
         ck_assert_ptr_eq(f, NULL);
         ck_assert_ptr_eq(s, NULL);
@@ -2704,7 +2810,9 @@ static Suite *transport_suite(void) {
 }
 
 int main(void) {
+#ifndef _WIN32
         /* A write to a closed peer must fail a test, not kill the run. */
         signal(SIGPIPE, SIG_DFL);
+#endif
         return tu_run_suite(transport_suite());
 }
