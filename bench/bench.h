@@ -58,19 +58,26 @@
 
 /* ---- dying, printing --------------------------------------------------- */
 
+/* The message on stderr, then exit(code): 2 a failure, 77 a skipped cell. */
+static inline void bench_vexit(int code, const char *fmt, va_list ap)
+        __attribute__((format(printf, 2, 0), noreturn));
+static inline void bench_vexit(int code, const char *fmt, va_list ap)
+{
+        fflush(stdout);
+        fputs("bench: ", stderr);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        exit(code);
+}
+
 static inline void bench_die(const char *fmt, ...)
         __attribute__((format(printf, 1, 2), noreturn));
 static inline void bench_die(const char *fmt, ...)
 {
         va_list ap;
 
-        fflush(stdout);
-        fputs("bench: ", stderr);
         va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
-        exit(2);
+        bench_vexit(2, fmt, ap);
 }
 
 /* A library call returning a negative errno (libloop, libuv) or -1 (libev,
@@ -1372,13 +1379,8 @@ static inline void bench_skip(const char *fmt, ...)
 {
         va_list ap;
 
-        fflush(stdout);
-        fputs("bench: ", stderr);
         va_start(ap, fmt);
-        vfprintf(stderr, fmt, ap);
-        va_end(ap);
-        fputc('\n', stderr);
-        exit(77);
+        bench_vexit(77, fmt, ap);
 }
 
 /* Parse the workload's options into xp; returns 1 for TLS. */
