@@ -15,7 +15,8 @@
  * only the server's and client's options change, not their protocols.
  * With --serve, try `openssl s_client -connect 127.0.0.1:PORT`.
  * --serve PORT serves on 127.0.0.1:PORT until Ctrl-C (SIGINT) instead of
- * running the built-in client; try it with `nc 127.0.0.1 PORT`. Build
+ * running the built-in client (port 0: the kernel's pick, which it
+ * prints); try it with `nc 127.0.0.1 PORT`. Build
  * against an installed libloop with
  *     cc echo_transport.c $(pkg-config --cflags --libs libloop)
  */
@@ -200,23 +201,25 @@ int main(int argc, char **argv) {
         server = loop_server_ref(server);
         f = loop_future_unref(f);
 
+        /* The port the server got (the kernel's pick for port 0). */
+        struct sockaddr_in addr;
+        socklen_t len = sizeof(addr);
+        char port[16];
+        int fd;
+
+        loop_server_get_fds(server, &fd, 1);
+        getsockname(fd, (struct sockaddr *) &addr, &len);
+        snprintf(port, sizeof(port), "%u", ntohs(addr.sin_port));
         if (serve) {
                 r = loop_add_signal_handler(loop, SIGINT, on_sigint, NULL);
                 if (r < 0)
                         die(r, "SIGINT");
-                printf("server: serving on 127.0.0.1:%s\n", serve);
+                printf("server: serving on 127.0.0.1:%s\n", port);
                 fflush(stdout);
                 r = loop_run_forever(loop);
         } else {
-                struct sockaddr_in addr;
-                socklen_t len = sizeof(addr);
-                char port[16];
-                int fd;
                 struct client c = { 0 };
 
-                loop_server_get_fds(server, &fd, 1);
-                getsockname(fd, (struct sockaddr *) &addr, &len);
-                snprintf(port, sizeof(port), "%u", ntohs(addr.sin_port));
                 r = loop_create_future(loop, &c.done);
                 if (r < 0)
                         die(r, "future");
