@@ -39,6 +39,7 @@ struct attempt {
         int fd;                         /* -1: over */
         loop_future_t *f;               /* loop_sock_connect's */
         struct connector *c;
+        const struct address *addr;     /* what it connects to (the transport's peer) */
 };
 
 struct connector {
@@ -159,6 +160,7 @@ static int start_attempt(struct connector *c, struct attempt *a, const struct ad
 
         a->c = c;
         a->fd = -1;
+        a->addr = addr;
         fd = loop__socket_nonblock(addr->family, addr->socktype, addr->protocol);
         if (fd < 0)
                 return fd;
@@ -243,11 +245,12 @@ static int on_connected(loop_future_t *f, void *userdata) {
         /* From here a cancel of the result is the transport's business. */
         loop__future_on_cancel(c->result, NULL, NULL);
         c->handed_off = true;
+        struct loop__peer peer = {(const struct sockaddr *) &a->addr->addr, a->addr->addrlen};
         if (c->opts.tls)
                 r = loop__tls_wrap(c->loop, fd, c->opts.tls, false, c->hostname, c->opts.tls_handshake_timeout_ns,
-                                   &c->ops, c->userdata, NULL, c->result);
+                                   &c->ops, c->userdata, NULL, c->result, &peer);
         else
-                r = loop__transport_new(c->loop, fd, &c->ops, c->userdata, NULL, c->result, NULL);
+                r = loop__transport_new(c->loop, fd, &c->ops, c->userdata, NULL, c->result, &peer, NULL);
         if (r < 0) {
                 loop__close_socket(fd);
                 fail(c, r);
@@ -515,7 +518,14 @@ LOOP_EXPORT int loop_connect_accepted_socket(loop_t *loop, const struct loop_pro
         r = loop_create_future(loop, &f);
         if (r < 0)
                 return r;
-        r = loop__transport_new(loop, fd, ops, userdata, NULL, f, NULL);
+        /* asyncio takes the peer's name now; a socket already reset has
+         * none, and is asked again later. */
+        struct sockaddr_storage ss;
+        socklen_t sslen = sizeof(ss);
+        struct loop__peer peer = {(const struct sockaddr *) &ss, 0};
+        if (getpeername(fd, (struct sockaddr *) &ss, &sslen) == 0)
+                peer.len = sslen;
+        r = loop__transport_new(loop, fd, ops, userdata, NULL, f, &peer, NULL);
         if (r < 0) {
                 loop_future_unref(f);
                 return r;

@@ -122,7 +122,7 @@ int loop__server_make_protocol(loop_server_t *s, const struct loop_protocol_ops 
         return r < 0 ? r : 0;
 }
 
-static void accepted(loop_server_t *s, int fd) {
+static void accepted(loop_server_t *s, int fd, const struct loop__peer *peer) {
         const struct loop_protocol_ops *ops = NULL;
         void *userdata = NULL;
         int r;
@@ -131,11 +131,11 @@ static void accepted(loop_server_t *s, int fd) {
          * connection that never gets that far costs the program nothing. */
         if (s->opts.tls)
                 r = loop__tls_wrap(s->loop, fd, s->opts.tls, true, NULL, s->opts.tls_handshake_timeout_ns, NULL,
-                                   NULL, s, NULL);
+                                   NULL, s, NULL, peer);
         else {
                 r = loop__server_make_protocol(s, &ops, &userdata);
                 if (r >= 0)
-                        r = loop__transport_new(s->loop, fd, ops, userdata, s, NULL, NULL);
+                        r = loop__transport_new(s->loop, fd, ops, userdata, s, NULL, peer, NULL);
         }
         if (r < 0) {
                 loop__report(s->loop, "Error in the protocol factory of a server: the connection is closed", r,
@@ -152,9 +152,12 @@ static int on_acceptable(loop_t *loop, int fd, void *userdata) {
         /* asyncio accepts up to backlog connections per readiness. */
         loop_server_ref(s);
         for (int i = 0; i < backlog && s->serving; i++) {
-                int nfd = loop__accept_nonblock(fd, NULL, NULL);
+                struct sockaddr_storage ss;
+                socklen_t sslen = sizeof(ss);
+                int nfd = loop__accept_nonblock(fd, (struct sockaddr *) &ss, &sslen);
                 if (nfd >= 0) {
-                        accepted(s, nfd);
+                        struct loop__peer peer = {(const struct sockaddr *) &ss, sslen};
+                        accepted(s, nfd, &peer);
                         continue;
                 }
                 int e = sock_errno();

@@ -21,7 +21,8 @@
  * connection_lost (loop_close() ends the subprocess before its pipes:
  * hooks run newest first). loop_close() with a
  * subprocess alive ends its pipes (the transports' hook) and it
- * (connection_lost(-ECANCELED), from our hook); the child is left running.
+ * (connection_lost(-ECANCELED), from our hook), and kills and reaps a
+ * child that still runs.
  */
 #include <signal.h>
 #include <stdlib.h>
@@ -241,6 +242,18 @@ static void on_loop_close(loop_t *loop, struct loop__close_hook *hook) {
 
         (void) loop;
         p->hooked = false;      /* off the list already */
+        /* The loop that would reap the child goes: kill it, as close()
+         * does, and reap it here (the child handler is going too, and it
+         * never reaps behind our back: its threads wait with WNOWAIT), so
+         * that no zombie is left. SIGKILL ends it promptly. */
+        if (!p->exited) {
+                p->exited = true;
+                (void) signal_child(p->pid, SIGKILL);
+#ifndef LOOP_WINDOWS
+                while (waitpid(p->pid, NULL, 0) < 0 && errno == EINTR)
+                        ;
+#endif
+        }
         finish(p, -ECANCELED);
 }
 

@@ -765,7 +765,7 @@ static int tls_new(loop_t *loop, loop_tls_context_t *ctx, bool server_side, cons
 
 /* The app transport over t; takes t's first reference in all cases. */
 static int app_new(loop_t *loop, struct tls *t, int fd, const struct loop_protocol_ops *ops, void *userdata,
-                   loop_server_t *server, loop_future_t *waiter, bool made) {
+                   loop_server_t *server, loop_future_t *waiter, bool made, const struct loop__peer *peer) {
         struct loop__transport_args a = {
                 .fd = fd,
                 .ops = ops,
@@ -776,6 +776,7 @@ static int app_new(loop_t *loop, struct tls *t, int fd, const struct loop_protoc
                 .drv_state = t,
                 .deferred = true,
                 .made = made,
+                .peer = peer,
         };
         int r = loop__transport_new_full(loop, &a, &t->app);
 
@@ -803,7 +804,7 @@ static const struct loop_protocol_ops no_protocol = { .size = sizeof(struct loop
 
 int loop__tls_wrap(loop_t *loop, int fd, loop_tls_context_t *ctx, bool server_side, const char *hostname,
                    int64_t timeout_ns, const struct loop_protocol_ops *ops, void *userdata, loop_server_t *server,
-                   loop_future_t *waiter) {
+                   loop_future_t *waiter, const struct loop__peer *peer) {
         struct tls *t;
         int r;
 
@@ -823,7 +824,7 @@ int loop__tls_wrap(loop_t *loop, int fd, loop_tls_context_t *ctx, bool server_si
         }
         /* The app transport first: deferred, and not owning fd, it is
          * easy to undo; the raw transport takes fd. */
-        r = app_new(loop, t, fd, ops, userdata, server, waiter, false);
+        r = app_new(loop, t, fd, ops, userdata, server, waiter, false, peer);
         if (r < 0)
                 return r;
         t->n_ref++;     /* the raw protocol's: raw_lost lets go, even if the raw transport never started */
@@ -832,6 +833,7 @@ int loop__tls_wrap(loop_t *loop, int fd, loop_tls_context_t *ctx, bool server_si
                 .ops = &raw_protocol,
                 .userdata = t,
                 .lost_always = true,
+                .peer = peer,
         };
         r = loop__transport_new_full(loop, &ra, &t->raw);
         if (r < 0) {
@@ -875,7 +877,9 @@ LOOP_EXPORT int loop_start_tls(loop_transport_t *transport, const struct loop_pr
                 tls_unref(t);
                 return r;
         }
-        r = app_new(transport->loop, t, transport->fd, ops, userdata, NULL, f, true);
+        /* The socket's transport knows its peer already (or asks). */
+        struct loop__peer peer = {&transport->peer.sa, transport->peer_len};
+        r = app_new(transport->loop, t, transport->fd, ops, userdata, NULL, f, true, &peer);
         if (r < 0) {
                 loop_future_unref(f);
                 return r;
@@ -992,8 +996,8 @@ int loop__tls_check_client(const loop_tls_context_t *ctx, const char *hostname) 
 
 int loop__tls_wrap(loop_t *loop, int fd, loop_tls_context_t *ctx, bool server_side, const char *hostname,
                    int64_t timeout_ns, const struct loop_protocol_ops *ops, void *userdata, loop_server_t *server,
-                   loop_future_t *waiter) {
-        (void) loop, (void) fd, (void) ctx, (void) server_side, (void) hostname, (void) timeout_ns;
+                   loop_future_t *waiter, const struct loop__peer *peer) {
+        (void) loop, (void) fd, (void) ctx, (void) server_side, (void) hostname, (void) timeout_ns, (void) peer;
         (void) ops, (void) userdata, (void) server, (void) waiter;
         return -EOPNOTSUPP;
 }

@@ -521,13 +521,15 @@ static void transports_close(loop_t *loop, struct loop__close_hook *hook) {
 }
 
 int loop__transport_new(loop_t *loop, int fd, const struct loop_protocol_ops *ops, void *userdata,
-                        loop_server_t *server, loop_future_t *waiter, loop_transport_t **ret) {
+                        loop_server_t *server, loop_future_t *waiter, const struct loop__peer *peer,
+                        loop_transport_t **ret) {
         struct loop__transport_args a = {
                 .fd = fd,
                 .ops = ops,
                 .userdata = userdata,
                 .server = server,
                 .waiter = waiter,
+                .peer = peer,
         };
 
         return loop__transport_new_full(loop, &a, ret);
@@ -577,6 +579,11 @@ int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *a,
                 int on = 1;
                 (void) setsockopt(t->fd, IPPROTO_TCP, TCP_NODELAY, (const void *) &on, sizeof(on));
         }
+        /* A Unix socket's path may not fit: the socket is asked then. */
+        if (a->peer && a->peer->len > 0 && (size_t) a->peer->len <= sizeof(t->peer)) {
+                memcpy(&t->peer, a->peer->addr, a->peer->len);
+                t->peer_len = a->peer->len;
+        }
         t->skip_made = a->made;
         t->lost_always = a->lost_always;
         t->deferred = a->deferred;
@@ -618,6 +625,13 @@ static int sockname(const loop_transport_t *t, struct sockaddr *addr, socklen_t 
         return_if_fail(t && addr && addrlen, -EINVAL);
         if (t->fd < 0)
                 return -EBADF;
+        if (peer && t->peer_len > 0) {
+                /* As getpeername(): truncated to *addrlen, which says the
+                 * whole length. */
+                memcpy(addr, &t->peer, (size_t) (*addrlen < t->peer_len ? *addrlen : t->peer_len));
+                *addrlen = t->peer_len;
+                return 0;
+        }
         int r = peer ? getpeername(t->fd, addr, addrlen) : getsockname(t->fd, addr, addrlen);
         if (r < 0) {
 #ifdef LOOP_WINDOWS
@@ -657,7 +671,9 @@ static int write_check(loop_transport_t *t) {
                 return r;
         if (t->kind == LOOP__T_READ_PIPE)
                 return -EOPNOTSUPP;
-        if (t->eof_wanted)
+        /* A write_eof during a sendfile waits for it: the fallback's own
+         * writes go on until then (the caller's are -EBUSY). */
+        if (t->eof_wanted && !t->sendfile)
                 return -ESHUTDOWN;
         if (t->lost || t->shutting)
                 return -EPIPE;

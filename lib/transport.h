@@ -13,8 +13,18 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#ifndef LOOP_WINDOWS
+#include <netinet/in.h>
+#endif
 
 #include "internal.h"
+
+/* A peer's address as accept() or connect() had it, for a transport to
+ * keep (see peer in struct loop_transport). */
+struct loop__peer {
+        const struct sockaddr *addr;
+        socklen_t len;
+};
 
 /* Bytes accepted by write() and not yet given to the kernel: [head, head+len). */
 struct loop__wbuf {
@@ -103,6 +113,16 @@ struct loop_transport {
         bool reader_on, writer_on;      /* transport_sel.c: registered with the loop */
         uint8_t kind;                   /* LOOP__T_* */
         int lost_error;
+        /* The peer's address from the accept or connect that made the
+         * socket (asyncio keeps its 'peername' from the start): a
+         * connection_lost after the peer reset the connection can still
+         * ask. peer_len 0: not known, the socket is asked. */
+        socklen_t peer_len;
+        union {
+                struct sockaddr sa;
+                struct sockaddr_in in;
+                struct sockaddr_in6 in6;
+        } peer;
 
         loop_future_t *waiter;          /* completed after connection_made, or NULL */
         struct loop__sendfile *sendfile;        /* loop_sendfile() under way, or NULL */
@@ -142,7 +162,8 @@ void loop__transport_buffer_updated(loop_transport_t *t, size_t n);
  * protocol's connection_made is scheduled, then waiter (if not NULL) is
  * completed with the transport. */
 int loop__transport_new(loop_t *loop, int fd, const struct loop_protocol_ops *ops, void *userdata,
-                        loop_server_t *server, loop_future_t *waiter, loop_transport_t **ret);
+                        loop_server_t *server, loop_future_t *waiter, const struct loop__peer *peer,
+                        loop_transport_t **ret);
 
 /* The same with a driver of one's own (TLS): drv_state is set before
  * anything can call the driver; deferred: nothing is scheduled until
@@ -162,6 +183,7 @@ struct loop__transport_args {
         bool lost_always;               /* the protocol is the library's own (TLS's socket, a
                                          * subprocess's pipes): it hears connection_lost even when
                                          * the transport ended before connection_made, to let go */
+        const struct loop__peer *peer;  /* the peer's address, if known (NULL: not) */
 };
 int loop__transport_new_full(loop_t *loop, const struct loop__transport_args *args, loop_transport_t **ret);
 int loop__transport_start(loop_transport_t *t);
@@ -175,7 +197,7 @@ int loop__protocol_check(const struct loop_protocol_ops *ops);
  * without OpenSSL. */
 int loop__tls_wrap(loop_t *loop, int fd, struct loop_tls_context *ctx, bool server_side, const char *hostname,
                    int64_t timeout_ns, const struct loop_protocol_ops *ops, void *userdata, loop_server_t *server,
-                   loop_future_t *waiter);
+                   loop_future_t *waiter, const struct loop__peer *peer);
 
 /* tls.c: a context for servers (false: for clients). */
 bool loop__tls_context_is_server(const struct loop_tls_context *ctx);

@@ -73,6 +73,8 @@ struct rec {
         int fut_done_at_made;
         int fd_at_made;
         int closing_at_lost;
+        int lost_peer;                  /* get_peername() in connection_lost */
+        unsigned lost_peer_port;
         int pause_in_call, resume_in_call;
         size_t size_at_pause, size_at_resume;
         /* Buffered protocol: get_buffer hands out small[0..small_size). */
@@ -168,6 +170,15 @@ static int on_lost(loop_transport_t *t, int error, void *userdata) {
         r->lost++;
         r->lost_error = error;
         r->closing_at_lost = loop_transport_is_closing(t);
+        {
+                /* Asked after a reset too: the address the transport kept. */
+                struct sockaddr_storage a;
+                socklen_t len = sizeof(a);
+                r->lost_peer = loop_transport_get_peername(t, (struct sockaddr *) &a, &len);
+                r->lost_peer_port = r->lost_peer == 0 && a.ss_family == AF_INET
+                                            ? ntohs(((struct sockaddr_in *) &a)->sin_port)
+                                            : 0;
+        }
         return r->lost_ret;
 }
 
@@ -1434,6 +1445,9 @@ START_TEST(test_peer_reset) {
         ck_assert_int_eq(c.lost, 1);
         ck_assert_int_eq(c.ev[c.nev - 1], EV_LOST);
         ck_assert_int_le(c.lost_error, 0);
+        /* The peer's address, as asyncio's peername, after the reset. */
+        ck_assert_int_eq(c.lost_peer, 0);
+        ck_assert_uint_eq(c.lost_peer_port, (unsigned) atoi(port));
         rec_assert_sane(&c);
         ck_assert_int_eq(loop_transport_is_closing(t), 1);
         ck_assert_int_eq(tt_write(t, "x", 1), -EPIPE);
