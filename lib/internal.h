@@ -438,6 +438,11 @@ int loop__file_id(int fd, struct loop__file_id *id);
 bool loop__proactor_by_default(void);
 /* posix.c, win32.c: the processors online, or -1. */
 long loop__online_cpus(void);
+/* posix.c (dlopen), win32.c (LoadLibrary): a shared library by file name,
+ * and a function in it; NULL when either is not there. Only openssl.c
+ * loads one, so posix.c has them where configure linked dlopen(). */
+void *loop__shlib_open(const char *name);
+void *loop__shlib_sym(void *lib, const char *symbol);
 /* posix.c, win32.c: pthread_atfork(), 0 or an errno value; nothing on
  * Windows, which has no fork(). */
 int loop__atfork(void (*prepare)(void), void (*parent)(void), void (*child)(void));

@@ -304,3 +304,15 @@ int loop__signal_take(int signum, void (*handler)(int signum), loop__sig_saved_t
 void loop__signal_give(int signum, const loop__sig_saved_t *saved) {
         (void) sigaction(signum, saved, NULL);
 }
+
+#ifdef ENABLE_OPENSSL
+#include <dlfcn.h>
+
+void *loop__shlib_open(const char *name) {
+        return dlopen(name, RTLD_NOW | RTLD_LOCAL);
+}
+
+void *loop__shlib_sym(void *lib, const char *symbol) {
+        return dlsym(lib, symbol);
+}
+#endif

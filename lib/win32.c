@@ -478,3 +478,13 @@ const char *loop__win32_strerror(int e) {
         pthread_once(&texts_once, fill_texts);
         return e >= 0 && e < N_TEXTS && texts[e][0] ? texts[e] : NULL;
 }
+
+void *loop__shlib_open(const char *name) {
+        return (void *) LoadLibraryA(name);
+}
+
+void *loop__shlib_sym(void *lib, const char *symbol) {
+        /* FARPROC to a data pointer: through an integer, as POSIX's
+         * dlsym() does the other way round. */
+        return (void *) (intptr_t) GetProcAddress((HMODULE) lib, symbol);
+}
