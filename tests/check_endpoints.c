@@ -1211,6 +1211,22 @@ START_TEST(test_sendfile_range) {
 }
 END_TEST
 
+/* A sendfile of SF_SIZE bytes that cannot finish: the receiver does not
+ * read and the sender's buffer is small. The file in *fd. */
+static loop_future_t *sf_start_stalled(struct tt *tt, struct sfpair *pr, int *fd) {
+        loop_future_t *f = NULL;
+        int small = 32768;
+
+        *fd = pattern_file(SF_SIZE);
+        sf_connect(tt, pr, NULL, NULL);
+        ck_assert_int_eq(setsockopt(loop_transport_get_fd(pr->t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
+        ck_assert_int_eq(loop_transport_pause_reading(pr->srv.conn.t), 0);
+        ck_assert_int_eq(loop_sendfile(pr->t, *fd, 0, 0, &f), 0);
+        tu_run_for(tt->loop, 20 * TU_MSEC);
+        ck_assert_int_eq(loop_future_done(f), 0);
+        return f;
+}
+
 /* While a sendfile is under way (the receiver does not read), writes and
  * another sendfile are -EBUSY; once it is over, they work. */
 START_TEST(test_sendfile_busy) {
@@ -1218,16 +1234,10 @@ START_TEST(test_sendfile_busy) {
         struct sfpair pr;
         loop_future_t *f = NULL, *g = NULL;
         struct loop_iovec iov[1] = {{"x", 1}};
-        int fd, small = 32768;
+        int fd;
 
         tt_begin(&tt);
-        fd = pattern_file(SF_SIZE);
-        sf_connect(&tt, &pr, NULL, NULL);
-        ck_assert_int_eq(setsockopt(loop_transport_get_fd(pr.t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-        ck_assert_int_eq(loop_transport_pause_reading(pr.srv.conn.t), 0);
-        ck_assert_int_eq(loop_sendfile(pr.t, fd, 0, 0, &f), 0);
-        tu_run_for(tt.loop, 20 * TU_MSEC);
-        ck_assert_int_eq(loop_future_done(f), 0);
+        f = sf_start_stalled(&tt, &pr, &fd);
         ck_assert_int_eq(loop_transport_write(pr.t, "x", 1), -EBUSY);
         ck_assert_int_eq(loop_transport_writev(pr.t, iov, 1), -EBUSY);
         ck_assert_int_eq(loop_sendfile(pr.t, fd, 0, 0, &g), -EBUSY);
@@ -1290,16 +1300,10 @@ START_TEST(test_sendfile_abort) {
         struct tt tt;
         struct sfpair pr;
         loop_future_t *f = NULL;
-        int fd, small = 32768, e;
+        int fd, e;
 
         tt_begin(&tt);
-        fd = pattern_file(SF_SIZE);
-        sf_connect(&tt, &pr, NULL, NULL);
-        ck_assert_int_eq(setsockopt(loop_transport_get_fd(pr.t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-        ck_assert_int_eq(loop_transport_pause_reading(pr.srv.conn.t), 0);
-        ck_assert_int_eq(loop_sendfile(pr.t, fd, 0, 0, &f), 0);
-        tu_run_for(tt.loop, 20 * TU_MSEC);
-        ck_assert_int_eq(loop_future_done(f), 0);
+        f = sf_start_stalled(&tt, &pr, &fd);
         if (_i == 0)
                 ck_assert_int_eq(loop_transport_abort(pr.t), 0);
         else
@@ -1324,16 +1328,11 @@ START_TEST(test_sendfile_cancel) {
         struct tt tt;
         struct sfpair pr;
         loop_future_t *f = NULL;
-        int fd, small = 32768;
+        int fd;
         size_t before;
 
         tt_begin(&tt);
-        fd = pattern_file(SF_SIZE);
-        sf_connect(&tt, &pr, NULL, NULL);
-        ck_assert_int_eq(setsockopt(loop_transport_get_fd(pr.t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-        ck_assert_int_eq(loop_transport_pause_reading(pr.srv.conn.t), 0);
-        ck_assert_int_eq(loop_sendfile(pr.t, fd, 0, 0, &f), 0);
-        tu_run_for(tt.loop, 20 * TU_MSEC);
+        f = sf_start_stalled(&tt, &pr, &fd);
         ck_assert_int_eq(loop_future_cancel(f), 1);
         ck_assert_int_eq(loop_future_cancelled(f), 1);
         loop_future_unref(f);
@@ -1358,16 +1357,10 @@ START_TEST(test_sendfile_write_eof) {
         struct tt tt;
         struct sfpair pr;
         loop_future_t *f = NULL;
-        int fd, small = 32768;
+        int fd;
 
         tt_begin(&tt);
-        fd = pattern_file(SF_SIZE);
-        sf_connect(&tt, &pr, NULL, NULL);
-        ck_assert_int_eq(setsockopt(loop_transport_get_fd(pr.t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-        ck_assert_int_eq(loop_transport_pause_reading(pr.srv.conn.t), 0);
-        ck_assert_int_eq(loop_sendfile(pr.t, fd, 0, 0, &f), 0);
-        tu_run_for(tt.loop, 20 * TU_MSEC);
-        ck_assert_int_eq(loop_future_done(f), 0);
+        f = sf_start_stalled(&tt, &pr, &fd);
         ck_assert_int_eq(loop_transport_write_eof(pr.t), 0);
         ck_assert_int_eq(loop_transport_resume_reading(pr.srv.conn.t), 0);
         ck_assert_uint_eq(sf_nbytes(&tt, f), SF_SIZE);
@@ -1388,16 +1381,10 @@ START_TEST(test_sendfile_peer_gone) {
         struct tt tt;
         struct sfpair pr;
         loop_future_t *f = NULL;
-        int fd, small = 32768, e;
+        int fd, e;
 
         tt_begin(&tt);
-        fd = pattern_file(SF_SIZE);
-        sf_connect(&tt, &pr, NULL, NULL);
-        ck_assert_int_eq(setsockopt(loop_transport_get_fd(pr.t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-        ck_assert_int_eq(loop_transport_pause_reading(pr.srv.conn.t), 0);
-        ck_assert_int_eq(loop_sendfile(pr.t, fd, 0, 0, &f), 0);
-        tu_run_for(tt.loop, 20 * TU_MSEC);
-        ck_assert_int_eq(loop_future_done(f), 0);
+        f = sf_start_stalled(&tt, &pr, &fd);
         ck_assert_int_eq(loop_transport_abort(pr.srv.conn.t), 0);
         wait_done(tt.loop, f);
         e = loop_future_error(f);
@@ -1419,16 +1406,10 @@ START_TEST(test_sendfile_loop_close) {
         struct tt tt;
         struct sfpair pr;
         loop_future_t *f = NULL;
-        int fd, small = 32768;
+        int fd;
 
         tt_begin(&tt);
-        fd = pattern_file(SF_SIZE);
-        sf_connect(&tt, &pr, NULL, NULL);
-        ck_assert_int_eq(setsockopt(loop_transport_get_fd(pr.t), SOL_SOCKET, SO_SNDBUF, &small, sizeof(small)), 0);
-        ck_assert_int_eq(loop_transport_pause_reading(pr.srv.conn.t), 0);
-        ck_assert_int_eq(loop_sendfile(pr.t, fd, 0, 0, &f), 0);
-        tu_run_for(tt.loop, 20 * TU_MSEC);
-        ck_assert_int_eq(loop_future_done(f), 0);
+        f = sf_start_stalled(&tt, &pr, &fd);
         ck_assert_int_eq(loop_close(tt.loop), 0);
         ck_assert_int_eq(loop_future_done(f), 1);
         ck_assert_int_eq(loop_future_cancelled(f), 1);
