@@ -5,8 +5,8 @@
  * OpenSSL, loaded at run time (openssl.c): the functions tls.c calls, as
  * pointers with the types of OpenSSL's own prototypes. libloop does not
  * link libssl, so a program that never makes a TLS context neither links
- * nor loads it; the first context dlopen()s the libssl whose headers
- * libloop was built with (its major version names the file).
+ * nor loads it; the first context loads (dlopen, LoadLibrary) the libssl
+ * whose headers libloop was built with (its major version names the file).
  */
 
 #include <openssl/bio.h>
