@@ -11,8 +11,8 @@
  * CHECK_TLS_PKI=DIR, as under wine, where make check-windows makes it on
  * the build machine (without either, every case says so and ends;
  * CHECK_TLS_KEEP=1 leaves the directory, with the children's stderr in
- * children.log). The cases with openssl's s_server and s_client, and the
- * one that runs itself without libssl, are POSIX only.
+ * children.log). The cases with openssl's s_server and s_client are
+ * POSIX only.
  * Each test counts the process's descriptors before and after;
  * tests/run-backends reruns the suite once per backend.
  */
@@ -1750,14 +1750,24 @@ START_TEST(test_context_args) {
 }
 END_TEST
 
-/* LIBLOOP_LIBSSL=/nonexistent: no libssl, every context -EOPNOTSUPP. In
- * a new process (this one has loaded libssl already: it is loaded once):
- * this program again, run with --no-libssl. */
-static int no_libssl_child(void) {
+/* The libraries libloop loads, named through the environment:
+ * LIBLOOP_LIBSSL or LIBLOOP_LIBCRYPTO naming a missing file leaves every
+ * context -EOPNOTSUPP; LIBLOOP_LIBCRYPTO naming the real libcrypto works.
+ * libssl is loaded once per process, so each case is this program again,
+ * run with --tls-child ok|refused (checked in main()). */
+static int tls_child(const char *want) {
         loop_tls_context_t *c = NULL;
         int r1 = loop_tls_context_new_client(&c);
-        int r2 = loop_tls_context_new_server("/nonexistent.pem", NULL, &c);
 
+        if (strcmp(want, "ok") == 0) {
+                if (r1 != 0) {
+                        fprintf(stderr, "tls child: new_client %s\n", loop_strerror(r1));
+                        return 1;
+                }
+                loop_tls_context_unref(c);
+                return 0;
+        }
+        int r2 = loop_tls_context_new_server("/nonexistent.pem", NULL, &c);
         if (r1 != -EOPNOTSUPP || r2 != -EOPNOTSUPP || c) {
                 fprintf(stderr, "no libssl: new_client %s, new_server %s\n", loop_strerror(r1), loop_strerror(r2));
                 return 1;
@@ -1765,31 +1775,49 @@ static int no_libssl_child(void) {
         return 0;
 }
 
-START_TEST(test_no_libssl) {
+#define STR2(x) #x
+#define STR(x) STR2(x)
+#ifdef _WIN32
+#define MISSING "nonexistent.dll"
+#define LIBCRYPTO "libcrypto-" STR(OPENSSL_VERSION_MAJOR) "-x64.dll"
+#else
+#define MISSING "/nonexistent"
+#define LIBCRYPTO "libcrypto.so." STR(OPENSSL_VERSION_MAJOR)
+#endif
+
+START_TEST(test_library_names) {
+        static const struct {
+                const char *variable, *value, *want;
+        } cases[] = {
+                {"LIBLOOP_LIBSSL", MISSING, "refused"},
+                {"LIBLOOP_LIBCRYPTO", MISSING, "refused"},
+                {"LIBLOOP_LIBCRYPTO", LIBCRYPTO, "ok"},
+        };
+        const char *variable = cases[_i].variable, *want = cases[_i].want;
+
+        ck_assert_int_eq(setenv(variable, cases[_i].value, 1), 0);
 #ifdef _WIN32
         char exe[MAX_PATH];
         DWORD n = GetModuleFileNameA(NULL, exe, sizeof(exe));
 
         ck_assert(n > 0 && n < sizeof(exe));
-        ck_assert_int_eq(setenv("LIBLOOP_LIBSSL", "nonexistent.dll", 1), 0);
-        intptr_t status = _spawnl(_P_WAIT, exe, exe, "--no-libssl", NULL);
-        ck_assert_int_eq(unsetenv("LIBLOOP_LIBSSL"), 0);
-        ck_assert_msg(status == 0, "the child without libssl: status %d", (int) status);
+        intptr_t status = _spawnl(_P_WAIT, exe, exe, "--tls-child", want, NULL);
+        ck_assert_int_eq(unsetenv(variable), 0);
+        ck_assert_msg(status == 0, "the child with %s=%s: status %d", variable, cases[_i].value, (int) status);
 #else
-        char *argv[] = {"/proc/self/exe", "--no-libssl", NULL};
         char exe[4096];
         ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
 
         ck_assert_int_gt(n, 0);
         exe[n] = '\0';
-        argv[0] = exe;
-        ck_assert_int_eq(setenv("LIBLOOP_LIBSSL", "/nonexistent", 1), 0);
+        char *argv[] = {exe, "--tls-child", (char *) want, NULL};
         pid_t pid;
         int r = posix_spawn(&pid, exe, NULL, NULL, argv, environ);
-        ck_assert_int_eq(unsetenv("LIBLOOP_LIBSSL"), 0);
+        ck_assert_int_eq(unsetenv(variable), 0);
         ck_assert_msg(r == 0, "posix_spawn %s: %s", exe, strerror(r));
         int status = reap(NULL, pid, 0);
-        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child without libssl: status %#x", status);
+        ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child with %s=%s: status %#x", variable,
+                      cases[_i].value, status);
 #endif
 }
 END_TEST
@@ -1827,15 +1855,15 @@ static Suite *tls_suite(void) {
 
         tc = tu_tcase(s, "api");
         tcase_add_test(tc, test_context_args);
-        tcase_add_test(tc, test_no_libssl);
+        tcase_add_loop_test(tc, test_library_names, 0, 3);
         return s;
 }
 
 int main(int argc, char **argv) {
         int r;
 
-        if (argc > 1 && strcmp(argv[1], "--no-libssl") == 0)
-                return no_libssl_child();
+        if (argc > 2 && strcmp(argv[1], "--tls-child") == 0)
+                return tls_child(argv[2]);
 #ifndef _WIN32
         /* A write to a closed peer is an error to see, not a death. */
         signal(SIGPIPE, SIG_IGN);
