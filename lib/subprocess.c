@@ -250,8 +250,13 @@ static void on_loop_close(loop_t *loop, struct loop__close_hook *hook) {
                 p->exited = true;
                 (void) signal_child(p->pid, SIGKILL);
 #ifndef LOOP_WINDOWS
-                while (waitpid(p->pid, NULL, 0) < 0 && errno == EINTR)
+                int status;
+                pid_t w;
+                while ((w = waitpid(p->pid, &status, 0)) < 0 && errno == EINTR)
                         ;
+                /* Reaped by the program itself meanwhile (ECHILD): asyncio
+                 * reports 255 for a status it could not learn. */
+                p->returncode = w < 0 ? 255 : WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
 #endif
         }
         finish(p, -ECANCELED);

@@ -1845,8 +1845,12 @@ START_TEST(test_sub_loop_close) {
         ck_assert_int_eq(waitpid(pid, &st, WNOHANG), -1);
         ck_assert_int_eq(errno, ECHILD);
         if (_i == 0) {
+                int rc = 0;
+
                 ck_assert_int_eq(loop_subprocess_is_closing(p), 1);
                 ck_assert_int_eq(loop_subprocess_kill(p), -ESRCH);
+                ck_assert_int_eq(loop_subprocess_get_returncode(p, &rc), 1);
+                ck_assert_int_eq(rc, -SIGKILL);
         }
         srec_free(&s);
         tt_end(&tt, 0);
