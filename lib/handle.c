@@ -53,7 +53,7 @@
 struct loop__handle_pool {
         unsigned n_ref;                 /* atomic: the loop's, its credit, one per handle held past the loop */
         unsigned credit;                /* the loop's thread only: references taken, not yet handed out */
-        loop_t *loop;                   /* atomic: the loop until it lets go of the pool (debug reports) */
+        loop_t *loop;                   /* atomic: the loop until it lets go of the pool (cancel, debug reports) */
         loop_handle_t *free;            /* the loop's thread only */
         loop_handle_t *remote;          /* atomic: released by users */
         uint32_t n_chunks, cap_chunks;
@@ -83,7 +83,7 @@ static struct chunk_head *chunk_head_of(const loop_handle_t *h) {
 static inline void slot_poison(loop_handle_t *h) {
 #ifdef LOOP_ASAN
         ASAN_POISON_MEMORY_REGION(h, offsetof(loop_handle_t, pool_index));
-        ASAN_POISON_MEMORY_REGION(&h->loop, offsetof(loop_handle_t, next_free) - offsetof(loop_handle_t, loop));
+        ASAN_POISON_MEMORY_REGION(&h->cb, offsetof(loop_handle_t, next_free) - offsetof(loop_handle_t, cb));
 #else
         (void) h;
 #endif
@@ -159,7 +159,7 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_
                 pool->chunks = chunks;
                 pool->cap_chunks = cap;
         }
-        /* aligned_alloc() wants a multiple of the alignment (48-byte handles). */
+        /* aligned_alloc() wants a multiple of the alignment (40-byte handles). */
         size_t bytes = ((1 + CHUNK_HANDLES) * sizeof(loop_handle_t) + 63) & ~(size_t) 63;
         loop_handle_t *c = loop__aligned_alloc(64, bytes);
         if (!c)
@@ -193,7 +193,6 @@ static inline loop_handle_t *handle_alloc(loop_t *loop, int kind) {
                 .kind = (uint8_t) kind,
                 .pooled = 1,
                 .pool_index = h->pool_index,
-                .loop = loop,
         };
         return h;
 }
@@ -217,9 +216,9 @@ static void pool_give_back(loop_handle_t *h) {
 
 /*
  * The loop lets go of a handle it scheduled. If nobody else holds it, it
- * goes back to the pool; if the user still does, it is detached from the
- * loop (h->loop = NULL) so it can outlive it. (An I/O handle's other
- * reference is the ready queue's, never a user's.)
+ * goes back to the pool; if the user still does, it stays theirs, and
+ * holds a reference on the pool so that it can outlive the loop. (An I/O
+ * handle's other reference is the ready queue's, never a user's.)
  */
 void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
         struct loop__handle_pool *pool = loop->pool;
@@ -235,7 +234,6 @@ void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
                 h->n_ref--;
                 return;
         }
-        h->loop = NULL;
         user_held = h->pooled && h->exposed;
         if (user_held)
                 /* Before the decrement publishes the handle to its holder:
@@ -267,8 +265,6 @@ static void drop_unrun(loop_t *loop, loop_handle_t *h) {
                 h->discard(h->userdata);
                 h->discard = NULL;
         }
-        if (h->kind != HANDLE_IO)
-                h->loop = NULL;
         loop__handle_drop(loop, h);
 }
 
@@ -412,7 +408,6 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
         h->cancelled = 0;
         h->exposed = ret != NULL;
         h->pooled = 1;
-        h->loop = loop;
         h->cb = cb;
         h->userdata = userdata;
         h->when = when_ns;
@@ -511,8 +506,11 @@ LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
                 if (__atomic_load_n(&h->cancelled, __ATOMIC_RELAXED))
                         return 0;
                 __atomic_store_n(&h->cancelled, 1, __ATOMIC_RELAXED);
-                if (h->in_heap && h->loop)
-                        loop__timer_heap_cancel(&h->loop->timers, h, drop_unrun_cb, h->loop);
+                if (h->in_heap) {
+                        /* In the heap, so the loop holds its pool: timers are pooled. */
+                        loop_t *loop = __atomic_load_n(&chunk_head_of(h)->pool->loop, __ATOMIC_RELAXED);
+                        loop__timer_heap_cancel(&loop->timers, h, drop_unrun_cb, loop);
+                }
                 return 0;
         }
         /* call_soon handles may be cancelled from any thread; a queued
@@ -565,7 +563,6 @@ void loop__expire_timers(loop_t *loop, int64_t now) {
                         /* Out of memory: put it back and let the next iteration retry. */
                         if (loop__timer_heap_push(&loop->timers, h, h->when) < 0) {
                                 loop__report(loop, "Cannot queue an expired timer", -ENOMEM, h, -1);
-                                h->loop = NULL;
                                 loop__handle_drop(loop, h);
                         }
                         return;
@@ -649,12 +646,8 @@ static bool run_entry(loop_t *loop, const struct loop__ready_entry *e) {
         }
         if (unlikely(r < 0))
                 report_entry(loop, e, r);
-        if (h) {
-                /* A reader or writer stays registered; everything else ran its course. */
-                if (h->kind != HANDLE_IO)
-                        h->loop = NULL;
+        if (h)
                 loop__handle_drop(loop, h);
-        }
         return true;
 }
 

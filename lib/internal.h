@@ -47,20 +47,16 @@ struct loop_handle {
         /* Pooled handles: the handle's place in its pool, for life. The
          * timer heap names timers by it (see timer_heap.h). */
         uint32_t pool_index;
-        /*
-         * The loop, while the handle is scheduled (queued, in the heap or
-         * registered as a reader/writer); NULL once the loop is done with
-         * it. Only read and written in the loop's thread.
-         */
-        loop_t *loop;
         union {
                 loop_callback_t cb;
                 loop_io_callback_t io_cb;
         };
         void *userdata;
-        /* One word whose meaning follows the kind: 48 bytes a handle, so
-         * that a pending timer (its handle and a 16-byte heap slot) costs
-         * no more memory than libev's ev_timer and its heap entry. */
+        /* One word whose meaning follows the kind: 40 bytes a handle, so
+         * that a pending timer (its handle and a 16-byte heap slot) and the
+         * pointer its caller keeps cost no more memory than libev's
+         * ev_timer and its heap entry. (No loop pointer: the one reader,
+         * a timer's cancel, finds the loop through the handle's pool.) */
         union {
                 int64_t when;           /* HANDLE_TIMER: deadline in ns, for life */
                 /* HANDLE_SOON: called with userdata instead of the callback
@@ -73,7 +69,7 @@ struct loop_handle {
         };
 };
 
-_Static_assert(sizeof(struct loop_handle) == 48, "a handle is 48 bytes (see above)");
+_Static_assert(sizeof(struct loop_handle) == 40, "a handle is 40 bytes (see above)");
 
 #include "ready_queue.h"
 #include "timer_heap.h"       /* after struct loop_handle: its inline push fills one in */

@@ -283,10 +283,6 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                         .n_ref = 2,     /* the queue's and the caller's */
                         .kind = HANDLE_SOON,
                         .exposed = 1,
-                        /* Set before the handle is published, so the loop's
-                         * thread sees it without a pass over the taken
-                         * entries. */
-                        .loop = loop,
                         .cb = cb,
                         .userdata = userdata,
                 };
@@ -310,10 +306,8 @@ static void queue_taken(loop_t *loop, struct loop__ready_entry e) {
         if (ready_push(&loop->ready, e.cb, e.userdata, NULL) < 0) {
                 loop_handle_t *h = ready_entry_handle(&e);
                 loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM, h, -1);
-                if (h) {
-                        h->loop = NULL;
+                if (h)
                         loop__handle_drop(loop, h);
-                }
         }
 }
 
