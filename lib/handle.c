@@ -489,8 +489,9 @@ LOOP_EXPORT loop_handle_t *loop_handle_unref(loop_handle_t *h) {
         return NULL;
 }
 
-static void drop_unrun_cb(void *loop, loop_handle_t *h) {
-        drop_unrun(loop, h);
+/* A purge drops cancelled timers: no discard function (drop_unrun's) to run. */
+static void drop_timer_cb(void *loop, loop_handle_t *h) {
+        loop__handle_drop(loop, h);
 }
 
 LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
@@ -509,7 +510,7 @@ LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
                 if (h->in_heap) {
                         /* In the heap, so the loop holds its pool: timers are pooled. */
                         loop_t *loop = __atomic_load_n(&chunk_head_of(h)->pool->loop, __ATOMIC_RELAXED);
-                        loop__timer_heap_cancel(&loop->timers, h, drop_unrun_cb, loop);
+                        loop__timer_heap_cancel(&loop->timers, h, drop_timer_cb, loop);
                 }
                 return 0;
         }

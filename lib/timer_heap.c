@@ -1,5 +1,4 @@
 /* SPDX-License-Identifier: MIT */
-#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,9 +8,6 @@
 #define ARITY TIMER_HEAP_ARITY
 #define HEAP0 TIMER_HEAP0
 #define CACHELINE 64
-/* Purge cancelled timers once they are more than half the heap and at
- * least this many (asyncio: 100 and half). */
-#define PURGE_MIN 64u
 
 #define parent_of timer_heap_parent
 #define slot_before timer_slot_before
@@ -187,7 +183,7 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap) {
  * handle's place in the pool, so the pass walks the handles in memory
  * order instead of missing on every one.
  */
-static __attribute__((noinline)) void purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx) {
+void loop__timer_heap_purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx) {
         uint32_t kept = 0;
 
         for (uint32_t i = 0; i < heap->n; i++) {
@@ -209,19 +205,6 @@ static __attribute__((noinline)) void purge(struct timer_heap *heap, timer_heap_
                         h->in_heap = 0;
                         drop(ctx, h);
                 }
-}
-
-void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_heap_drop_t drop, void *ctx) {
-        uint32_t id = h->pool_index;
-
-        assert(h->in_heap && id < heap->bits_cap && timer_heap_handle(heap, id) == h);
-        if (timer_heap_is_cancelled(heap, id))
-                return;
-        heap->cancelled[id / 64] |= UINT64_C(1) << (id % 64);
-        heap->n_cancelled++;
-        /* purge() is out of line: cancel's own path saves no registers. */
-        if (heap->n_cancelled >= PURGE_MIN && heap->n_cancelled > heap->n / 2)
-                purge(heap, drop, ctx);
 }
 
 void loop__timer_heap_free(struct timer_heap *heap) {

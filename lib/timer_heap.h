@@ -88,9 +88,8 @@ typedef void (*timer_heap_drop_t)(void *ctx, loop_handle_t *h);
 void loop__timer_heap_init(struct timer_heap *heap, loop_handle_t *const *const *chunks);
 int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t when);
 loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap);
-/* Marks a timer that is in the heap as cancelled; may purge (drop is then
- * called for every cancelled timer removed, this one included). */
-void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_heap_drop_t drop, void *ctx);
+/* Drops every cancelled timer (drop is called for each) and rebuilds the heap. */
+void loop__timer_heap_purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx);
 void loop__timer_heap_free(struct timer_heap *heap);
 
 /*
@@ -125,4 +124,25 @@ static inline loop_handle_t *timer_heap_handle(const struct timer_heap *heap, ui
 /* Live (not cancelled) timers. */
 static inline uint32_t timer_heap_live(const struct timer_heap *heap) {
         return heap->n - heap->n_cancelled;
+}
+
+/* Purge cancelled timers once they are more than half the heap and at
+ * least this many (asyncio: 100 and half). */
+#define TIMER_HEAP_PURGE_MIN 64u
+
+/*
+ * Marks a timer that is in the heap as cancelled; may purge (drop is then
+ * called for every cancelled timer removed, this one included). Inline,
+ * and the purge out of line: a cancel is a bit, a count and a compare.
+ */
+static inline void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_heap_drop_t drop,
+                                           void *ctx) {
+        uint32_t id = h->pool_index;
+        uint64_t bit = UINT64_C(1) << (id % 64);
+
+        if (heap->cancelled[id / 64] & bit)
+                return;
+        heap->cancelled[id / 64] |= bit;
+        if (++heap->n_cancelled >= TIMER_HEAP_PURGE_MIN && heap->n_cancelled > heap->n / 2)
+                loop__timer_heap_purge(heap, drop, ctx);
 }
