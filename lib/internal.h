@@ -234,6 +234,9 @@ struct loop {
         pthread_mutex_t ts_lock;
         struct loop__ready_entry *ts_items;
         size_t ts_n, ts_cap;
+        bool ts_sleeping;               /* the loop's thread: it set the SLEEPING flag */
+        bool ts_may_linger;             /* more than one CPU online (loop__threadsafe_linger) */
+        size_t ts_taken;                /* the loop's thread: posts taken since it last lingered */
         int wake_read_fd, wake_write_fd;  /* the same eventfd on Linux, a pipe elsewhere */
         void (*wake)(void *ctx);        /* the backend's wake-up, or NULL (a write to wake_write_fd) */
         void (*wake_release)(void *ctx);
@@ -479,6 +482,7 @@ void loop__wakeup_close(int read_fd, int write_fd);
 int loop__threadsafe_init(loop_t *loop);
 void loop__threadsafe_drain(loop_t *loop);
 void loop__threadsafe_poll(loop_t *loop);      /* after each wait: take what was posted meanwhile */
+bool loop__threadsafe_linger(loop_t *loop, int64_t max_ns); /* before that: true if posts came */
 bool loop__threadsafe_sleep(loop_t *loop);     /* before a wait that may block: false if posts wait */
 void loop__threadsafe_awake(loop_t *loop);     /* after it */
 void loop__threadsafe_close(loop_t *loop);

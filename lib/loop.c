@@ -350,7 +350,8 @@ static int iterate(loop_t *loop, int64_t max_wait_ns) {
                 /* A wait that may block: from here another thread's post or
                  * loop_stop() writes the wake-up; one that came before is
                  * seen now, and the wait does not block. */
-                if (timeout != 0 && (!loop__threadsafe_sleep(loop) || stop_requested(loop)))
+                if (timeout != 0 &&
+                    (loop__threadsafe_linger(loop, timeout) || !loop__threadsafe_sleep(loop) || stop_requested(loop)))
                         timeout = 0;
         }
         r = loop->impl->poll(loop, timeout);

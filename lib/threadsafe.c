@@ -21,6 +21,20 @@
  * context switch each.) The write is non-blocking: a full pipe already
  * means "wake up".
  *
+ * The tail's cache line is the producers'. The loop takes the slots
+ * published in a row from head on (it reads those lines anyway) and reads
+ * the tail only when it is about to sleep with nothing published, or on
+ * call_soon's slow path; producers read head only once its copy in the
+ * tail's line says the ring may be full. A loop that keeps up with a flood
+ * would still take a few posts per iteration, each look taking the line a
+ * producer is writing, and it would sleep whenever it ran dry, so that the
+ * next post paid for a wake-up: after taking many posts it lingers a few
+ * microseconds before it sleeps instead, and looks at the ring about once
+ * a microsecond meanwhile (loop__threadsafe_linger). Measured with 10^6
+ * posts from one thread: 13-15 ns a post, against 27-44 for the loop that
+ * read the tail after every wait and slept when dry (and 33 for libuv's
+ * uv_async_send with a mutex-protected queue).
+ *
  * Deciding who wakes in the same atomic step as the claim is what keeps a
  * fence out of the post: the loop sets SLEEPING (one atomic step, which
  * also reads how far producers have claimed) and waits only if nothing
@@ -83,9 +97,21 @@ struct loop__ts_slot {
  */
 struct loop__ts_ring {
         _Alignas(64) uint64_t tail;     /* atomic: claim position << TS_POS_SHIFT | TS_* flags */
+        /* atomic: a head some producer read, so at most head: producers
+         * read head itself only when this says the ring may be full. */
+        uint64_t head_seen;
         _Alignas(64) uint64_t head;     /* atomic: every position below it is taken */
+        /* atomic: TS_OVERFLOW's copy for the loop, which reads it after
+         * each wait instead of the tail. Set and cleared under ts_lock. */
+        bool overflowed;
         struct loop__ts_slot slots[TS_RING_SLOTS] __attribute__((aligned(64)));
 };
+
+/* Lingering before a sleep (loop__threadsafe_linger): after this many
+ * posts taken since the last time, for this long, looking this often. */
+#define TS_LINGER_AFTER 16
+#define TS_LINGER_NS 5000
+#define TS_LINGER_LOOK_NS 1000
 
 /* How far ahead of its slot a producer takes ownership of the ring's
  * memory, in slots: a few cache lines. */
@@ -170,6 +196,7 @@ int loop__threadsafe_init(loop_t *loop) {
                 return r;
         }
         pthread_mutex_init(&loop->ts_lock, NULL);
+        loop->ts_may_linger = loop__online_cpus() > 1;
         return 0;
 }
 
@@ -225,8 +252,10 @@ static int post_overflow(loop_t *loop, struct loop__ready_entry e) {
          * set, the next posts here write the tail word only to wake a
          * sleeping loop, not to set it again (a contended line). */
         t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_SEQ_CST);
-        if (!(t & TS_OVERFLOW))
+        if (!(t & TS_OVERFLOW)) {
                 t = __atomic_fetch_or(&loop->ts_ring->tail, TS_OVERFLOW, __ATOMIC_SEQ_CST);
+                __atomic_store_n(&loop->ts_ring->overflowed, true, __ATOMIC_RELEASE);
+        }
         r = 0;
         if (t & TS_SLEEPING)
                 r = (__atomic_fetch_and(&loop->ts_ring->tail, ~TS_SLEEPING, __ATOMIC_SEQ_CST) & TS_SLEEPING) != 0;
@@ -245,13 +274,22 @@ static int post(loop_t *loop, struct loop__ready_entry e) {
                 if (t & (TS_CLOSED | TS_OVERFLOW))
                         return post_overflow(loop, e);
                 pos = t >> TS_POS_SHIFT;
-                /* Acquire: the loop's reads of the slot's last lap are done. */
-                if (pos - __atomic_load_n(&loop->ts_ring->head, __ATOMIC_ACQUIRE) >= TS_RING_SLOTS) {
-                        uint64_t now = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_RELAXED);
-                        if (now == t)
-                                return post_overflow(loop, e);  /* full */
-                        t = now;
-                        continue;
+                /* Acquire (both): the loop's reads of the slot's last lap
+                 * are done. head_seen sits in the tail's line, which the
+                 * claim owns anyway; head's line is the loop's, and is
+                 * read once a lap rather than once a post. */
+                if (pos - __atomic_load_n(&loop->ts_ring->head_seen, __ATOMIC_ACQUIRE) >= TS_RING_SLOTS) {
+                        uint64_t head = __atomic_load_n(&loop->ts_ring->head, __ATOMIC_ACQUIRE);
+                        if (pos - head >= TS_RING_SLOTS) {
+                                uint64_t now = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_RELAXED);
+                                if (now == t)
+                                        return post_overflow(loop, e);  /* full */
+                                t = now;
+                                continue;
+                        }
+                        /* Another producer may store an older head: a
+                         * lower bound all the same. */
+                        __atomic_store_n(&loop->ts_ring->head_seen, head, __ATOMIC_RELEASE);
                 }
                 /* The claim clears SLEEPING: this post wakes the loop. */
                 if (__atomic_compare_exchange_n(&loop->ts_ring->tail, &t, ((pos + 1) << TS_POS_SHIFT) | TS_LIVE,
@@ -303,6 +341,7 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
 }
 
 static void queue_taken(loop_t *loop, struct loop__ready_entry e) {
+        loop->ts_taken++;
         if (ready_push(&loop->ready, e.cb, e.userdata, NULL) < 0) {
                 loop_handle_t *h = ready_entry_handle(&e);
                 loop__report(loop, "Cannot queue a call_soon_threadsafe callback", -ENOMEM, h, -1);
@@ -376,6 +415,7 @@ static void take_posted(loop_t *loop) {
         size_t n = loop->ts_n;
         loop->ts_items = NULL;
         loop->ts_n = loop->ts_cap = 0;
+        __atomic_store_n(&loop->ts_ring->overflowed, false, __ATOMIC_RELAXED);
         __atomic_fetch_and(&loop->ts_ring->tail, ~TS_OVERFLOW, __ATOMIC_ACQ_REL);
         pthread_mutex_unlock(&loop->ts_lock);
 
@@ -417,40 +457,117 @@ void loop__threadsafe_drain(loop_t *loop) {
 }
 
 /*
+ * The loop's own way in after each wait: take the slots published in a
+ * row from head on. It reads the slots, which it must read anyway, and
+ * not the tail: a read of the tail's line takes it from the producers,
+ * whose next claim then waits for it to come back, and a loop that keeps
+ * up with a flood reads after every few posts. A slot claimed but not yet
+ * published ends the run; the next wait, or the sleep below, finds it.
+ */
+static bool take_published(loop_t *loop) {
+        struct loop__ts_ring *ring = loop->ts_ring;
+        uint64_t head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED), pos = head;
+        struct loop__ts_slot *s;
+
+        while (__atomic_load_n(&(s = &ring->slots[pos % TS_RING_SLOTS])->seq, __ATOMIC_ACQUIRE) == pos + 1) {
+                queue_taken(loop, (struct loop__ready_entry) { .cb = s->cb, .userdata = s->userdata });
+                if (++pos % (TS_RING_SLOTS / 4) == 0)
+                        __atomic_store_n(&ring->head, pos, __ATOMIC_RELEASE);
+        }
+        if (pos == head)
+                return false;
+        __atomic_store_n(&ring->head, pos, __ATOMIC_RELEASE);
+        return true;
+}
+
+static inline bool published(const loop_t *loop) {
+        const struct loop__ts_ring *ring = loop->ts_ring;
+        uint64_t head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED);
+
+        return __atomic_load_n(&ring->slots[head % TS_RING_SLOTS].seq, __ATOMIC_RELAXED) == head + 1 ||
+               __atomic_load_n(&ring->overflowed, __ATOMIC_RELAXED);
+}
+
+/*
+ * The loop is about to sleep, and took a flood of posts since it was last
+ * here: give the posters a few microseconds before it does. A sleeping
+ * loop costs the next post a system call (the wake-up's write, about a
+ * microsecond of the poster's time here) and itself a wake-up; a flood
+ * met awake costs neither. The slots are looked at a few times a
+ * microsecond, not continuously: each look takes the line the poster is
+ * writing from it. Only with more than one CPU, where the posters can run
+ * meanwhile, and no longer than max_ns (the next timer; < 0: none).
+ * Anything else the loop waits for (I/O, a signal) waits this long at
+ * most. True if posts came.
+ */
+bool loop__threadsafe_linger(loop_t *loop, int64_t max_ns) {
+        if (loop->ts_taken < TS_LINGER_AFTER || !loop->ts_may_linger)
+                return false;
+        loop->ts_taken = 0;
+        int64_t limit = max_ns >= 0 && max_ns < TS_LINGER_NS ? max_ns : TS_LINGER_NS;
+        int64_t start = loop__now(), looked = start, now;
+        do {
+                cpu_relax();
+                now = loop__now();
+                if (now - looked >= TS_LINGER_LOOK_NS) {
+                        if (published(loop))
+                                return true;
+                        looked = now;
+                }
+        } while (now - start < limit);
+        return published(loop);
+}
+
+/*
  * After every wait, in the loop's thread: take what was posted while the
- * loop was awake (nobody wrote the wake-up for that). One load when
- * nothing was. The wake-up descriptor is read only when a wait reports it
- * (loop__threadsafe_drain): it is written only while the loop sleeps.
+ * loop was awake (nobody wrote the wake-up for that). One load of the
+ * next slot when nothing was. The wake-up descriptor is read only when a
+ * wait reports it (loop__threadsafe_drain): it is written only while the
+ * loop sleeps.
  */
 void loop__threadsafe_poll(loop_t *loop) {
-        uint64_t t = __atomic_load_n(&loop->ts_ring->tail, __ATOMIC_ACQUIRE);
+        bool took = take_published(loop);
 
-        if (!(t & TS_OVERFLOW) && t >> TS_POS_SHIFT == __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED))
-                return;         /* nothing posted */
-        take_posted(loop);
+        /* The overflow comes after the whole ring: the full way. */
+        if (unlikely(__atomic_load_n(&loop->ts_ring->overflowed, __ATOMIC_ACQUIRE)))
+                take_posted(loop);
+        else if (took)
+                reopen_window(loop);
 }
 
 /*
  * The loop is about to wait for longer than nothing (or an embedding
  * program on loop_fileno()): from now on the next post, or loop_stop(),
- * writes the wake-up. False if something was posted before that, with
- * the flag cleared again: the caller must not block. The caller also
- * checks its stop request after this (sequentially consistent, as
+ * writes the wake-up. False if something was posted before that: the
+ * caller must not block. Posts that can be seen in their slots say so
+ * without the flag (a write to the producers' line, and another to clear
+ * it); those claimed before the flag was set are taken now. The caller
+ * also checks its stop request after this (sequentially consistent, as
  * loop_stop()'s store and loop__threadsafe_wake()'s exchange are): either
  * it sees the stop, or the stopper sees the flag.
  */
 bool loop__threadsafe_sleep(loop_t *loop) {
+        if (published(loop))
+                return false;
         uint64_t t = __atomic_or_fetch(&loop->ts_ring->tail, TS_SLEEPING, __ATOMIC_SEQ_CST);
 
-        if (!(t & TS_OVERFLOW) && t >> TS_POS_SHIFT == __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED))
+        loop->ts_sleeping = true;
+        if (!(t & TS_OVERFLOW) && t >> TS_POS_SHIFT == __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED)) {
+                loop->ts_taken = 0;     /* whatever flood there was is over */
                 return true;
+        }
         loop__threadsafe_awake(loop);
+        take_posted(loop);
         return false;
 }
 
-/* The wait is over: posts no longer need to write (one load if a post or
- * loop_stop() cleared the flag already). */
+/* The wait is over: posts no longer need to write. Nothing to do if this
+ * thread did not set the flag (no read of the producers' line either), one
+ * load if a post or loop_stop() cleared it already. */
 void loop__threadsafe_awake(loop_t *loop) {
+        if (!loop->ts_sleeping)
+                return;
+        loop->ts_sleeping = false;
         if (__atomic_load_n(&loop->ts_ring->tail, __ATOMIC_RELAXED) & TS_SLEEPING)
                 __atomic_fetch_and(&loop->ts_ring->tail, ~TS_SLEEPING, __ATOMIC_SEQ_CST);
 }

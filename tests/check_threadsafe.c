@@ -236,6 +236,45 @@ START_TEST(test_flood_run_once_blocking) {
 }
 END_TEST
 
+/*
+ * After a flood the loop goes back to sleep: a loop that took many posts
+ * waits a few microseconds for more before it sleeps (threadsafe.c), and
+ * must not go on waiting, nor iterate, once they stop.
+ */
+START_TEST(test_flood_then_sleeps) {
+        loop_t *loop = tu_loop_new();
+        struct poster p[2];
+        atomic_int go;
+        struct loop_metrics m0 = { .size = sizeof(m0) }, m1 = { .size = sizeof(m1) };
+        int stopped = 0;
+        int64_t deadline, t0;
+        const int n = 50000;
+
+        atomic_init(&go, 0);
+        tally_reset(2 * n);
+        start_posters(p, 2, loop, n, &go);
+        atomic_store(&go, 1);
+        deadline = tu_now_ns() + 20 * TU_SEC;
+        while (tally.total < 2 * n && tu_now_ns() < deadline)
+                ck_assert_int_ge(loop_run_once(loop, 10 * TU_MSEC), 0);
+        join_posters(p, 2);
+        ck_assert_int_eq(tally.total, 2 * n);
+        ck_assert_int_eq(tally.out_of_order, 0);
+
+        ck_assert_int_eq(loop_get_metrics(loop, &m0), 0);
+        t0 = tu_now_ns();
+        ck_assert_int_eq(loop_call_later(loop, 0.05, tu_stop_cb, &stopped, NULL), 0);
+        ck_assert_int_eq(loop_run_forever(loop), 0);
+        ck_assert_int_eq(loop_get_metrics(loop, &m1), 0);
+        ck_assert_int_eq(stopped, 1);
+        ck_assert_int_ge(tu_now_ns() - t0, 50 * TU_MSEC);
+        /* One wait for the timer, one iteration to run it (and a spare). */
+        ck_assert_uint_le(m1.iterations - m0.iterations, 3);
+        ck_assert_uint_eq(m1.callbacks - m0.callbacks, 1);
+        loop_unref(loop);
+}
+END_TEST
+
 /* ---- waking a sleeping loop --------------------------------------------- */
 
 struct waker {
@@ -1184,6 +1223,7 @@ static Suite *threadsafe_suite(void) {
         tcase_add_test(tc, test_many_threads_before_run);
         tcase_add_test(tc, test_flood_while_running);
         tcase_add_test(tc, test_flood_run_once_blocking);
+        tcase_add_test(tc, test_flood_then_sleeps);
         tcase_add_test(tc, test_overflow_while_running);
         tcase_add_test(tc, test_close_while_posting);
 
