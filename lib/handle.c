@@ -191,7 +191,6 @@ static inline loop_handle_t *handle_alloc(loop_t *loop, int kind) {
         *h = (loop_handle_t) {
                 .n_ref = 1,
                 .kind = (uint8_t) kind,
-                .pooled = 1,
                 .pool_index = h->pool_index,
         };
         return h;
@@ -234,7 +233,7 @@ void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
                 h->n_ref--;
                 return;
         }
-        user_held = h->pooled && h->exposed;
+        user_held = loop__handle_pooled(h) && h->exposed;
         if (user_held)
                 /* Before the decrement publishes the handle to its holder:
                  * its last unref gives it back through the chunk's head. */
@@ -246,7 +245,7 @@ void loop__handle_drop(loop_t *loop, loop_handle_t *h) {
         if (user_held)
                 pool->credit++;
 recycle:
-        if (!h->pooled) {
+        if (!loop__handle_pooled(h)) {
                 free(h);        /* made by call_soon_threadsafe in another thread */
                 return;
         }
@@ -384,6 +383,13 @@ static __attribute__((noinline)) int call_at_slow(loop_t *loop, int64_t when_ns,
         return 0;
 }
 
+/* A new timer's first word, without and with a reference for the caller
+ * (in_heap: timer_heap_insert below). */
+static const struct loop_handle_head timer_heads[2] = {
+        { .n_ref = 1, .kind = HANDLE_TIMER, .in_heap = 1 },
+        { .n_ref = 2, .kind = HANDLE_TIMER, .exposed = 1, .in_heap = 1 },
+};
+
 /*
  * The fast path calls nothing (anything unusual is a tail call to
  * call_at_slow), so it needs no stack frame: a handle from the free list,
@@ -402,12 +408,8 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
         slot_unpoison(h);
         /* Field by field, not a compound literal: that zeroes the whole
          * handle and then writes most of it again. Every field a timer
-         * reads is set. */
-        h->n_ref = ret ? 2 : 1;
-        h->kind = HANDLE_TIMER;
-        h->cancelled = 0;
-        h->exposed = ret != NULL;
-        h->pooled = 1;
+         * reads is set; the counts and flags in one store. */
+        h->head = timer_heads[ret != NULL];
         h->cb = cb;
         h->userdata = userdata;
         h->when = when_ns;
@@ -463,7 +465,7 @@ LOOP_EXPORT loop_handle_t *loop_handle_ref(loop_handle_t *h) {
  */
 static __attribute__((noinline, cold)) void unref_underflow(loop_handle_t *h) {
         __atomic_add_fetch(&h->n_ref, 1, __ATOMIC_RELAXED);
-        if (!h->pooled)
+        if (!loop__handle_pooled(h))
                 return;         /* call_soon_threadsafe's own, already freed: nothing to trust */
         loop_t *loop = __atomic_load_n(&chunk_head_of(h)->pool->loop, __ATOMIC_ACQUIRE);
         if (loop && loop->debug)
@@ -482,7 +484,7 @@ LOOP_EXPORT loop_handle_t *loop_handle_unref(loop_handle_t *h) {
         }
         /* A handle the user releases last is no longer scheduled: no loop
          * refers to it. */
-        if (h->pooled)
+        if (loop__handle_pooled(h))
                 pool_give_back(h);
         else
                 free(h);

@@ -37,15 +37,26 @@ enum {
         HANDLE_IO,      /* a proactor loop's reader or writer; never given to the user */
 };
 
+/* A handle's first word as one value: a new timer sets it with one store. */
+struct loop_handle_head {
+        unsigned n_ref;
+        uint8_t kind, cancelled, exposed, in_heap;
+};
+
 struct loop_handle {
-        unsigned n_ref;         /* atomic: call_soon_threadsafe hands handles across threads */
-        uint8_t kind;
-        uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
-        uint8_t exposed;        /* the user was given this handle */
-        uint8_t pooled;         /* memory from a loop's handle pool, not malloc() */
-        uint8_t in_heap;        /* timers: in the loop's timer heap */
-        /* Pooled handles: the handle's place in its pool, for life. The
-         * timer heap names timers by it (see timer_heap.h). */
+        union {
+                struct loop_handle_head head;
+                struct {
+                        unsigned n_ref;         /* atomic: call_soon_threadsafe hands handles across threads */
+                        uint8_t kind;
+                        uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
+                        uint8_t exposed;        /* the user was given this handle */
+                        uint8_t in_heap;        /* timers: in the loop's timer heap */
+                };
+        };
+        /* The handle's place in its loop's pool, for life (the timer heap
+         * names timers by it, see timer_heap.h); LOOP__UNPOOLED for a
+         * handle from malloc() (call_soon_threadsafe's). */
         uint32_t pool_index;
         union {
                 loop_callback_t cb;
@@ -70,6 +81,12 @@ struct loop_handle {
 };
 
 _Static_assert(sizeof(struct loop_handle) == 40, "a handle is 40 bytes (see above)");
+
+#define LOOP__UNPOOLED UINT32_MAX       /* pool indices stop short of it (handle.c) */
+
+static inline bool loop__handle_pooled(const struct loop_handle *h) {
+        return h->pool_index != LOOP__UNPOOLED;
+}
 
 #include "ready_queue.h"
 #include "timer_heap.h"       /* after struct loop_handle: its inline push fills one in */

@@ -321,6 +321,7 @@ LOOP_EXPORT int loop_call_soon_threadsafe(loop_t *loop, loop_callback_t cb, void
                         .n_ref = 2,     /* the queue's and the caller's */
                         .kind = HANDLE_SOON,
                         .exposed = 1,
+                        .pool_index = LOOP__UNPOOLED,
                         .cb = cb,
                         .userdata = userdata,
                 };

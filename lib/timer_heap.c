@@ -154,6 +154,7 @@ int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t whe
          * insert comes here again). */
         if (heap->room == 0)
                 heap->room = 1;
+        h->in_heap = 1;
         timer_heap_insert(heap, h, when);
         return 0;
 }

@@ -102,9 +102,9 @@ static inline bool timer_heap_has_room(const struct timer_heap *heap, const loop
         return heap->room != 0 && h->pool_index < heap->bits_cap;
 }
 
+/* The caller sets h->in_heap (loop_call_at_ns with the rest of the handle's first word). */
 static inline void timer_heap_insert(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
         heap->room--;
-        h->in_heap = 1;
         timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++,
                            (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = h->pool_index });
 }
