@@ -211,27 +211,33 @@ START_TEST(test_flood_while_running) {
 }
 END_TEST
 
-/* Same, driven by run_once(-1) (embedding): each post must wake the wait. */
-START_TEST(test_flood_run_once_blocking) {
-        loop_t *loop = tu_loop_new();
+/* Two threads post n calls each while the loop runs iterations of
+ * loop_run_once(max_wait_ns): each runs once, in order per thread. */
+static void flood_run_once(loop_t *loop, int n, int64_t max_wait_ns) {
         struct poster p[2];
         atomic_int go;
         int64_t deadline;
-        const int n = 20000;
 
         atomic_init(&go, 0);
         tally_reset(2 * n);
         start_posters(p, 2, loop, n, &go);
         atomic_store(&go, 1);
         deadline = tu_now_ns() + 20 * TU_SEC;
-        /* No timers, no fds: only the posts can end each wait. */
         while (tally.total < 2 * n && tu_now_ns() < deadline)
-                ck_assert_int_ge(loop_run_once(loop, -1), 0);
+                ck_assert_int_ge(loop_run_once(loop, max_wait_ns), 0);
         join_posters(p, 2);
         ck_assert_int_eq(tally.total, 2 * n);
         ck_assert_int_eq(tally.count[0], n);
         ck_assert_int_eq(tally.count[1], n);
         ck_assert_int_eq(tally.out_of_order, 0);
+}
+
+/* Same, driven by run_once(-1) (embedding): each post must wake the wait.
+ * No timers, no fds: only the posts can end each wait. */
+START_TEST(test_flood_run_once_blocking) {
+        loop_t *loop = tu_loop_new();
+
+        flood_run_once(loop, 20000, -1);
         loop_unref(loop);
 }
 END_TEST
@@ -243,24 +249,11 @@ END_TEST
  */
 START_TEST(test_flood_then_sleeps) {
         loop_t *loop = tu_loop_new();
-        struct poster p[2];
-        atomic_int go;
         struct loop_metrics m0 = { .size = sizeof(m0) }, m1 = { .size = sizeof(m1) };
         int stopped = 0;
-        int64_t deadline, t0;
-        const int n = 50000;
+        int64_t t0;
 
-        atomic_init(&go, 0);
-        tally_reset(2 * n);
-        start_posters(p, 2, loop, n, &go);
-        atomic_store(&go, 1);
-        deadline = tu_now_ns() + 20 * TU_SEC;
-        while (tally.total < 2 * n && tu_now_ns() < deadline)
-                ck_assert_int_ge(loop_run_once(loop, 10 * TU_MSEC), 0);
-        join_posters(p, 2);
-        ck_assert_int_eq(tally.total, 2 * n);
-        ck_assert_int_eq(tally.out_of_order, 0);
-
+        flood_run_once(loop, 50000, 10 * TU_MSEC);
         ck_assert_int_eq(loop_get_metrics(loop, &m0), 0);
         t0 = tu_now_ns();
         ck_assert_int_eq(loop_call_later(loop, 0.05, tu_stop_cb, &stopped, NULL), 0);
