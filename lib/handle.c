@@ -140,9 +140,12 @@ static inline void pool_take_ref(struct loop__handle_pool *pool) {
 /*
  * The free list ran dry: take back what users released (one exchange), or
  * carve a whole new chunk onto the free list, so that the fast paths find
- * a handle there for the next thousand calls.
+ * a handle there for the next thousand calls. The timer heap's cancelled
+ * bitmap grows with the pool, so that scheduling a timer need not check
+ * that it covers the handle's index.
  */
-static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_pool *pool) {
+static __attribute__((noinline)) loop_handle_t *pool_refill(loop_t *loop) {
+        struct loop__handle_pool *pool = loop->pool;
         loop_handle_t *h = __atomic_exchange_n(&pool->remote, NULL, __ATOMIC_ACQUIRE);
 
         if (h) {
@@ -151,6 +154,9 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_
         }
         if (pool->n_chunks == UINT32_MAX / CHUNK_HANDLES)
                 return NULL;    /* four billion handles */
+        uint32_t base = pool->n_chunks * CHUNK_HANDLES;
+        if (loop__timer_heap_cover(&loop->timers, base + CHUNK_HANDLES) < 0)
+                return NULL;
         if (pool->n_chunks == pool->cap_chunks) {
                 uint32_t cap = pool->cap_chunks ? pool->cap_chunks * 2 : 16;
                 loop_handle_t **chunks = realloc(pool->chunks, cap * sizeof(*chunks));
@@ -166,7 +172,6 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(struct loop__handle_
                 return NULL;
         ((struct chunk_head *) (uintptr_t) c)->pool = pool;
         c++;
-        uint32_t base = pool->n_chunks * CHUNK_HANDLES;
         pool->chunks[pool->n_chunks++] = c;
         /* In address order, so a burst of timers gets neighbouring handles. */
         for (uint32_t i = 0; i < CHUNK_HANDLES; i++) {
@@ -185,7 +190,7 @@ static inline loop_handle_t *handle_alloc(loop_t *loop, int kind) {
 
         if (likely(h))
                 pool->free = h->next_free;
-        else if (!(h = pool_refill(pool)))
+        else if (!(h = pool_refill(loop)))
                 return NULL;
         slot_unpoison(h);
         *h = (loop_handle_t) {
@@ -401,7 +406,7 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
                 return call_at_slow(loop, when_ns, cb, userdata, ret);
         struct timer_heap *heap = &loop->timers;
         loop_handle_t *h = loop->pool->free;
-        if (unlikely(!h || !timer_heap_has_room(heap, h)))
+        if (unlikely(!h || !timer_heap_has_room(heap)))
                 return call_at_slow(loop, when_ns, cb, userdata, ret);
 
         loop->pool->free = h->next_free;

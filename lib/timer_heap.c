@@ -108,6 +108,10 @@ static int grow_bits(struct timer_heap *heap, uint32_t id) {
         return 0;
 }
 
+int loop__timer_heap_cover(struct timer_heap *heap, uint32_t n) {
+        return n <= heap->bits_cap ? 0 : grow_bits(heap, n - 1);
+}
+
 static inline void clear_cancelled(struct timer_heap *heap, uint32_t id) {
         heap->cancelled[id / 64] &= ~(UINT64_C(1) << (id % 64));
 }

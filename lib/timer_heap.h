@@ -92,14 +92,19 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap);
 void loop__timer_heap_purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx);
 void loop__timer_heap_free(struct timer_heap *heap);
 
+/* The cancelled bitmap covers ids below n from now on: the loop's handle
+ * pool calls it as it grows, so that every pooled handle is covered. */
+int loop__timer_heap_cover(struct timer_heap *heap, uint32_t n);
+
 /*
  * Scheduling inline (loop_call_at_ns): when timer_heap_has_room() says
- * there is room in the heap and in the cancelled bitmap and sequence
- * numbers are left, timer_heap_insert() needs nothing else. Otherwise
- * loop__timer_heap_push() grows or renumbers first. h must be pooled.
+ * there is room in the heap and sequence numbers are left,
+ * timer_heap_insert() needs nothing else (the bitmap covers the loop's
+ * pooled handles, see above). Otherwise loop__timer_heap_push() grows or
+ * renumbers first. h must be pooled.
  */
-static inline bool timer_heap_has_room(const struct timer_heap *heap, const loop_handle_t *h) {
-        return heap->room != 0 && h->pool_index < heap->bits_cap;
+static inline bool timer_heap_has_room(const struct timer_heap *heap) {
+        return heap->room != 0;
 }
 
 /* The caller sets h->in_heap (loop_call_at_ns with the rest of the handle's first word). */
