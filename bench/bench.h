@@ -528,7 +528,8 @@ struct timer_ops {
         void (*schedule)(long n, const uint32_t *d);
         void (*fire)(long n);
         void (*cancel)(long n);
-        void (*release)(long n);
+        void (*release)(long n);        /* after the cancel, timed */
+        void (*release_fired)(long n);  /* after the fire, untimed (NULL: release) */
 };
 
 static long timer_fired;
@@ -559,7 +560,9 @@ static inline void timer_bench(const struct bench_opts *o,
                 t3 = bench_now_ns();
                 if (timer_fired != n)
                         bench_die("timers: %ld of %ld fired", timer_fired, n);
-                if (ops->release)
+                if (ops->release_fired)
+                        ops->release_fired(n);
+                else if (ops->release)
                         ops->release(n);
                 if (rep >= 0) {
                         bench_add(&sched, (double)(t1 - t0) / (double)n);

@@ -496,11 +496,6 @@ LOOP_EXPORT loop_handle_t *loop_handle_unref(loop_handle_t *h) {
         return NULL;
 }
 
-/* A purge drops cancelled timers: no discard function (drop_unrun's) to run. */
-static void drop_timer_cb(void *loop, loop_handle_t *h) {
-        loop__handle_drop(loop, h);
-}
-
 LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
         return_if_fail(h, -EINVAL);
 
@@ -510,14 +505,14 @@ LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
                  * that reads the flag: no locked instruction, which was an
                  * eighth of a cancel's time. A pending timer is only
                  * marked: it leaves the heap when it gets to the top or
-                 * when cancelled ones are half the heap. */
+                 * when cancelled ones are half the heap (timer_heap.h). */
                 if (__atomic_load_n(&h->cancelled, __ATOMIC_RELAXED))
                         return 0;
                 __atomic_store_n(&h->cancelled, 1, __ATOMIC_RELAXED);
                 if (h->in_heap) {
                         /* In the heap, so the loop holds its pool: timers are pooled. */
                         loop_t *loop = __atomic_load_n(&chunk_head_of(h)->pool->loop, __ATOMIC_RELAXED);
-                        loop__timer_heap_cancel(&loop->timers, h, drop_timer_cb, loop);
+                        loop__timer_heap_cancel(&loop->timers, h);
                 }
                 return 0;
         }
@@ -551,6 +546,7 @@ LOOP_EXPORT double loop_handle_when(const loop_handle_t *h) {
 const struct timer_slot *loop__first_timer(loop_t *loop) {
         const struct timer_slot *top;
 
+        loop__timer_heap_tidy(&loop->timers);
         while ((top = timer_heap_top(&loop->timers)) && timer_heap_is_cancelled(&loop->timers, top->id))
                 drop_unrun(loop, loop__timer_heap_pop(&loop->timers));
         return top;
@@ -560,6 +556,8 @@ const struct timer_slot *loop__first_timer(loop_t *loop) {
 void loop__expire_timers(loop_t *loop, int64_t now) {
         const struct timer_slot *top;
 
+        /* Every iteration comes here (a busy one does not look for the first timer). */
+        loop__timer_heap_tidy(&loop->timers);
         while ((top = timer_heap_top(&loop->timers)) && top->when <= now) {
                 bool cancelled = timer_heap_is_cancelled(&loop->timers, top->id);
                 loop_handle_t *h = loop__timer_heap_pop(&loop->timers);
@@ -706,6 +704,15 @@ int loop__run_ready(loop_t *loop) {
         q->spare = batch;
         q->spare_cap = batch_cap;
         return ran > INT32_MAX ? INT32_MAX : (int) ran;
+}
+
+/* A purge drops cancelled timers: no discard function (drop_unrun's) to run. */
+static void drop_timer_cb(void *loop, loop_handle_t *h) {
+        loop__handle_drop(loop, h);
+}
+
+void loop__timers_init(loop_t *loop) {
+        loop__timer_heap_init(&loop->timers, loop__handle_pool_chunks(loop), drop_timer_cb, loop);
 }
 
 /* Close: drop everything scheduled without running it. */

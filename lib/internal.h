@@ -390,6 +390,7 @@ loop_handle_t *const *const *loop__handle_pool_chunks(loop_t *loop);
 void loop__handle_pool_release(loop_t *loop);
 int loop__run_ready(loop_t *loop);
 void loop__expire_timers(loop_t *loop, int64_t now);
+void loop__timers_init(loop_t *loop);
 const struct timer_slot *loop__first_timer(loop_t *loop);
 void loop__discard_scheduled(loop_t *loop);
 

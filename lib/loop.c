@@ -91,7 +91,7 @@ int loop__init(loop_t *loop, const struct loop__impl *impl) {
         int r = loop__handle_pool_new(loop);
         if (r < 0)
                 return r;
-        loop__timer_heap_init(&loop->timers, loop__handle_pool_chunks(loop));
+        loop__timers_init(loop);
         r = loop__threadsafe_init(loop);
         if (r < 0) {
                 loop__handle_pool_release(loop);

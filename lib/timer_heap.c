@@ -55,10 +55,13 @@ static void sift_down(struct timer_heap *heap, uint32_t i, struct timer_slot s) 
         heap->slots[i] = s;
 }
 
-void loop__timer_heap_init(struct timer_heap *heap, loop_handle_t *const *const *chunks) {
+void loop__timer_heap_init(struct timer_heap *heap, loop_handle_t *const *const *chunks, timer_heap_drop_t drop,
+                           void *drop_ctx) {
         *heap = (struct timer_heap) {
                 .seq_limit = UINT32_MAX,
                 .chunks = chunks,
+                .drop = drop,
+                .drop_ctx = drop_ctx,
         };
 }
 
@@ -145,6 +148,11 @@ static int renumber(struct timer_heap *heap) {
 int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
         int r;
 
+        /* Full: make room by purging rather than by growing when more
+         * than half are cancelled (a callback that schedules and cancels
+         * without letting the loop iterate). */
+        if (unlikely(heap->n == heap->cap) && timer_heap_wants_purge(heap))
+                loop__timer_heap_purge(heap);
         if (unlikely(heap->n == heap->cap) && (r = grow_slots(heap)) < 0)
                 return r;
         if (unlikely(h->pool_index >= heap->bits_cap) && (r = grow_bits(heap, h->pool_index)) < 0)
@@ -188,32 +196,40 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap) {
  * handle's place in the pool, so the pass walks the handles in memory
  * order instead of missing on every one.
  */
-void loop__timer_heap_purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx) {
+void loop__timer_heap_purge(struct timer_heap *heap) {
         uint32_t kept = 0;
 
-        for (uint32_t i = 0; i < heap->n; i++) {
-                struct timer_slot s = heap->slots[HEAP0 + i];
-                if (!timer_heap_is_cancelled(heap, s.id))
-                        heap->slots[HEAP0 + kept++] = s;
-        }
+        /* All cancelled (a batch cancelled in one go): nothing to keep. */
+        if (heap->n_cancelled < heap->n)
+                for (uint32_t i = 0; i < heap->n; i++) {
+                        struct timer_slot s = heap->slots[HEAP0 + i];
+                        if (!timer_heap_is_cancelled(heap, s.id))
+                                heap->slots[HEAP0 + kept++] = s;
+                }
         heap->n = kept;
         heap->n_cancelled = 0;
         if (kept > 1)
                 for (uint32_t i = parent_of(HEAP0 + kept - 1) + 1; i-- > HEAP0;)
                         sift_down(heap, i, heap->slots[i]);
 
-        for (uint32_t w = 0; w < heap->bits_cap / 64; w++)
-                while (heap->cancelled[w]) {
-                        uint32_t id = w * 64 + (uint32_t) __builtin_ctzll(heap->cancelled[w]);
-                        loop_handle_t *h = timer_heap_handle(heap, id);
-                        clear_cancelled(heap, id);
+        /* A word at a time, kept in a register: drop() may not touch the
+         * bitmap (nothing it calls schedules or cancels a timer). */
+        for (uint32_t w = 0; w < heap->bits_cap / 64; w++) {
+                uint64_t word = heap->cancelled[w];
+                if (!word)
+                        continue;
+                heap->cancelled[w] = 0;
+                do {
+                        loop_handle_t *h = timer_heap_handle(heap, w * 64 + (uint32_t) __builtin_ctzll(word));
+                        word &= word - 1;
                         h->in_heap = 0;
-                        drop(ctx, h);
-                }
+                        heap->drop(heap->drop_ctx, h);
+                } while (word);
+        }
 }
 
 void loop__timer_heap_free(struct timer_heap *heap) {
         free(heap->mem);
         free(heap->cancelled);
-        loop__timer_heap_init(heap, heap->chunks);
+        loop__timer_heap_init(heap, heap->chunks, heap->drop, heap->drop_ctx);
 }

@@ -13,8 +13,11 @@
  * id % 1024) and its "cancelled" bit, with no table to keep. Cancelling
  * only sets that bit (asyncio's TimerHandle.cancel does the same with a
  * flag): cancelled timers leave the heap when they reach the top, or all at
- * once when they are more than half of it, so the heap never holds more
- * than twice its live timers.
+ * once when they are more than half of it and the loop iterates (asyncio's
+ * _run_once does the same) or the heap would have to grow. So the heap
+ * grows only while at least half of it is live, and a cancel followed by
+ * the caller's unref leaves the handle to the purge alone: no handle goes
+ * through the atomic give-back for it.
  */
 
 #include <stdbool.h>
@@ -33,6 +36,9 @@ struct timer_slot {
         uint32_t id;
 };
 
+/* The loop's handle drop, called for each cancelled timer a purge removes. */
+typedef void (*timer_heap_drop_t)(void *ctx, loop_handle_t *h);
+
 struct timer_heap {
         struct timer_slot *slots;       /* from index HEAP0, 64-byte aligned, in mem */
         void *mem;                      /* the allocation slots is in (realloc's) */
@@ -50,6 +56,8 @@ struct timer_heap {
         loop_handle_t *const *const *chunks;
         uint64_t *cancelled;            /* bit per id */
         uint32_t bits_cap;              /* ids the bitmap covers, a multiple of 64 */
+        timer_heap_drop_t drop;         /* what a purge does with a cancelled timer */
+        void *drop_ctx;
 };
 
 /*
@@ -82,14 +90,12 @@ static inline void timer_heap_sift_up(struct timer_heap *heap, uint32_t i, struc
         heap->slots[i] = s;
 }
 
-/* The loop's handle drop, called for each cancelled timer a purge removes. */
-typedef void (*timer_heap_drop_t)(void *ctx, loop_handle_t *h);
-
-void loop__timer_heap_init(struct timer_heap *heap, loop_handle_t *const *const *chunks);
+void loop__timer_heap_init(struct timer_heap *heap, loop_handle_t *const *const *chunks, timer_heap_drop_t drop,
+                           void *drop_ctx);
 int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t when);
 loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap);
-/* Drops every cancelled timer (drop is called for each) and rebuilds the heap. */
-void loop__timer_heap_purge(struct timer_heap *heap, timer_heap_drop_t drop, void *ctx);
+/* Drops every cancelled timer (the heap's drop is called for each) and rebuilds the heap. */
+void loop__timer_heap_purge(struct timer_heap *heap);
 void loop__timer_heap_free(struct timer_heap *heap);
 
 /* The cancelled bitmap covers ids below n from now on: the loop's handle
@@ -135,19 +141,29 @@ static inline uint32_t timer_heap_live(const struct timer_heap *heap) {
  * least this many (asyncio: 100 and half). */
 #define TIMER_HEAP_PURGE_MIN 64u
 
+static inline bool timer_heap_wants_purge(const struct timer_heap *heap) {
+        return heap->n_cancelled >= TIMER_HEAP_PURGE_MIN && heap->n_cancelled > heap->n / 2;
+}
+
+/* Once per loop iteration: cancelled timers go if they are more than half. */
+static inline void loop__timer_heap_tidy(struct timer_heap *heap) {
+        if (unlikely(timer_heap_wants_purge(heap)))
+                loop__timer_heap_purge(heap);
+}
+
 /*
- * Marks a timer that is in the heap as cancelled; may purge (drop is then
- * called for every cancelled timer removed, this one included). Inline,
- * and the purge out of line: a cancel is a bit, a count and a compare.
+ * Marks a timer that is in the heap as cancelled: a bit and a count, and
+ * nothing is dropped here. The purge waits for the loop's next iteration
+ * (loop__timer_heap_tidy) or for a push that would grow the heap, so that
+ * a caller that cancels and then lets go of its handle leaves the purge a
+ * handle nobody else holds.
  */
-static inline void loop__timer_heap_cancel(struct timer_heap *heap, loop_handle_t *h, timer_heap_drop_t drop,
-                                           void *ctx) {
+static inline void loop__timer_heap_cancel(struct timer_heap *heap, const loop_handle_t *h) {
         uint32_t id = h->pool_index;
         uint64_t bit = UINT64_C(1) << (id % 64);
 
         if (heap->cancelled[id / 64] & bit)
                 return;
         heap->cancelled[id / 64] |= bit;
-        if (++heap->n_cancelled >= TIMER_HEAP_PURGE_MIN && heap->n_cancelled > heap->n / 2)
-                loop__timer_heap_purge(heap, drop, ctx);
+        heap->n_cancelled++;
 }

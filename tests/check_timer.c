@@ -399,6 +399,60 @@ START_TEST(test_cancel_half) {
 }
 END_TEST
 
+/*
+ * Cancelled timers leave the heap at the loop's next iteration (asyncio's
+ * _run_once): a handle the caller still holds stays valid and cancelled
+ * through the purge, one dropped before it goes back to the loop, and a
+ * callback that schedules and cancels many timers without the loop
+ * iterating in between makes no timer run.
+ */
+#define N_PURGE 20000
+
+static int schedule_and_cancel_cb(loop_t *loop, void *userdata) {
+        int *ran = userdata;
+
+        for (int i = 0; i < N_PURGE; i++) {
+                loop_handle_t *h;
+                ck_assert_int_eq(loop_call_later_ns(loop, TU_MSEC + i, tu_count_cb, ran, &h), 0);
+                ck_assert_int_eq(loop_handle_cancel(h), 0);
+                loop_handle_unref(h);
+        }
+        return 0;
+}
+
+START_TEST(test_cancel_purged_next_iteration) {
+        static loop_handle_t *handles[N_PURGE];
+        loop_t *loop = tu_loop_new();
+        struct loop_metrics m = { .size = sizeof(m) };
+        int ran = 0, sentinel = 0;
+        int64_t base = loop_time_ns(loop) + TU_MSEC;
+
+        for (int i = 0; i < N_PURGE; i++)
+                ck_assert_int_eq(loop_call_at_ns(loop, base + i, tu_count_cb, &ran, &handles[i]), 0);
+        ck_assert_int_eq(loop_call_later_ns(loop, 20 * TU_MSEC, tu_count_cb, &sentinel, NULL), 0);
+        for (int i = 0; i < N_PURGE; i++)
+                ck_assert_int_eq(loop_handle_cancel(handles[i]), 0);
+        /* Half let go of before the purge, half held through it. */
+        for (int i = 0; i < N_PURGE; i += 2)
+                handles[i] = loop_handle_unref(handles[i]);
+        ck_assert_int_eq(loop_get_metrics(loop, &m), 0);
+        ck_assert_uint_eq(m.timers, 1);
+        ck_assert_int_ge(loop_run_once(loop, 0), 0);
+        for (int i = 1; i < N_PURGE; i += 2) {
+                ck_assert_int_eq(loop_handle_cancelled(handles[i]), 1);
+                ck_assert_int_eq(loop_handle_when_ns(handles[i]), base + i);
+        }
+        ck_assert_int_eq(loop_call_soon(loop, schedule_and_cancel_cb, &ran, NULL), 0);
+        run_blocking_until(loop, &sentinel, 1);
+        ck_assert_int_eq(ran, 0);
+        ck_assert_int_eq(loop_get_metrics(loop, &m), 0);
+        ck_assert_uint_eq(m.timers, 0);
+        for (int i = 1; i < N_PURGE; i += 2)
+                loop_handle_unref(handles[i]);
+        loop_unref(loop);
+}
+END_TEST
+
 struct cancel_peer {
         loop_handle_t *victim;
         int cancel_ret;
@@ -859,6 +913,7 @@ static Suite *timer_suite(void) {
         tcase_add_test(tc, test_cancel_before_firing);
         tcase_add_test(tc, test_unref_handle_keeps_timer);
         tcase_add_test(tc, test_cancel_half);
+        tcase_add_test(tc, test_cancel_purged_next_iteration);
         tcase_add_test(tc, test_cancel_from_same_time_timer);
         tcase_add_test(tc, test_cancel_pending_from_timer);
         tcase_add_test(tc, test_cancel_stress);

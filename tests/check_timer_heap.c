@@ -3,7 +3,8 @@
  * The timer heap on its own (lib/timer_heap.c compiled into the test):
  * random pushes, pops and cancellations checked step by step against a
  * plain list, with many equal deadlines so the first-scheduled-first rule
- * is exercised; purging of cancelled timers; and the renumbering of
+ * is exercised; purging of cancelled timers, at the loop's iteration and
+ * before the heap grows; and the renumbering of
  * sequence numbers when they run out, forced early through seq_limit.
  */
 #include <check.h>
@@ -34,6 +35,8 @@ struct model {
         uint32_t rng;
 };
 
+static void on_drop(void *ctx, loop_handle_t *h);
+
 static void model_init(struct model *m, size_t max_entries, uint32_t seed) {
         *m = (struct model) { .rng = seed };
         m->e = calloc(max_entries, sizeof(*m->e));
@@ -47,7 +50,7 @@ static void model_init(struct model *m, size_t max_entries, uint32_t seed) {
                 for (uint32_t i = 0; i < TIMER_CHUNK_HANDLES; i++)
                         m->chunks[c][i].pool_index = (uint32_t) c * TIMER_CHUNK_HANDLES + i;
         }
-        loop__timer_heap_init(&m->heap, (loop_handle_t *const *const *) &m->chunks);
+        loop__timer_heap_init(&m->heap, (loop_handle_t *const *const *) &m->chunks, on_drop, m);
 }
 
 static void model_free(struct model *m) {
@@ -98,9 +101,18 @@ static void push(struct model *m, int64_t when) {
         struct entry *e = &m->e[i];
         loop_handle_t *h = handle_of(m, i);
 
+        uint32_t cap = m->heap.cap, n_cancelled = m->heap.n_cancelled;
+        bool purges = m->heap.n == cap && timer_heap_wants_purge(&m->heap);
+
         *e = (struct entry) { .when = when, .order = m->next_order++, .in_heap = true };
         ck_assert_int_eq(loop__timer_heap_push(&m->heap, h, when), 0);
         ck_assert(h->in_heap);
+        /* A full heap grows only while at least half of it is live;
+         * otherwise the push purges it first. */
+        if (m->heap.cap != cap)
+                ck_assert(!purges && (n_cancelled < TIMER_HEAP_PURGE_MIN || n_cancelled <= cap / 2));
+        if (purges)
+                ck_assert_uint_eq(m->heap.n_cancelled, 0);
 }
 
 static void pop_and_check(struct model *m) {
@@ -119,7 +131,7 @@ static void cancel_random(struct model *m) {
                 struct entry *e = &m->e[rnd(m) % m->n];
                 if (e->in_heap && !e->cancelled) {
                         e->cancelled = true;
-                        loop__timer_heap_cancel(&m->heap, handle_of(m, (size_t) (e - m->e)), on_drop, m);
+                        loop__timer_heap_cancel(&m->heap, handle_of(m, (size_t) (e - m->e)));
                         return;
                 }
         }
@@ -135,8 +147,13 @@ static void check_counts(struct model *m) {
         ck_assert_uint_eq(m->heap.n, in_heap);
         ck_assert_uint_eq(m->heap.n_cancelled, cancelled);
         ck_assert_uint_eq(timer_heap_live(&m->heap), in_heap - cancelled);
-        /* Purging keeps cancelled timers at most half of a large heap. */
-        ck_assert(cancelled < 64 || cancelled <= m->heap.n / 2);
+}
+
+/* What the loop does once per iteration: after it, cancelled timers are
+ * at most half of a large heap. */
+static void tidy(struct model *m) {
+        loop__timer_heap_tidy(&m->heap);
+        ck_assert(m->heap.n_cancelled < TIMER_HEAP_PURGE_MIN || m->heap.n_cancelled <= m->heap.n / 2);
 }
 
 static void run_model(uint32_t seed, size_t steps, uint32_t seq_limit, int distinct_deadlines) {
@@ -146,13 +163,15 @@ static void run_model(uint32_t seed, size_t steps, uint32_t seq_limit, int disti
         if (seq_limit)
                 m.heap.seq_limit = seq_limit;
         for (size_t i = 0; i < steps; i++) {
-                uint32_t op = rnd(&m) % 10;
+                uint32_t op = rnd(&m) % 12;
                 if (op < 5)
                         push(&m, (int64_t) (rnd(&m) % (uint32_t) distinct_deadlines) - distinct_deadlines / 2);
-                else if (op < 8)
+                else if (op < 7)
                         pop_and_check(&m);
-                else
+                else if (op < 11)
                         cancel_random(&m);
+                else
+                        tidy(&m);
                 if (i % 97 == 0)
                         check_counts(&m);
         }
@@ -179,7 +198,11 @@ START_TEST(test_model_renumber) {
 }
 END_TEST
 
-/* Cancelling most of a large heap purges it, dropping each cancelled timer once. */
+/*
+ * Cancelling most of a large heap purges it at the loop's next iteration
+ * (asyncio's _run_once), not in the cancel: each cancelled timer is
+ * dropped once.
+ */
 START_TEST(test_purge) {
         struct model m;
         size_t n = 10000;
@@ -189,25 +212,74 @@ START_TEST(test_purge) {
                 push(&m, (int64_t) (rnd(&m) % 1000));
         for (size_t i = 0; i < n; i += 2) {
                 m.e[i].cancelled = true;
-                loop__timer_heap_cancel(&m.heap, handle_of(&m, i), on_drop, &m);
+                loop__timer_heap_cancel(&m.heap, handle_of(&m, i));
         }
         /* Exactly half: not more than half yet, nothing purged. */
+        tidy(&m);
         ck_assert_uint_eq(m.dropped, 0);
         ck_assert_uint_eq(m.heap.n_cancelled, n / 2);
         m.e[1].cancelled = true;
-        loop__timer_heap_cancel(&m.heap, handle_of(&m, 1), on_drop, &m);
+        loop__timer_heap_cancel(&m.heap, handle_of(&m, 1));
+        /* More than half, but the cancel only marks. */
+        ck_assert_uint_eq(m.dropped, 0);
+        ck_assert_uint_eq(m.heap.n, n);
+        tidy(&m);
         ck_assert_uint_eq(m.dropped, n / 2 + 1);
         ck_assert_uint_eq(m.heap.n, n / 2 - 1);
         ck_assert_uint_eq(m.heap.n_cancelled, 0);
         /* Cancelling twice counts once. */
         m.e[3].cancelled = true;
-        loop__timer_heap_cancel(&m.heap, handle_of(&m, 3), on_drop, &m);
-        loop__timer_heap_cancel(&m.heap, handle_of(&m, 3), on_drop, &m);
+        loop__timer_heap_cancel(&m.heap, handle_of(&m, 3));
+        loop__timer_heap_cancel(&m.heap, handle_of(&m, 3));
         ck_assert_uint_eq(m.heap.n_cancelled, 1);
         /* The rest still comes out in order. */
         push(&m, 5);
         while (m.heap.n > 0)
                 pop_and_check(&m);
+        model_free(&m);
+}
+END_TEST
+
+/* Everything cancelled: the purge keeps nothing and drops everything. */
+START_TEST(test_purge_all) {
+        struct model m;
+        size_t n = 3000;
+
+        model_init(&m, n, 11);
+        for (size_t i = 0; i < n; i++)
+                push(&m, (int64_t) (rnd(&m) % 1000));
+        for (size_t i = n; i-- > 0;) {
+                m.e[i].cancelled = true;
+                loop__timer_heap_cancel(&m.heap, handle_of(&m, i));
+        }
+        tidy(&m);
+        ck_assert_uint_eq(m.dropped, n);
+        ck_assert_uint_eq(m.heap.n, 0);
+        ck_assert_ptr_null(loop__timer_heap_pop(&m.heap));
+        model_free(&m);
+}
+END_TEST
+
+/*
+ * Scheduling and cancelling without the loop iterating (one callback doing
+ * it in a loop): a full heap with more than half cancelled is purged
+ * instead of grown, so it stays at its size.
+ */
+START_TEST(test_purge_before_growing) {
+        struct model m;
+        size_t n = 100000;
+
+        model_init(&m, n, 13);
+        push(&m, 0);            /* one live timer throughout */
+        for (size_t i = 1; i < n; i++) {
+                push(&m, (int64_t) (rnd(&m) % 1000));
+                m.e[i].cancelled = true;
+                loop__timer_heap_cancel(&m.heap, handle_of(&m, i));
+        }
+        check_counts(&m);
+        ck_assert_uint_le(m.heap.cap, 2 * TIMER_HEAP_PURGE_MIN);
+        ck_assert_uint_ge(m.dropped, n - 1 - m.heap.cap);
+        pop_and_check(&m);
         model_free(&m);
 }
 END_TEST
@@ -220,6 +292,8 @@ static Suite *timer_heap_suite(void) {
         tcase_add_loop_test(tc, test_model_few_ties, 0, 4);
         tcase_add_loop_test(tc, test_model_renumber, 0, 4);
         tcase_add_test(tc, test_purge);
+        tcase_add_test(tc, test_purge_all);
+        tcase_add_test(tc, test_purge_before_growing);
         tcase_set_timeout(tc, 60);
         suite_add_tcase(s, tc);
         return s;
