@@ -731,5 +731,5 @@ void loop__discard_scheduled(loop_t *loop) {
         ready_set(q, NULL, 0, 0);
         q->spare = NULL;
         q->spare_cap = 0;
-        loop__timer_heap_free(&loop->timers);
+        /* The heap is empty now; its memory goes with the loop (loop_free). */
 }

@@ -135,8 +135,8 @@ LOOP_EXPORT loop_t *loop_ref(loop_t *loop) {
 static void loop_free(loop_t *loop) {
         registry_remove(loop);
         loop_close(loop);
-        /* Again: a handle pool that grew after the close grew the heap's
-         * bitmap with it (loop__timer_heap_cover). */
+        /* Not at the close: the handle pool, which may grow until the
+         * loop is freed, grows the heap's bitmap with it. */
         loop__timer_heap_free(&loop->timers);
         loop__threadsafe_free(loop);
         loop__handle_pool_release(loop);

@@ -351,30 +351,41 @@ static void queue_taken(loop_t *loop, struct loop__ready_entry e) {
         }
 }
 
-/* Take the ring's slots up to end. False if one is claimed but still not
- * published: its producer will not wake us, so the caller must. */
-static bool take_ring(loop_t *loop, uint64_t end) {
+/*
+ * Take the ring's slots from head on while they are published, up to end,
+ * handing them back to producers as it goes. A slot not yet published
+ * ends the run at once (spins 0), or after `spins` looks when the caller
+ * knows it is claimed. Returns where the run ended.
+ */
+static inline uint64_t take_slots(loop_t *loop, uint64_t end, int spins) {
+        struct loop__ts_ring *ring = loop->ts_ring;
         /* Only this thread writes head: a plain read of it is current. */
-        for (uint64_t pos = __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED); pos != end; pos++) {
-                struct loop__ts_slot *s = &loop->ts_ring->slots[pos % TS_RING_SLOTS];
-                int spins = 0;
+        uint64_t head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED), pos;
 
-                while (__atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) != pos + 1) {
-                        if (++spins > TS_PUBLISH_SPINS) {
-                                __atomic_store_n(&loop->ts_ring->head, pos, __ATOMIC_RELEASE);
-                                return false;
-                        }
+        for (pos = head; pos != end; pos++) {
+                struct loop__ts_slot *s = &ring->slots[pos % TS_RING_SLOTS];
+                for (int i = 0; __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE) != pos + 1; i++) {
+                        if (i >= spins)
+                                goto out;
                         cpu_relax();
                 }
                 queue_taken(loop, (struct loop__ready_entry) { .cb = s->cb, .userdata = s->userdata });
                 /* Hand slots back now and then, not only at the end: a long
                  * batch should not send producers to the overflow. */
                 if ((pos + 1) % (TS_RING_SLOTS / 4) == 0)
-                        __atomic_store_n(&loop->ts_ring->head, pos + 1, __ATOMIC_RELEASE);
+                        __atomic_store_n(&ring->head, pos + 1, __ATOMIC_RELEASE);
         }
+out:
         /* Release: our reads of the slots are done before producers reuse them. */
-        __atomic_store_n(&loop->ts_ring->head, end, __ATOMIC_RELEASE);
-        return true;
+        if (pos != head)
+                __atomic_store_n(&ring->head, pos, __ATOMIC_RELEASE);
+        return pos;
+}
+
+/* Take the ring's slots up to end. False if one is claimed but still not
+ * published: its producer will not wake us, so the caller must. */
+static bool take_ring(loop_t *loop, uint64_t end) {
+        return take_slots(loop, end, TS_PUBLISH_SPINS) == end;
 }
 
 /* Everything up to head is taken: the window may open again, for as long
@@ -466,19 +477,10 @@ void loop__threadsafe_drain(loop_t *loop) {
  * published ends the run; the next wait, or the sleep below, finds it.
  */
 static bool take_published(loop_t *loop) {
-        struct loop__ts_ring *ring = loop->ts_ring;
-        uint64_t head = __atomic_load_n(&ring->head, __ATOMIC_RELAXED), pos = head;
-        struct loop__ts_slot *s;
+        uint64_t head = __atomic_load_n(&loop->ts_ring->head, __ATOMIC_RELAXED);
 
-        while (__atomic_load_n(&(s = &ring->slots[pos % TS_RING_SLOTS])->seq, __ATOMIC_ACQUIRE) == pos + 1) {
-                queue_taken(loop, (struct loop__ready_entry) { .cb = s->cb, .userdata = s->userdata });
-                if (++pos % (TS_RING_SLOTS / 4) == 0)
-                        __atomic_store_n(&ring->head, pos, __ATOMIC_RELEASE);
-        }
-        if (pos == head)
-                return false;
-        __atomic_store_n(&ring->head, pos, __ATOMIC_RELEASE);
-        return true;
+        /* No end: the run ends at the first slot not published. */
+        return take_slots(loop, UINT64_MAX, 0) != head;
 }
 
 static inline bool published(const loop_t *loop) {
