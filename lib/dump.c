@@ -31,7 +31,7 @@ static int by_deadline(const void *a, const void *b) {
 
         if (x->when != y->when)
                 return x->when < y->when ? -1 : 1;
-        return x->seq < y->seq ? -1 : x->seq > y->seq;
+        return x->order < y->order ? -1 : x->order > y->order;
 }
 
 LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
@@ -75,13 +75,13 @@ LOOP_EXPORT int loop_dump(loop_t *loop, int fd) {
         uint32_t live = 0;
         for (uint32_t i = 0; i < n; i++) {
                 const struct timer_slot *slot = timer_heap_top(&loop->timers) + i;
-                if (!timer_heap_is_cancelled(&loop->timers, slot->id))
+                if (!timer_heap_is_cancelled(&loop->timers, timer_slot_id(slot)))
                         sorted[live++] = *slot;
         }
         if (live)
                 qsort(sorted, live, sizeof(*sorted), by_deadline);
         for (uint32_t i = 0; i < live; i++) {
-                const loop_handle_t *h = timer_heap_handle(&loop->timers, sorted[i].id);
+                const loop_handle_t *h = timer_heap_handle(&loop->timers, timer_slot_id(&sorted[i]));
                 fprintf(f, "timer when_ns=%" PRId64 " in_ns=%" PRId64 " callback=%p userdata=%p\n",
                         sorted[i].when, time_until(sorted[i].when, now), callback_address(h), h->userdata);
         }

@@ -414,13 +414,18 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
         /* Field by field, not a compound literal: that zeroes the whole
          * handle and then writes most of it again. Every field a timer
          * reads is set; the counts and flags in one store. */
-        h->head = timer_heads[ret != NULL];
         h->cb = cb;
         h->userdata = userdata;
         h->when = when_ns;
         timer_heap_insert(heap, h, when_ns);
-        if (ret)
+        /* The first word in the branch that hands out the handle or not:
+         * a constant each, no table to index. */
+        if (ret) {
+                h->head = timer_heads[1];
                 *ret = h;
+        } else {
+                h->head = timer_heads[0];
+        }
         return 0;
 }
 
@@ -547,7 +552,7 @@ const struct timer_slot *loop__first_timer(loop_t *loop) {
         const struct timer_slot *top;
 
         loop__timer_heap_tidy(&loop->timers);
-        while ((top = timer_heap_top(&loop->timers)) && timer_heap_is_cancelled(&loop->timers, top->id))
+        while ((top = timer_heap_top(&loop->timers)) && timer_heap_is_cancelled(&loop->timers, timer_slot_id(top)))
                 drop_unrun(loop, loop__timer_heap_pop(&loop->timers));
         return top;
 }
@@ -559,7 +564,7 @@ void loop__expire_timers(loop_t *loop, int64_t now) {
         /* Every iteration comes here (a busy one does not look for the first timer). */
         loop__timer_heap_tidy(&loop->timers);
         while ((top = timer_heap_top(&loop->timers)) && top->when <= now) {
-                bool cancelled = timer_heap_is_cancelled(&loop->timers, top->id);
+                bool cancelled = timer_heap_is_cancelled(&loop->timers, timer_slot_id(top));
                 loop_handle_t *h = loop__timer_heap_pop(&loop->timers);
                 if (cancelled) {
                         drop_unrun(loop, h);

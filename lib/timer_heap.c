@@ -122,7 +122,7 @@ static inline void clear_cancelled(struct timer_heap *heap, uint32_t id) {
 static int cmp_seq(const void *a, const void *b) {
         const struct timer_slot *x = *(struct timer_slot *const *) a, *y = *(struct timer_slot *const *) b;
 
-        return x->seq < y->seq ? -1 : x->seq > y->seq;
+        return x->order < y->order ? -1 : x->order > y->order;
 }
 
 /*
@@ -139,7 +139,7 @@ static int renumber(struct timer_heap *heap) {
                 order[i] = &heap->slots[HEAP0 + i];
         qsort(order, heap->n, sizeof(*order), cmp_seq);
         for (uint32_t i = 0; i < heap->n; i++)
-                order[i]->seq = i;
+                order[i]->order = timer_slot_order(i, timer_slot_id(order[i]));
         heap->next_seq = heap->n;
         free(order);
         return 0;
@@ -174,7 +174,7 @@ int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t whe
 loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap) {
         if (heap->n == 0)
                 return NULL;
-        uint32_t id = heap->slots[HEAP0].id;
+        uint32_t id = timer_slot_id(&heap->slots[HEAP0]);
         loop_handle_t *h = timer_heap_handle(heap, id);
         struct timer_slot last = heap->slots[HEAP0 + --heap->n];
         if (heap->n > 0)
@@ -186,7 +186,7 @@ loop_handle_t *loop__timer_heap_pop(struct timer_heap *heap) {
         h->in_heap = 0;
         /* Expiring timers pop one after another: fetch the next one's handle. */
         if (heap->n > 0)
-                __builtin_prefetch(timer_heap_handle(heap, heap->slots[HEAP0].id));
+                __builtin_prefetch(timer_heap_handle(heap, timer_slot_id(&heap->slots[HEAP0])));
         return h;
 }
 
@@ -203,7 +203,7 @@ void loop__timer_heap_purge(struct timer_heap *heap) {
         if (heap->n_cancelled < heap->n)
                 for (uint32_t i = 0; i < heap->n; i++) {
                         struct timer_slot s = heap->slots[HEAP0 + i];
-                        if (!timer_heap_is_cancelled(heap, s.id))
+                        if (!timer_heap_is_cancelled(heap, timer_slot_id(&s)))
                                 heap->slots[HEAP0 + kept++] = s;
                 }
         heap->n = kept;

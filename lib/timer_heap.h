@@ -32,9 +32,18 @@
 
 struct timer_slot {
         int64_t when;
-        uint32_t seq;
-        uint32_t id;
+        /* The sequence number above the id: one compare orders equal
+         * deadlines (sequence numbers are unique), one store writes both. */
+        uint64_t order;
 };
+
+static inline uint32_t timer_slot_id(const struct timer_slot *s) {
+        return (uint32_t) s->order;
+}
+
+static inline uint64_t timer_slot_order(uint32_t seq, uint32_t id) {
+        return (uint64_t) seq << 32 | id;
+}
 
 /* The loop's handle drop, called for each cancelled timer a purge removes. */
 typedef void (*timer_heap_drop_t)(void *ctx, loop_handle_t *h);
@@ -76,18 +85,22 @@ static inline uint32_t timer_heap_parent(uint32_t i) {
 static inline bool timer_slot_before(const struct timer_slot *a, const struct timer_slot *b) {
         if (a->when != b->when)
                 return a->when < b->when;
-        return a->seq < b->seq;
+        return a->order < b->order;
 }
 
-static inline void timer_heap_sift_up(struct timer_heap *heap, uint32_t i, struct timer_slot s) {
+static inline void timer_heap_sift_up(struct timer_heap *heap, uint32_t at, struct timer_slot s) {
+        struct timer_slot *slots = heap->slots;
+        /* Word-sized: no zero-extension of the index on each level. */
+        size_t i = at;
+
         while (i > TIMER_HEAP0) {
-                uint32_t p = timer_heap_parent(i);
-                if (!timer_slot_before(&s, &heap->slots[p]))
+                size_t p = i / TIMER_HEAP_ARITY + (TIMER_HEAP0 - 1);
+                if (!timer_slot_before(&s, &slots[p]))
                         break;
-                heap->slots[i] = heap->slots[p];
+                slots[i] = slots[p];
                 i = p;
         }
-        heap->slots[i] = s;
+        slots[i] = s;
 }
 
 void loop__timer_heap_init(struct timer_heap *heap, loop_handle_t *const *const *chunks, timer_heap_drop_t drop,
@@ -117,7 +130,7 @@ static inline bool timer_heap_has_room(const struct timer_heap *heap) {
 static inline void timer_heap_insert(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
         heap->room--;
         timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++,
-                           (struct timer_slot) { .when = when, .seq = heap->next_seq++, .id = h->pool_index });
+                           (struct timer_slot) { .when = when, .order = timer_slot_order(heap->next_seq++, h->pool_index) });
 }
 
 static inline const struct timer_slot *timer_heap_top(const struct timer_heap *heap) {
