@@ -126,12 +126,23 @@ static void pop_and_check(struct model *m) {
         }
 }
 
+/* Push n timers with deadlines 0..999. */
+static void push_random(struct model *m, size_t n) {
+        for (size_t i = 0; i < n; i++)
+                push(m, (int64_t) (rnd(m) % 1000));
+}
+
+/* Cancel entry i in the model and in the heap. */
+static void cancel(struct model *m, size_t i) {
+        m->e[i].cancelled = true;
+        loop__timer_heap_cancel(&m->heap, handle_of(m, i));
+}
+
 static void cancel_random(struct model *m) {
         for (int tries = 0; tries < 8 && m->n; tries++) {
                 struct entry *e = &m->e[rnd(m) % m->n];
                 if (e->in_heap && !e->cancelled) {
-                        e->cancelled = true;
-                        loop__timer_heap_cancel(&m->heap, handle_of(m, (size_t) (e - m->e)));
+                        cancel(m, (size_t) (e - m->e));
                         return;
                 }
         }
@@ -208,18 +219,14 @@ START_TEST(test_purge) {
         size_t n = 10000;
 
         model_init(&m, n + 1, 7);       /* one more pushed after the purge */
-        for (size_t i = 0; i < n; i++)
-                push(&m, (int64_t) (rnd(&m) % 1000));
-        for (size_t i = 0; i < n; i += 2) {
-                m.e[i].cancelled = true;
-                loop__timer_heap_cancel(&m.heap, handle_of(&m, i));
-        }
+        push_random(&m, n);
+        for (size_t i = 0; i < n; i += 2)
+                cancel(&m, i);
         /* Exactly half: not more than half yet, nothing purged. */
         tidy(&m);
         ck_assert_uint_eq(m.dropped, 0);
         ck_assert_uint_eq(m.heap.n_cancelled, n / 2);
-        m.e[1].cancelled = true;
-        loop__timer_heap_cancel(&m.heap, handle_of(&m, 1));
+        cancel(&m, 1);
         /* More than half, but the cancel only marks. */
         ck_assert_uint_eq(m.dropped, 0);
         ck_assert_uint_eq(m.heap.n, n);
@@ -228,8 +235,7 @@ START_TEST(test_purge) {
         ck_assert_uint_eq(m.heap.n, n / 2 - 1);
         ck_assert_uint_eq(m.heap.n_cancelled, 0);
         /* Cancelling twice counts once. */
-        m.e[3].cancelled = true;
-        loop__timer_heap_cancel(&m.heap, handle_of(&m, 3));
+        cancel(&m, 3);
         loop__timer_heap_cancel(&m.heap, handle_of(&m, 3));
         ck_assert_uint_eq(m.heap.n_cancelled, 1);
         /* The rest still comes out in order. */
@@ -246,12 +252,9 @@ START_TEST(test_purge_all) {
         size_t n = 3000;
 
         model_init(&m, n, 11);
-        for (size_t i = 0; i < n; i++)
-                push(&m, (int64_t) (rnd(&m) % 1000));
-        for (size_t i = n; i-- > 0;) {
-                m.e[i].cancelled = true;
-                loop__timer_heap_cancel(&m.heap, handle_of(&m, i));
-        }
+        push_random(&m, n);
+        for (size_t i = n; i-- > 0;)
+                cancel(&m, i);
         tidy(&m);
         ck_assert_uint_eq(m.dropped, n);
         ck_assert_uint_eq(m.heap.n, 0);
@@ -272,9 +275,8 @@ START_TEST(test_purge_before_growing) {
         model_init(&m, n, 13);
         push(&m, 0);            /* one live timer throughout */
         for (size_t i = 1; i < n; i++) {
-                push(&m, (int64_t) (rnd(&m) % 1000));
-                m.e[i].cancelled = true;
-                loop__timer_heap_cancel(&m.heap, handle_of(&m, i));
+                push_random(&m, 1);
+                cancel(&m, i);
         }
         check_counts(&m);
         ck_assert_uint_le(m.heap.cap, 2 * TIMER_HEAP_PURGE_MIN);
