@@ -31,6 +31,7 @@
 #endif
 
 #include "testutil.h"
+#include "protocol-events.h"
 
 #ifndef _WIN32
 extern char **environ;
@@ -112,8 +113,6 @@ static void pki_remove(void) {
 }
 
 /* ---- recording protocol ---------------------------------------------- */
-
-enum { EV_END = 0, EV_MADE, EV_DATA, EV_EOF, EV_LOST, EV_PAUSE, EV_RESUME };
 
 #define MAX_EVENTS 64
 
@@ -271,27 +270,13 @@ static void rec_assert_sane(const struct rec *r) {
         ck_assert_int_eq(r->echo_error, 0);
 }
 
-static const char *ev_name(int ev) {
-        static const char *const names[] = {"end", "made", "data", "eof", "lost", "pause", "resume"};
-
-        return ev >= 0 && ev <= EV_RESUME ? names[ev] : "?";
-}
-
-static void ev_format(const struct rec *r, char *buf, size_t size) {
-        size_t len = 0;
-
-        buf[0] = '\0';
-        for (int i = 0; i < r->nev && len < size; i++)
-                len += (size_t) snprintf(buf + len, size - len, "%s%s", i ? "," : "", ev_name(r->ev[i]));
-}
-
 /* The callbacks came exactly in this order, pause/resume left out
  * (and runs of data folded). */
 static void rec_assert_events(const struct rec *r, const int *want) {
         char got[256];
         int n = 0, k = 0;
 
-        ev_format(r, got, sizeof(got));
+        ev_format(r->ev, r->nev, got, sizeof(got));
         for (int i = 0, last = EV_END; i < r->nev; i++) {
                 if (r->ev[i] == EV_PAUSE || r->ev[i] == EV_RESUME)
                         continue;
@@ -308,16 +293,10 @@ static void rec_assert_events(const struct rec *r, const int *want) {
         rec_assert_sane(r);
 }
 
-#define EVENTS(r, ...)                                           \
-        do {                                                     \
-                static const int want_[] = {__VA_ARGS__, EV_END}; \
-                rec_assert_events((r), want_);                   \
-        } while (0)
-
 static void rec_assert_nothing(const struct rec *r) {
         char got[256];
 
-        ev_format(r, got, sizeof(got));
+        ev_format(r->ev, r->nev, got, sizeof(got));
         ck_assert_msg(r->nev == 0, "protocol callbacks were called: [%s]", got);
 }
 

@@ -30,18 +30,9 @@
 #endif
 
 #include "testutil.h"
+#include "protocol-events.h"
 
 /* ---- recording protocol ---------------------------------------------- */
-
-enum {
-        EV_END = 0,     /* ends an expected list */
-        EV_MADE,
-        EV_DATA,        /* data_received or buffer_updated; repeats are folded */
-        EV_EOF,
-        EV_LOST,
-        EV_PAUSE,
-        EV_RESUME,
-};
 
 #define MAX_EVENTS 64
 
@@ -282,39 +273,11 @@ static void rec_assert_sane(const struct rec *r) {
         ck_assert_int_eq(r->echo_error, 0);
 }
 
-static const char *ev_name(int ev) {
-        static const char *const names[] = {"end", "made", "data", "eof", "lost", "pause", "resume"};
-
-        return ev >= 0 && ev <= EV_RESUME ? names[ev] : "?";
-}
-
-static void ev_format(const int *ev, int n, char *buf, size_t size) {
-        size_t len = 0;
-
-        buf[0] = '\0';
-        for (int i = 0; i < n && len < size; i++)
-                len += (size_t) snprintf(buf + len, size - len, "%s%s", i ? "," : "", ev_name(ev[i]));
-}
-
 /* The callbacks came exactly in this order (EV_END ends the list). */
 static void rec_assert_events(const struct rec *r, const int *want) {
-        char got[256], exp[256];
-        int n = 0;
-
-        while (want[n] != EV_END)
-                n++;
-        ev_format(r->ev, r->nev, got, sizeof(got));
-        ev_format(want, n, exp, sizeof(exp));
-        ck_assert_msg(r->nev == n && memcmp(r->ev, want, (size_t) n * sizeof(int)) == 0,
-                      "callbacks: got [%s], expected [%s]", got, exp);
+        ev_assert_exact(r->ev, r->nev, want);
         rec_assert_sane(r);
 }
-
-#define EVENTS(r, ...)                                           \
-        do {                                                     \
-                static const int want_[] = {__VA_ARGS__, EV_END}; \
-                rec_assert_events((r), want_);                   \
-        } while (0)
 
 /* connection_made first, connection_lost last, and no data or EOF. */
 static void rec_assert_made_lost_only(const struct rec *r) {
