@@ -551,7 +551,6 @@ LOOP_EXPORT double loop_handle_when(const loop_handle_t *h) {
 const struct timer_slot *loop__first_timer(loop_t *loop) {
         const struct timer_slot *top;
 
-        loop__timer_heap_tidy(&loop->timers);
         while ((top = timer_heap_top(&loop->timers)) && timer_heap_is_cancelled(&loop->timers, timer_slot_id(top)))
                 drop_unrun(loop, loop__timer_heap_pop(&loop->timers));
         return top;
@@ -561,8 +560,6 @@ const struct timer_slot *loop__first_timer(loop_t *loop) {
 void loop__expire_timers(loop_t *loop, int64_t now) {
         const struct timer_slot *top;
 
-        /* Every iteration comes here (a busy one does not look for the first timer). */
-        loop__timer_heap_tidy(&loop->timers);
         while ((top = timer_heap_top(&loop->timers)) && top->when <= now) {
                 bool cancelled = timer_heap_is_cancelled(&loop->timers, timer_slot_id(top));
                 loop_handle_t *h = loop__timer_heap_pop(&loop->timers);

@@ -347,6 +347,9 @@ static int iterate(loop_t *loop, int64_t max_wait_ns) {
         int64_t before = 0, now = 0, timeout = 0;
         int r;
 
+        /* Cancelled timers leave in bulk here, once an iteration, when
+         * they are more than half the heap (asyncio's _run_once). */
+        loop__timer_heap_tidy(&loop->timers);
         if (!busy) {
                 before = loop__now();
                 timeout = wait_timeout(loop, before, max_wait_ns);

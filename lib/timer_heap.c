@@ -209,7 +209,7 @@ void loop__timer_heap_purge(struct timer_heap *heap) {
         heap->n = kept;
         heap->n_cancelled = 0;
         if (kept > 1)
-                for (uint32_t i = parent_of(HEAP0 + kept - 1) + 1; i-- > HEAP0;)
+                for (uint32_t i = (uint32_t) parent_of(HEAP0 + kept - 1) + 1; i-- > HEAP0;)
                         sift_down(heap, i, heap->slots[i]);
 
         /* A word at a time, kept in a register: drop() may not touch the

@@ -78,7 +78,8 @@ struct timer_heap {
 #define TIMER_HEAP_ARITY 4
 #define TIMER_HEAP0 3u
 
-static inline uint32_t timer_heap_parent(uint32_t i) {
+/* Word-sized: no zero-extension of the index on each level of a sift. */
+static inline size_t timer_heap_parent(size_t i) {
         return i / TIMER_HEAP_ARITY + (TIMER_HEAP0 - 1);
 }
 
@@ -90,11 +91,10 @@ static inline bool timer_slot_before(const struct timer_slot *a, const struct ti
 
 static inline void timer_heap_sift_up(struct timer_heap *heap, uint32_t at, struct timer_slot s) {
         struct timer_slot *slots = heap->slots;
-        /* Word-sized: no zero-extension of the index on each level. */
         size_t i = at;
 
         while (i > TIMER_HEAP0) {
-                size_t p = i / TIMER_HEAP_ARITY + (TIMER_HEAP0 - 1);
+                size_t p = timer_heap_parent(i);
                 if (!timer_slot_before(&s, &slots[p]))
                         break;
                 slots[i] = slots[p];
