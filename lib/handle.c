@@ -390,10 +390,9 @@ static __attribute__((noinline)) int call_at_slow(loop_t *loop, int64_t when_ns,
 
 /* A new timer's first word, without and with a reference for the caller
  * (in_heap: timer_heap_insert below). */
-static const struct loop_handle_head timer_heads[2] = {
-        { .n_ref = 1, .kind = HANDLE_TIMER, .in_heap = 1 },
-        { .n_ref = 2, .kind = HANDLE_TIMER, .exposed = 1, .in_heap = 1 },
-};
+#define TIMER_HEAD loop__head_word((struct loop_handle_head) { .n_ref = 1, .kind = HANDLE_TIMER, .in_heap = 1 })
+#define TIMER_HEAD_HELD \
+        loop__head_word((struct loop_handle_head) { .n_ref = 2, .kind = HANDLE_TIMER, .exposed = 1, .in_heap = 1 })
 
 /*
  * The fast path calls nothing (anything unusual is a tail call to
@@ -421,10 +420,10 @@ LOOP_EXPORT int loop_call_at_ns(loop_t *loop, int64_t when_ns, loop_callback_t c
         /* The first word in the branch that hands out the handle or not:
          * a constant each, no table to index. */
         if (ret) {
-                h->head = timer_heads[1];
+                h->head_word = TIMER_HEAD_HELD;
                 *ret = h;
         } else {
-                h->head = timer_heads[0];
+                h->head_word = TIMER_HEAD;
         }
         return 0;
 }
@@ -708,13 +707,38 @@ int loop__run_ready(loop_t *loop) {
         return ran > INT32_MAX ? INT32_MAX : (int) ran;
 }
 
-/* A purge drops cancelled timers: no discard function (drop_unrun's) to run. */
-static void drop_timer_cb(void *loop, loop_handle_t *h) {
-        loop__handle_drop(loop, h);
+/*
+ * A purge hands back cancelled timers, up to 64 at a time: no discard
+ * function (drop_unrun's) to run. Most have no other holder (the caller
+ * unrefs right after the cancel); those go straight onto the free list,
+ * kept in a register, with what loop__handle_drop's fast path does.
+ */
+static void drop_cancelled_timers(void *ctx, loop_handle_t *first, uint64_t ids) {
+        loop_t *loop = ctx;
+        struct loop__handle_pool *pool = loop->pool;
+        loop_handle_t *free_list = pool->free;
+
+        do {
+                loop_handle_t *h = first + __builtin_ctzll(ids);
+                ids &= ids - 1;
+                if (likely(__atomic_load_n(&h->n_ref, __ATOMIC_ACQUIRE) == 1)) {
+                        /* Only the loop's reference: nobody else can touch it. */
+                        __atomic_store_n(&h->n_ref, 0, __ATOMIC_RELAXED);
+                        h->next_free = free_list;
+                        free_list = h;
+                        slot_poison(h);
+                        continue;
+                }
+                h->in_heap = 0;
+                pool->free = free_list;
+                loop__handle_drop(loop, h);
+                free_list = pool->free;
+        } while (ids);
+        pool->free = free_list;
 }
 
 void loop__timers_init(loop_t *loop) {
-        loop__timer_heap_init(&loop->timers, loop__handle_pool_chunks(loop), drop_timer_cb, loop);
+        loop__timer_heap_init(&loop->timers, loop__handle_pool_chunks(loop), drop_cancelled_timers, loop);
 }
 
 /* Close: drop everything scheduled without running it. */

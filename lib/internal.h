@@ -43,6 +43,16 @@ struct loop_handle_head {
         uint8_t kind, cancelled, exposed, in_heap;
 };
 
+/* A head as the word a new handle gets in one store (gcc stores a struct
+ * copy field by field, five stores for a timer's). */
+static inline uint64_t loop__head_word(struct loop_handle_head head) {
+        union {
+                struct loop_handle_head head;
+                uint64_t word;
+        } u = { .head = head };
+        return u.word;
+}
+
 struct loop_handle {
         union {
                 struct loop_handle_head head;
@@ -53,6 +63,7 @@ struct loop_handle {
                         uint8_t exposed;        /* the user was given this handle */
                         uint8_t in_heap;        /* timers: in the loop's timer heap */
                 };
+                uint64_t head_word;     /* all of the above: a new handle's in one store */
         };
         /* The handle's place in its loop's pool, for life (the timer heap
          * names timers by it, see timer_heap.h); LOOP__UNPOOLED for a

@@ -160,12 +160,14 @@ int loop__timer_heap_push(struct timer_heap *heap, loop_handle_t *h, int64_t whe
         if (unlikely(heap->next_seq >= heap->seq_limit) && (r = renumber(heap)) < 0)
                 return r;
         uint32_t seq_room = heap->next_seq < heap->seq_limit ? heap->seq_limit - heap->next_seq : 0;
-        heap->room = heap->cap - heap->n < seq_room ? heap->cap - heap->n : seq_room;
+        uint32_t room = heap->cap - heap->n < seq_room ? heap->cap - heap->n : seq_room;
         /* With a tiny seq_limit (tests) the renumbered heap may still be
          * over it: insert anyway, the numbers stay in order (and the next
-         * insert comes here again). */
-        if (heap->room == 0)
-                heap->room = 1;
+         * insert comes here again). The sum is at most seq_limit, or n + 1
+         * after a renumbering: it does not wrap. */
+        if (room == 0)
+                room = 1;
+        heap->seq_stop = heap->next_seq + room;
         h->in_heap = 1;
         timer_heap_insert(heap, h, when);
         return 0;
@@ -212,19 +214,14 @@ void loop__timer_heap_purge(struct timer_heap *heap) {
                 for (uint32_t i = (uint32_t) parent_of(HEAP0 + kept - 1) + 1; i-- > HEAP0;)
                         sift_down(heap, i, heap->slots[i]);
 
-        /* A word at a time, kept in a register: drop() may not touch the
-         * bitmap (nothing it calls schedules or cancels a timer). */
+        /* A word at a time, cleared before its drop: drop() may not touch
+         * the bitmap (nothing it calls schedules or cancels a timer). */
         for (uint32_t w = 0; w < heap->bits_cap / 64; w++) {
                 uint64_t word = heap->cancelled[w];
                 if (!word)
                         continue;
                 heap->cancelled[w] = 0;
-                do {
-                        loop_handle_t *h = timer_heap_handle(heap, w * 64 + (uint32_t) __builtin_ctzll(word));
-                        word &= word - 1;
-                        h->in_heap = 0;
-                        heap->drop(heap->drop_ctx, h);
-                } while (word);
+                heap->drop(heap->drop_ctx, timer_heap_handle(heap, w * 64), word);
         }
 }
 

@@ -45,8 +45,13 @@ static inline uint64_t timer_slot_order(uint32_t seq, uint32_t id) {
         return (uint64_t) seq << 32 | id;
 }
 
-/* The loop's handle drop, called for each cancelled timer a purge removes. */
-typedef void (*timer_heap_drop_t)(void *ctx, loop_handle_t *h);
+/*
+ * What a purge does with the cancelled timers it removed, called once per
+ * word of the bitmap: the timers are first + i for each bit i set in ids
+ * (64 ids share a chunk of the pool). They are out of the heap; the drop
+ * clears in_heap of any it does not take back into the pool.
+ */
+typedef void (*timer_heap_drop_t)(void *ctx, loop_handle_t *first, uint64_t ids);
 
 struct timer_heap {
         struct timer_slot *slots;       /* from index HEAP0, 64-byte aligned, in mem */
@@ -57,10 +62,11 @@ struct timer_heap {
         /* next_seq at which the live sequence numbers are renumbered from
          * 0 (they are compared as plain integers); UINT32_MAX but for tests. */
         uint32_t seq_limit;
-        /* Inserts that need no growing and no renumbering: at most
-         * min(cap - n, seq_limit - next_seq). Insert counts it down, the
-         * slow push works it out again; pops leave it low, which is safe. */
-        uint32_t room;
+        /* Inserts need no growing and no renumbering while next_seq is
+         * below this: the slow push sets it min(cap - n, seq_limit -
+         * next_seq) ahead. Pops and purges only lower n, so it stays safe;
+         * the test is a compare with a word the insert loads anyway. */
+        uint32_t seq_stop;
         /* The pool's chunk table: (*chunks)[c] is chunk c's first handle. */
         loop_handle_t *const *const *chunks;
         uint64_t *cancelled;            /* bit per id */
@@ -123,12 +129,11 @@ int loop__timer_heap_cover(struct timer_heap *heap, uint32_t n);
  * renumbers first. h must be pooled.
  */
 static inline bool timer_heap_has_room(const struct timer_heap *heap) {
-        return heap->room != 0;
+        return heap->next_seq < heap->seq_stop;
 }
 
 /* The caller sets h->in_heap (loop_call_at_ns with the rest of the handle's first word). */
 static inline void timer_heap_insert(struct timer_heap *heap, loop_handle_t *h, int64_t when) {
-        heap->room--;
         timer_heap_sift_up(heap, TIMER_HEAP0 + heap->n++,
                            (struct timer_slot) { .when = when, .order = timer_slot_order(heap->next_seq++, h->pool_index) });
 }
@@ -169,14 +174,12 @@ static inline void loop__timer_heap_tidy(struct timer_heap *heap) {
  * nothing is dropped here. The purge waits for the loop's next iteration
  * (loop__timer_heap_tidy) or for a push that would grow the heap, so that
  * a caller that cancels and then lets go of its handle leaves the purge a
- * handle nobody else holds.
+ * handle nobody else holds. Once per timer: the caller tests the handle's
+ * own flag first (loop_handle_cancel), so the bit is not tested again.
  */
 static inline void loop__timer_heap_cancel(struct timer_heap *heap, const loop_handle_t *h) {
         uint32_t id = h->pool_index;
-        uint64_t bit = UINT64_C(1) << (id % 64);
 
-        if (heap->cancelled[id / 64] & bit)
-                return;
-        heap->cancelled[id / 64] |= bit;
+        heap->cancelled[id / 64] |= UINT64_C(1) << (id % 64);
         heap->n_cancelled++;
 }

@@ -348,6 +348,10 @@ START_TEST(test_cancel_before_firing) {
         ck_assert_int_eq(loop_handle_cancelled(h), 1);
         ck_assert_int_eq(loop_handle_cancel(h2), 0);
         ck_assert_int_eq(loop_call_later_ns(loop, 10 * TU_MSEC, tu_count_cb, &sentinel, NULL), 0);
+        /* A second cancel is not counted again: one live timer of three. */
+        struct loop_metrics m = { .size = sizeof(m) };
+        ck_assert_int_eq(loop_get_metrics(loop, &m), 0);
+        ck_assert_uint_eq(m.timers, 1);
         run_blocking_until(loop, &sentinel, 1);
         ck_assert_int_eq(count, 0);
         ck_assert_int_eq(loop_handle_cancelled(h), 1);
