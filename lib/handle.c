@@ -218,6 +218,15 @@ static void pool_give_back(loop_handle_t *h) {
         pool_unref_n(pool, 1);
 }
 
+/* A handle nobody else holds goes on a free list before next: no
+ * reference left, and poisoned. Returns the list's new head. */
+static inline loop_handle_t *slot_recycle(loop_handle_t *h, loop_handle_t *next) {
+        __atomic_store_n(&h->n_ref, 0, __ATOMIC_RELAXED);
+        h->next_free = next;
+        slot_poison(h);
+        return h;
+}
+
 /*
  * The loop lets go of a handle it scheduled. If nobody else holds it, it
  * goes back to the pool; if the user still does, it stays theirs, and
@@ -257,10 +266,7 @@ recycle:
         /* A free slot holds no reference (the fast path above left the
          * loop's): a user's unref one too many then finds 0. Relaxed: no
          * other thread holds the handle. */
-        __atomic_store_n(&h->n_ref, 0, __ATOMIC_RELAXED);
-        h->next_free = pool->free;
-        pool->free = h;
-        slot_poison(h);
+        pool->free = slot_recycle(h, pool->free);
 }
 
 /* The loop is done with a handle whose callback will not run. */
@@ -723,10 +729,7 @@ static void drop_cancelled_timers(void *ctx, loop_handle_t *first, uint64_t ids)
                 ids &= ids - 1;
                 if (likely(__atomic_load_n(&h->n_ref, __ATOMIC_ACQUIRE) == 1)) {
                         /* Only the loop's reference: nobody else can touch it. */
-                        __atomic_store_n(&h->n_ref, 0, __ATOMIC_RELAXED);
-                        h->next_free = free_list;
-                        free_list = h;
-                        slot_poison(h);
+                        free_list = slot_recycle(h, free_list);
                         continue;
                 }
                 h->in_heap = 0;
