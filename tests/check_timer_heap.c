@@ -12,6 +12,7 @@
 
 #include "internal.h"
 #include "timer_heap.h"
+#include "testutil.h"
 
 /* A timer of the model: its deadline and scheduling order. */
 struct entry {
@@ -78,13 +79,13 @@ static void on_drop(void *ctx, loop_handle_t *first, uint64_t ids) {
         struct model *m = ctx;
 
         /* 64 ids from a multiple of 64, in one chunk. */
-        ck_assert_uint_eq(first->pool_index % 64, 0);
-        ck_assert_uint_ne(ids, 0);
+        TU_CHECK(first->pool_index % 64 == 0);
+        TU_CHECK(ids != 0);
         for (; ids; ids &= ids - 1) {
                 loop_handle_t *h = first + __builtin_ctzll(ids);
                 struct entry *e = entry_of(m, h);
-                ck_assert(e->in_heap && e->cancelled);
-                ck_assert(h->in_heap);
+                TU_CHECK(e->in_heap && e->cancelled);
+                TU_CHECK(h->in_heap);
                 h->in_heap = 0;
                 e->in_heap = false;
                 m->dropped++;
@@ -112,23 +113,23 @@ static void push(struct model *m, int64_t when) {
         bool purges = m->heap.n == cap && timer_heap_wants_purge(&m->heap);
 
         *e = (struct entry) { .when = when, .order = m->next_order++, .in_heap = true };
-        ck_assert_int_eq(loop__timer_heap_push(&m->heap, h, when), 0);
-        ck_assert(h->in_heap);
+        TU_CHECK(loop__timer_heap_push(&m->heap, h, when) == 0);
+        TU_CHECK(h->in_heap);
         /* A full heap grows only while at least half of it is live;
          * otherwise the push purges it first. */
         if (m->heap.cap != cap)
-                ck_assert(!purges && (n_cancelled < TIMER_HEAP_PURGE_MIN || n_cancelled <= cap / 2));
+                TU_CHECK(!purges && (n_cancelled < TIMER_HEAP_PURGE_MIN || n_cancelled <= cap / 2));
         if (purges)
-                ck_assert_uint_eq(m->heap.n_cancelled, 0);
+                TU_CHECK(m->heap.n_cancelled == 0);
 }
 
 static void pop_and_check(struct model *m) {
         struct entry *want = model_min(m);
         loop_handle_t *h = loop__timer_heap_pop(&m->heap);
 
-        ck_assert_ptr_eq(h, want ? handle_of(m, (size_t) (want - m->e)) : NULL);
+        TU_CHECK(h == (want ? handle_of(m, (size_t) (want - m->e)) : NULL));
         if (want) {
-                ck_assert(!h->in_heap);
+                TU_CHECK(!h->in_heap);
                 want->in_heap = false;
         }
 }
@@ -142,7 +143,7 @@ static void push_random(struct model *m, size_t n) {
 /* Cancel entry i in the model and in the heap: once, as loop_handle_cancel
  * does (it tests the handle's flag first). */
 static void cancel(struct model *m, size_t i) {
-        ck_assert(m->e[i].in_heap && !m->e[i].cancelled);
+        TU_CHECK(m->e[i].in_heap && !m->e[i].cancelled);
         m->e[i].cancelled = true;
         loop__timer_heap_cancel(&m->heap, handle_of(m, i));
 }
@@ -164,16 +165,16 @@ static void check_counts(struct model *m) {
                 in_heap += m->e[i].in_heap;
                 cancelled += m->e[i].in_heap && m->e[i].cancelled;
         }
-        ck_assert_uint_eq(m->heap.n, in_heap);
-        ck_assert_uint_eq(m->heap.n_cancelled, cancelled);
-        ck_assert_uint_eq(timer_heap_live(&m->heap), in_heap - cancelled);
+        TU_CHECK(m->heap.n == in_heap);
+        TU_CHECK(m->heap.n_cancelled == cancelled);
+        TU_CHECK(timer_heap_live(&m->heap) == in_heap - cancelled);
 }
 
 /* What the loop does once per iteration: after it, cancelled timers are
  * at most half of a large heap. */
 static void tidy(struct model *m) {
         loop__timer_heap_tidy(&m->heap);
-        ck_assert(m->heap.n_cancelled < TIMER_HEAP_PURGE_MIN || m->heap.n_cancelled <= m->heap.n / 2);
+        TU_CHECK(m->heap.n_cancelled < TIMER_HEAP_PURGE_MIN || m->heap.n_cancelled <= m->heap.n / 2);
 }
 
 static void run_model(uint32_t seed, size_t steps, uint32_t seq_limit, int distinct_deadlines) {

@@ -572,7 +572,7 @@ static unsigned char *pattern(size_t n) {
 
 static void assert_pattern(const unsigned char *buf, size_t n) {
         for (size_t i = 0; i < n; i++)
-                ck_assert_msg(buf[i] == pat(i), "byte %zu differs from what was written", i);
+                TU_CHECK_MSG(buf[i] == pat(i), "byte %zu differs from what was written", i);
 }
 
 /* A raw listening socket on 127.0.0.1 (non-blocking). */
