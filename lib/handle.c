@@ -68,6 +68,10 @@ struct loop__handle_pool {
  */
 struct chunk_head {
         struct loop__handle_pool *pool;
+        /* The pool's loop, for a pending timer's cancel: one load fewer
+         * than pool->loop. Never cleared; read only for a timer in the
+         * loop's heap, which the loop empties before it goes. */
+        loop_t *loop;
 };
 
 _Static_assert(sizeof(struct chunk_head) <= sizeof(loop_handle_t), "a chunk's head fits in a handle's room");
@@ -170,7 +174,7 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(loop_t *loop) {
         loop_handle_t *c = loop__aligned_alloc(64, bytes);
         if (!c)
                 return NULL;
-        ((struct chunk_head *) (uintptr_t) c)->pool = pool;
+        *(struct chunk_head *) (uintptr_t) c = (struct chunk_head) { .pool = pool, .loop = loop };
         c++;
         pool->chunks[pool->n_chunks++] = c;
         /* In address order, so a burst of timers gets neighbouring handles. */
@@ -509,21 +513,26 @@ LOOP_EXPORT loop_handle_t *loop_handle_unref(loop_handle_t *h) {
 LOOP_EXPORT int loop_handle_cancel(loop_handle_t *h) {
         return_if_fail(h, -EINVAL);
 
-        if (h->kind == HANDLE_TIMER) {
-                /* A timer is cancelled in its loop's thread (the man page
-                 * says so; its heap is not locked either), the only one
-                 * that reads the flag: no locked instruction, which was an
-                 * eighth of a cancel's time. A pending timer is only
-                 * marked: it leaves the heap when it gets to the top or
-                 * when cancelled ones are half the heap (timer_heap.h). */
-                if (__atomic_load_n(&h->cancelled, __ATOMIC_RELAXED))
-                        return 0;
+        /* A timer is cancelled in its loop's thread (the man page says so;
+         * its heap is not locked either), the only one that reads the
+         * flag: no locked instruction, which was an eighth of a cancel's
+         * time. A pending timer is only marked: it leaves the heap when it
+         * gets to the top or when cancelled ones are half the heap
+         * (timer_heap.h). The common case, a timer in the heap and not
+         * cancelled yet, is one compare of the flags word. (Atomic: a
+         * call_soon handle's cancelled byte in it may be written by
+         * another thread meanwhile.) */
+        const uint32_t mask = loop__flags_word(0xff, 0xff, 0, 0xff);
+        uint32_t flags = __atomic_load_n(&h->flags, __ATOMIC_RELAXED);
+        if (likely((flags & mask) == loop__flags_word(HANDLE_TIMER, 0, 0, 1))) {
                 __atomic_store_n(&h->cancelled, 1, __ATOMIC_RELAXED);
-                if (h->in_heap) {
-                        /* In the heap, so the loop holds its pool: timers are pooled. */
-                        loop_t *loop = __atomic_load_n(&chunk_head_of(h)->pool->loop, __ATOMIC_RELAXED);
-                        loop__timer_heap_cancel(&loop->timers, h);
-                }
+                /* In the heap, so the loop is there: timers are pooled. */
+                loop__timer_heap_cancel(&chunk_head_of(h)->loop->timers, h);
+                return 0;
+        }
+        if (h->kind == HANDLE_TIMER) {
+                /* Run, dropped, or cancelled already. */
+                __atomic_store_n(&h->cancelled, 1, __ATOMIC_RELAXED);
                 return 0;
         }
         /* call_soon handles may be cancelled from any thread; a queued

@@ -53,15 +53,32 @@ static inline uint64_t loop__head_word(struct loop_handle_head head) {
         return u.word;
 }
 
+/* kind, cancelled, exposed and in_heap as struct loop_handle's flags word
+ * holds them, whatever the byte order. */
+static inline uint32_t loop__flags_word(uint8_t kind, uint8_t cancelled, uint8_t exposed, uint8_t in_heap) {
+        union {
+                uint8_t byte[4];
+                uint32_t word;
+        } u = { .byte = { kind, cancelled, exposed, in_heap } };
+        return u.word;
+}
+
 struct loop_handle {
         union {
                 struct loop_handle_head head;
                 struct {
                         unsigned n_ref;         /* atomic: call_soon_threadsafe hands handles across threads */
-                        uint8_t kind;
-                        uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
-                        uint8_t exposed;        /* the user was given this handle */
-                        uint8_t in_heap;        /* timers: in the loop's timer heap */
+                        union {
+                                struct {
+                                        uint8_t kind;
+                                        uint8_t cancelled;      /* atomic: cancel is allowed from any thread for HANDLE_SOON */
+                                        uint8_t exposed;        /* the user was given this handle */
+                                        uint8_t in_heap;        /* timers: in the loop's timer heap */
+                                };
+                                /* The four as one word (loop__flags_word):
+                                 * a timer's cancel tests three in one compare. */
+                                uint32_t flags;
+                        };
                 };
                 uint64_t head_word;     /* all of the above: a new handle's in one store */
         };

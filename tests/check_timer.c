@@ -364,6 +364,35 @@ START_TEST(test_cancel_before_firing) {
 }
 END_TEST
 
+/* A cancel after the timer ran, and after its loop is gone: the flag is
+ * set, nothing else is touched (the loop's count of live timers stays). */
+START_TEST(test_cancel_after_run_and_close) {
+        loop_t *loop = tu_loop_new();
+        loop_handle_t *ran = NULL, *pending = NULL;
+        int count = 0;
+
+        ck_assert_int_eq(loop_call_later_ns(loop, 0, tu_count_cb, &count, &ran), 0);
+        ck_assert_int_eq(loop_call_later_ns(loop, 60 * TU_SEC, tu_count_cb, &count, &pending), 0);
+        run_blocking_until(loop, &count, 1);
+        struct loop_metrics m = { .size = sizeof(m) };
+        ck_assert_int_eq(loop_get_metrics(loop, &m), 0);
+        ck_assert_uint_eq(m.timers, 1);
+        ck_assert_int_eq(loop_handle_cancelled(ran), 0);
+        ck_assert_int_eq(loop_handle_cancel(ran), 0);
+        ck_assert_int_eq(loop_handle_cancelled(ran), 1);
+        ck_assert_int_eq(loop_get_metrics(loop, &m), 0);
+        ck_assert_uint_eq(m.timers, 1);
+        ck_assert_int_eq(loop_close(loop), 0);
+        loop_unref(loop);
+        /* The loop dropped the pending timer without running it. */
+        ck_assert_int_eq(loop_handle_cancel(pending), 0);
+        ck_assert_int_eq(loop_handle_cancelled(pending), 1);
+        ck_assert_int_eq(count, 1);
+        loop_handle_unref(ran);
+        loop_handle_unref(pending);
+}
+END_TEST
+
 /* Dropping the caller's reference to a handle does not cancel the timer. */
 START_TEST(test_unref_handle_keeps_timer) {
         loop_t *loop = tu_loop_new();
@@ -915,6 +944,7 @@ static Suite *timer_suite(void) {
 
         tc = tu_tcase(s, "cancel");
         tcase_add_test(tc, test_cancel_before_firing);
+        tcase_add_test(tc, test_cancel_after_run_and_close);
         tcase_add_test(tc, test_unref_handle_keeps_timer);
         tcase_add_test(tc, test_cancel_half);
         tcase_add_test(tc, test_cancel_purged_next_iteration);
