@@ -45,6 +45,23 @@
  */
 #define CHUNK_HANDLES TIMER_CHUNK_HANDLES       /* a pool index is also a timer id */
 
+/* A chunk's bytes: its head and its handles, rounded up to a cache line
+ * (aligned_alloc() wants a multiple of the alignment). */
+#define CHUNK_BYTES (((1 + CHUNK_HANDLES) * sizeof(loop_handle_t) + 63) & ~(size_t) 63)
+
+/*
+ * A big pool's chunks come from slabs (loop__slab_alloc), SLAB_CHUNKS to
+ * a slab, one after the other: where the kernel gives huge pages, a burst
+ * of handles costs one page fault per slab rather than one per 4 KiB. Not
+ * before the pool holds SLAB_AFTER chunks (about 2 MB), because a huge
+ * page is resident whole: a slab's unused tail then costs at most as much
+ * memory as the pool already holds, and a small loop none.
+ */
+#define SLAB_CHUNKS ((uint32_t) (LOOP__SLAB_BYTES / CHUNK_BYTES))
+#define SLAB_AFTER 48u
+
+_Static_assert(LOOP__SLAB_BYTES / CHUNK_BYTES >= 1, "a chunk fits in a slab");
+
 /* References on the pool the loop takes at a time, for handles it will
  * let go of while users hold them (loop__handle_drop): one locked add per
  * this many instead of one each, which was a fifth of a timer cancel. */
@@ -114,11 +131,26 @@ loop_handle_t *const *const *loop__handle_pool_chunks(loop_t *loop) {
         return (loop_handle_t *const *const *) &loop->pool->chunks;
 }
 
+/* Whether chunk c starts a block of its own: one of the first SLAB_AFTER, or a slab's first. */
+static bool chunk_starts_block(uint32_t c) {
+        return c < SLAB_AFTER || (c - SLAB_AFTER) % SLAB_CHUNKS == 0;
+}
+
 static void pool_unref_n(struct loop__handle_pool *pool, unsigned n) {
         if (__atomic_sub_fetch(&pool->n_ref, n, __ATOMIC_ACQ_REL) > 0)
                 return;
-        for (uint32_t c = 0; c < pool->n_chunks; c++)
-                loop__aligned_free((struct chunk_head *) (uintptr_t) (pool->chunks[c] - 1));
+        for (uint32_t c = 0; c < pool->n_chunks; c++) {
+                void *head = pool->chunks[c] - 1;
+                if (c < SLAB_AFTER)
+                        loop__aligned_free(head);
+                else if (chunk_starts_block(c)) {
+#ifdef LOOP_ASAN
+                        /* Unmapped pages keep their shadow: the next mapping there is not ours. */
+                        ASAN_UNPOISON_MEMORY_REGION(head, LOOP__SLAB_BYTES);
+#endif
+                        loop__slab_free(head);
+                }
+        }
         free(pool->chunks);
         free(pool);
 }
@@ -169,9 +201,14 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(loop_t *loop) {
                 pool->chunks = chunks;
                 pool->cap_chunks = cap;
         }
-        /* aligned_alloc() wants a multiple of the alignment (40-byte handles). */
-        size_t bytes = ((1 + CHUNK_HANDLES) * sizeof(loop_handle_t) + 63) & ~(size_t) 63;
-        loop_handle_t *c = loop__aligned_alloc(64, bytes);
+        uint32_t n = pool->n_chunks;
+        loop_handle_t *c;
+        if (n < SLAB_AFTER)
+                c = loop__aligned_alloc(64, CHUNK_BYTES);
+        else if (chunk_starts_block(n))
+                c = loop__slab_alloc();
+        else
+                c = (loop_handle_t *) (void *) ((char *) (pool->chunks[n - 1] - 1) + CHUNK_BYTES);
         if (!c)
                 return NULL;
         *(struct chunk_head *) (uintptr_t) c = (struct chunk_head) { .pool = pool, .loop = loop };

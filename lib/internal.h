@@ -483,6 +483,12 @@ int loop__file_id(int fd, struct loop__file_id *id);
 bool loop__proactor_by_default(void);
 /* posix.c, win32.c: the processors online, or -1. */
 long loop__online_cpus(void);
+/* posix.c, win32.c: a slab for the handle pool, LOOP__SLAB_BYTES long and
+ * aligned to it, in pages of its own (huge ones where the kernel has
+ * them); NULL when there is no memory. */
+#define LOOP__SLAB_BYTES ((size_t) 2 << 20)
+void *loop__slab_alloc(void);
+void loop__slab_free(void *slab);
 /* posix.c (dlopen), win32.c (LoadLibrary): a shared library by file name,
  * and a function in it; NULL when either is not there. Only openssl.c
  * loads one, so posix.c has them where configure linked dlopen(). */

@@ -336,6 +336,18 @@ int loop__thread_create_nosignals(pthread_t *thread, void *(*fn)(void *), void *
         return pthread_create(thread, NULL, fn, arg);
 }
 
+/* Windows has no huge pages without a privilege (SeLockMemoryPrivilege):
+ * a slab is plain committed pages, 64 KiB-aligned, which the pool's
+ * 64-byte chunks need no more than. */
+void *loop__slab_alloc(void) {
+        return VirtualAlloc(NULL, LOOP__SLAB_BYTES, MEM_RESERVE | MEM_COMMIT, PAGE_READWRITE);
+}
+
+void loop__slab_free(void *slab) {
+        if (slab)
+                VirtualFree(slab, 0, MEM_RELEASE);
+}
+
 long loop__online_cpus(void) {
         /* Every processor group's (more than 64 processors). */
         DWORD n = GetActiveProcessorCount(ALL_PROCESSOR_GROUPS);

@@ -616,6 +616,66 @@ START_TEST(test_cancel_stress) {
 }
 END_TEST
 
+/*
+ * A big pool: past its first chunks the handles come from 2 MiB slabs,
+ * many chunks to one. 160,000 timers fill three slabs' worth of chunks and
+ * cross from one slab to the next; they run in deadline order, the pool
+ * hands the same memory out again, and handles kept past the loop (in the
+ * first chunks and in a slab) stay usable until their last reference.
+ */
+#define N_BIG 160000
+#define BIG_PERM(i) ((int64_t) (((uint64_t) (i) * 7919u) % N_BIG))
+
+struct big_run {
+        int64_t last;
+        int count, order_ok;
+};
+
+static struct big_run big;
+
+static int big_cb(loop_t *loop, void *userdata) {
+        int64_t rank = BIG_PERM((intptr_t) userdata);
+
+        (void) loop;
+        if (rank < big.last)
+                big.order_ok = 0;
+        big.last = rank;
+        big.count++;
+        return 0;
+}
+
+START_TEST(test_big_pool_slabs) {
+        static const int kept_at[] = { 0, 1023, 1024, 49151, 49152, 101375, 101376, N_BIG - 1 };
+        enum { N_KEPT = sizeof(kept_at) / sizeof(kept_at[0]) };
+        loop_handle_t *kept[N_KEPT];
+        loop_t *loop = tu_loop_new();
+        int64_t past = loop_time_ns(loop) - 2 * N_BIG;
+
+        for (int round = 0; round < 2; round++) {
+                big = (struct big_run) { .last = -1, .order_ok = 1 };
+                int k = 0;
+                for (int i = 0; i < N_BIG; i++) {
+                        loop_handle_t **out = round == 0 && k < N_KEPT && kept_at[k] == i ? &kept[k++] : NULL;
+                        TU_CHECK(loop_call_at_ns(loop, past + BIG_PERM(i), big_cb, (void *) (intptr_t) i, out) == 0);
+                }
+                struct loop_metrics m = { .size = sizeof(m) };
+                ck_assert_int_eq(loop_get_metrics(loop, &m), 0);
+                ck_assert_uint_eq(m.timers, N_BIG);
+                ck_assert_int_eq(loop_run_once(loop, 0), N_BIG);
+                ck_assert_int_eq(big.count, N_BIG);
+                ck_assert_int_eq(big.order_ok, 1);
+        }
+        loop_unref(loop);
+        for (int k = 0; k < N_KEPT; k++) {
+                ck_assert_int_eq(loop_handle_when_ns(kept[k]), past + BIG_PERM(kept_at[k]));
+                ck_assert_int_eq(loop_handle_cancelled(kept[k]), 0);
+                ck_assert_int_eq(loop_handle_cancel(kept[k]), 0);
+                ck_assert_int_eq(loop_handle_cancelled(kept[k]), 1);
+                loop_handle_unref(kept[k]);
+        }
+}
+END_TEST
+
 /* ---- when, negative and past deadlines --------------------------------- */
 
 START_TEST(test_handle_when) {
@@ -951,6 +1011,7 @@ static Suite *timer_suite(void) {
         tcase_add_test(tc, test_cancel_from_same_time_timer);
         tcase_add_test(tc, test_cancel_pending_from_timer);
         tcase_add_test(tc, test_cancel_stress);
+        tcase_add_test(tc, test_big_pool_slabs);
 
         tc = tu_tcase(s, "when");
         tcase_add_test(tc, test_handle_when);
