@@ -618,8 +618,9 @@ END_TEST
 
 /*
  * A big pool: past its first chunks the handles come from 2 MiB slabs,
- * many chunks to one. 160,000 timers fill three slabs' worth of chunks and
- * cross from one slab to the next; they run in deadline order, the pool
+ * many chunks to one. 160,000 timers take the 48 chunks of their own, two
+ * slabs and part of a third, crossing from one slab to the next (the kept
+ * indices sit at those edges); they run in deadline order, the pool
  * hands the same memory out again, and handles kept past the loop (in the
  * first chunks and in a slab) stay usable until their last reference.
  */
