@@ -131,9 +131,9 @@ loop_handle_t *const *const *loop__handle_pool_chunks(loop_t *loop) {
         return (loop_handle_t *const *const *) &loop->pool->chunks;
 }
 
-/* Whether chunk c starts a block of its own: one of the first SLAB_AFTER, or a slab's first. */
-static bool chunk_starts_block(uint32_t c) {
-        return c < SLAB_AFTER || (c - SLAB_AFTER) % SLAB_CHUNKS == 0;
+/* Whether chunk c (from SLAB_AFTER on) is its slab's first. */
+static bool chunk_starts_slab(uint32_t c) {
+        return (c - SLAB_AFTER) % SLAB_CHUNKS == 0;
 }
 
 static void pool_unref_n(struct loop__handle_pool *pool, unsigned n) {
@@ -143,7 +143,7 @@ static void pool_unref_n(struct loop__handle_pool *pool, unsigned n) {
                 void *head = pool->chunks[c] - 1;
                 if (c < SLAB_AFTER)
                         loop__aligned_free(head);
-                else if (chunk_starts_block(c)) {
+                else if (chunk_starts_slab(c)) {
 #ifdef LOOP_ASAN
                         /* Unmapped pages keep their shadow: the next mapping there is not ours. */
                         ASAN_UNPOISON_MEMORY_REGION(head, LOOP__SLAB_BYTES);
@@ -205,7 +205,7 @@ static __attribute__((noinline)) loop_handle_t *pool_refill(loop_t *loop) {
         loop_handle_t *c;
         if (n < SLAB_AFTER)
                 c = loop__aligned_alloc(64, CHUNK_BYTES);
-        else if (chunk_starts_block(n))
+        else if (chunk_starts_slab(n))
                 c = loop__slab_alloc();
         else
                 c = (loop_handle_t *) (void *) ((char *) (pool->chunks[n - 1] - 1) + CHUNK_BYTES);

@@ -313,8 +313,7 @@ void *loop__slab_alloc(void) {
 }
 
 void loop__slab_free(void *slab) {
-        if (slab)
-                munmap(slab, LOOP__SLAB_BYTES);
+        munmap(slab, LOOP__SLAB_BYTES);
 }
 
 bool loop__signal_valid(int signum) {

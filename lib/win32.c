@@ -344,8 +344,7 @@ void *loop__slab_alloc(void) {
 }
 
 void loop__slab_free(void *slab) {
-        if (slab)
-                VirtualFree(slab, 0, MEM_RELEASE);
+        VirtualFree(slab, 0, MEM_RELEASE);
 }
 
 long loop__online_cpus(void) {
